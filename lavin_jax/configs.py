@@ -1,0 +1,75 @@
+"""Model size tables: every architecture number of J-DiT and the ST-VAE lives here.
+
+Job configs in the top-level `configs/` folder compose these (`configs/train_dit.py:0.1b`);
+the converters default every field a caller leaves out to the released model's value.
+"""
+
+import ml_collections
+
+# name: (hidden_size, depth, num_heads, num_kv_heads, drop_path, sandwich_norm)
+_JDIT_SIZES = {
+    "tiny": (96, 2, 4, 2, 0.0, True),
+    "0.1b": (512, 12, 8, 8, 0.0, False),
+    "1b": (1024, 28, 16, 16, 0.1, True),
+    "3.4b": (2304, 22, 32, 8, 0.1, True),
+}
+
+
+def jdit(size: str = "3.4b") -> ml_collections.ConfigDict:
+  """J-DiT architecture for a size in {tiny, 0.1b, 1b, 3.4b} (paper Table 3)."""
+  if size not in _JDIT_SIZES:
+    raise ValueError(f"Unknown J-DiT size {size!r}; choose one of {sorted(_JDIT_SIZES)}.")
+  hidden, depth, heads, kv_heads, drop_path, sandwich = _JDIT_SIZES[size]
+  c = ml_collections.ConfigDict()
+  c.hidden_size = hidden
+  c.depth = depth
+  c.num_heads = heads
+  c.num_kv_heads = kv_heads
+  c.drop_path = drop_path
+  c.sandwich_norm = sandwich
+  c.in_channels = 16
+  c.patch_size = 2
+  c.time_freq_dim = 256
+  c.rope_theta = 10000.0
+  c.norm_eps = 1e-6
+  c.embed_norm_eps = 1e-5
+  c.dtype = "bfloat16"  # compute dtype
+  c.param_dtype = "float32"
+  c.scan_layers = True
+  c.remat_policy = "nothing_saveable"  # a jax.checkpoint_policies name, or "none"
+  c.attention_impl = "xla"  # xla | cudnn | blockwise
+  c.attention_block_size = 512  # query/key block of the blockwise path
+  return c
+
+
+def stvae(size: str = "released") -> ml_collections.ConfigDict:
+  """ST-VAE architecture: `released` (215.6M params) or `small` / `tiny` for tests."""
+  sizes = {
+      # block_out_channels, layers_per_block
+      "released": ((128, 256, 256, 512), 3),
+      "small": ((32, 64, 64, 64), 1),
+      "tiny": ((32, 32, 32, 32), 1),
+  }
+  if size not in sizes:
+    raise ValueError(f"Unknown ST-VAE size {size!r}; choose one of {sorted(sizes)}.")
+  channels, layers = sizes[size]
+  c = ml_collections.ConfigDict()
+  c.block_out_channels = channels
+  c.layers_per_block = layers
+  c.latent_channels = 16
+  c.in_channels = 3
+  c.norm_num_groups = 32
+  c.norm_eps = 1e-6
+  c.temporal_compression = 4
+  c.per_frame_norm = False  # True: GroupNorm per frame (strictly causal encoder)
+  c.remat = False  # rematerialise each ResNet block
+  c.logvar_min = -30.0
+  c.logvar_max = 20.0
+  c.latent_shift = 0.032470703125
+  c.latent_scale = 1.08936170213
+  c.tile_sample_size = 512  # pixels
+  c.tile_overlap = 0.25
+  c.tile_frames = 129
+  c.dtype = "float32"
+  c.param_dtype = "float32"
+  return c
