@@ -1,0 +1,157 @@
+"""Device mesh, the logical-to-mesh sharding rules, and the multi-host start.
+
+Layers name logical axes only (`nn.with_logical_partitioning`,
+`nn.with_logical_constraint`); `AXIS_RULES` below is the one place that maps
+them onto the mesh axes ('data', 'fsdp', 'tensor'):
+
+  batch             -> ('data', 'fsdp')   data parallel over both axes
+  embed             -> 'fsdp'             parameters and optimizer state (FSDP)
+  heads, kv, mlp    -> 'tensor'           tensor parallel
+  everything else   -> replicated
+
+An activation annotated ('batch', 'length', 'embed') resolves to
+P(('data', 'fsdp'), None, None): flax assigns each mesh axis at most once per
+array, so 'embed' stays unsharded once 'batch' took 'fsdp'.
+"""
+
+from collections.abc import Mapping
+import math
+import os
+
+from absl import logging
+import flax.linen as nn
+import jax
+import numpy as np
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv", "tensor"),
+    ("mlp", "tensor"),
+    ("length", None),
+    ("patch", None),
+    ("freq", None),
+    ("layers", None),
+    ("norm", None),
+    ("conv_in", None),
+    ("conv_out", None),
+)
+
+
+def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+  """Resolves sizes for ('data', 'fsdp', 'tensor'); one of them may be -1 (= the rest)."""
+  unknown = set(axis_sizes) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f"Unknown mesh axes {sorted(unknown)}; the axes are {MESH_AXES}.")
+  sizes = [int(axis_sizes.get(name, 1)) for name in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"At most one mesh axis may be -1 (the rest), got {dict(zip(MESH_AXES, sizes))}.")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"Mesh axis sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}.")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(
+          f"{num_devices} devices do not divide by the fixed mesh axes "
+          f"{dict(zip(MESH_AXES, sizes))} (product {known}).")
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(
+        f"Mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
+        f"{num_devices} are available; set one axis to -1 to use the rest.")
+  return tuple(sizes)
+
+
+def create_mesh(axis_sizes: Mapping[str, int], devices=None) -> jax.sharding.Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh over all (global) devices.
+
+  Args:
+    axis_sizes: e.g. config.mesh = {'data': -1, 'fsdp': 1, 'tensor': 1}.
+    devices: defaults to `jax.devices()`. Devices are ordered by process, so with
+      fsdp * tensor = devices per host the 'data' axis runs across hosts.
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  shape = mesh_shape(axis_sizes, len(devices))
+  # Auto axes: shardings come from annotations and XLA's propagation (GSPMD).
+  return jax.make_mesh(
+      shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+      devices=devices)
+
+
+def logical_shardings(mesh: jax.sharding.Mesh, tree, rules=AXIS_RULES):
+  """NamedShardings for a pytree holding `nn.LogicallyPartitioned` boxes.
+
+  `tree` is usually abstract (`jax.eval_shape` of an init); unboxed leaves with a
+  shape are replicated. The result has the structure of `nn.unbox(tree)`.
+  """
+  specs = nn.get_partition_spec(tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """Leading (batch) axis over ('data', 'fsdp'); other axes replicated."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def global_batch(local_batch, mesh: jax.sharding.Mesh):
+  """Process-local numpy batch (this process's rows) -> global jax.Arrays.
+
+  Each process passes its own shard of the global batch (leading axis); the
+  global batch is the concatenation in process order.
+  """
+  batch_size = {int(np.shape(x)[0]) for x in jax.tree.leaves(local_batch)}
+  if len(batch_size) != 1:
+    raise ValueError(f"Batch arrays disagree on the leading (batch) size: {sorted(batch_size)}.")
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  global_size = batch_size.pop() * jax.process_count()
+  if global_size % shards:
+    raise ValueError(
+        f"Global batch {global_size} does not divide over data x fsdp = {shards} "
+        "devices; change the batch size or the mesh.")
+  return jax.make_array_from_process_local_data(batch_sharding(mesh), local_batch)
+
+
+def _env_int(name):
+  value = os.environ.get(name)
+  return None if value in (None, "") else int(value)
+
+
+def initialize_distributed(coordinator: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None,
+                           *, auto_detect: bool = False) -> bool:
+  """Starts `jax.distributed` for a multi-process run; returns whether it did.
+
+  Values come from the arguments (flags), else from the environment variables
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. With
+  `auto_detect`, whatever is still missing comes from jax's own cluster
+  detection (SLURM, Open MPI, Cloud TPU pod slices, Kubernetes). With nothing
+  given and no auto detection this is a single-process run and a no-op.
+  Must run before any other jax call.
+  """
+  coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+  num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
+  process_id = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
+  given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+  if not auto_detect:
+    if all(v is None for v in given.values()):
+      return False
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+      raise ValueError(
+          f"Multi-process start needs coordinator, num_processes and process_id; "
+          f"missing {missing}. Pass them (flags or JAX_* environment variables) or "
+          "enable cluster auto-detection.")
+  jax.distributed.initialize(
+      coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices.",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+  return True
