@@ -1,0 +1,53 @@
+"""Locating and reading the PyTorch weight files of the LPIPS and FID networks.
+
+Weight files are looked up, in order, at an explicit path given by the caller, then in
+the directory named by the environment variable `LAVIN_JAX_WEIGHTS`, then in
+`~/.cache/lavin_jax/weights`. Nothing is downloaded: a missing file raises an error that
+says where to get it and where to put it.
+"""
+
+import os
+import pathlib
+
+import numpy as np
+
+WEIGHTS_DIR_ENV = "LAVIN_JAX_WEIGHTS"
+DEFAULT_WEIGHTS_DIR = pathlib.Path("~/.cache/lavin_jax/weights")
+
+
+def weights_dir() -> pathlib.Path:
+  """The directory searched for weight files given by name only."""
+  return pathlib.Path(os.environ.get(WEIGHTS_DIR_ENV, DEFAULT_WEIGHTS_DIR)).expanduser()
+
+
+def find_weight_file(filename: str, path=None, *, what: str, source: str) -> pathlib.Path:
+  """Returns `path` (or `filename` in `weights_dir()`), or raises FileNotFoundError.
+
+  Args:
+    filename: the standard file name, e.g. 'vgg16-397923af.pth'.
+    path: an explicit file path; None looks for `filename` in `weights_dir()`.
+    what: what the file holds, for the error message.
+    source: where to download it from, for the error message.
+  """
+  candidate = pathlib.Path(path).expanduser() if path is not None else weights_dir() / filename
+  if candidate.is_file():
+    return candidate
+  raise FileNotFoundError(
+      f"Weight file {filename!r} ({what}) not found at {candidate}. Download it from "
+      f"{source} and put it in {weights_dir()} (the directory ${WEIGHTS_DIR_ENV}, default "
+      f"{DEFAULT_WEIGHTS_DIR}), or pass its path explicitly.")
+
+
+def read_torch_state_dict(path) -> dict[str, np.ndarray]:
+  """Reads a PyTorch state dict (.pth) into float32 numpy arrays, keys unchanged."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        f"Reading {path} needs PyTorch (CPU is enough): pip install 'lavin_jax[torch]'."
+    ) from e
+  state = torch.load(path, map_location="cpu", weights_only=True)
+  if not isinstance(state, dict):
+    raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict.")
+  return {k: v.detach().float().numpy() for k, v in state.items()
+          if not k.endswith("num_batches_tracked")}
