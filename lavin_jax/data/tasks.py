@@ -1,0 +1,513 @@
+"""In-context tasks: each turns a source example into an (input, target) pair of clips.
+
+A task reads one source example (schema in `lavin_jax.data.sources`) and returns
+`(input, target)`, both float32 (T, H, W, 3) in [-1, 1]; image tasks have T = 1, video
+tasks T = `config.num_frames` (1 + 4k, the ST-VAE's temporal compression). Image and
+video versions of a task share one pair function: an image example is handled as a
+one-frame clip.
+
+Renderings of annotations (each has an exact inverse, `Task.decode`):
+- depth: grey log depth over [depth_min, depth_max] metres, near bright:
+  v = (log depth_max - log d) / (log depth_max - log depth_min) in [0, 1]; depths
+  outside the range are clipped, and non-positive or non-finite depth renders as far.
+  With 8-bit storage the decoded depth is within a relative error of
+  exp(log(depth_max / depth_min) / 510) - 1 (0.68 % for the default range).
+- normals: RGB = (n + 1) / 2, so the [-1, 1] pixels are the camera-frame normal itself;
+  a zero normal (no surface) renders mid-grey and decodes to zero.
+- optical flow: an HSV colour wheel, hue = direction of (dx, dy) (0 deg = +x, 90 deg = +y,
+  image rows grow downwards), saturation = min(|flow| / flow_max, 1), value = 1, so zero
+  flow is white. Frame 0 of the target clip shows zero flow; frame t > 0 shows the
+  flow from frame t - 1 to t.
+- instances: id k > 0 gets colour `palette(k)`, one of the 63 non-black colours of the
+  RGB grid with levels {0, 1/3, 2/3, 1} in a fixed order (ids repeat every 63);
+  background (0) is black. Decoding snaps each pixel to the nearest palette colour.
+- masks (foreground segmentation, single-object detection): white on black; decoding
+  thresholds the mean channel at mid-grey.
+- panoptic: class c has colour `palette(c)`, darkened for the k-th instance by
+  `panoptic_shades[k % len(panoptic_shades)]` (stuff, k = 0, keeps the class colour).
+
+Image operations use OpenCV (colour spaces, Canny, blur kernels, remapping).
+"""
+
+import dataclasses
+from functools import partial
+from typing import Callable
+
+import cv2
+import ml_collections
+import numpy as np
+
+Array = np.ndarray
+Pair = tuple[Array, Array]
+# Per-frame annotation keys: (H, W[, C]) for images, (T, H, W[, C]) for videos.
+FRAME_KEYS = ('depth', 'normals', 'instances', 'semantic')
+
+
+def tasks_config() -> ml_collections.ConfigDict:
+  """Default options of the tasks (numbers at the pipeline resolution, in pixels)."""
+  c = ml_collections.ConfigDict()
+  c.num_frames = 5  # Frames of a video task's clips: 1 + 4k.
+  c.depth_min = 0.1  # Metres; the depth rendering's range.
+  c.depth_max = 100.0
+  c.flow_max = 32.0  # Pixels; flow of this length or more renders fully saturated.
+  c.inpaint_fraction = 0.5  # Hole side over image side: 128 px at 256 px.
+  c.inpaint_random = False  # False: centred hole; True: uniformly placed.
+  c.canny_low = 100.0
+  c.canny_high = 200.0
+  c.motion_blur_length = (9, 25)  # Kernel length range.
+  c.glass_sigma = 0.7  # Gaussian blur before and after the pixel jitter.
+  c.glass_jitter = 2  # Pixels move by up to this many in x and y.
+  c.rain_density = 0.004  # Fraction of pixels that start a streak.
+  c.rain_length = (15, 35)
+  c.rain_angle = 20.0  # Degrees either side of vertical.
+  c.rain_strength = 0.8
+  c.panoptic_shades = (1.0, 0.8, 0.6)
+  return c
+
+
+# ---------------------------------------------------------------------------
+# Pixel conversions and renderings.
+# ---------------------------------------------------------------------------
+
+
+def to_pixels(frames: Array) -> Array:
+  """uint8 [0, 255] -> float32 [-1, 1]."""
+  return frames.astype(np.float32) / 127.5 - 1.0
+
+
+def _unit(pixels: Array) -> Array:
+  """[-1, 1] -> [0, 1], clipped."""
+  return np.clip((np.asarray(pixels, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+
+
+def _from_unit(values: Array) -> Array:
+  """[0, 1] -> float32 [-1, 1]."""
+  return (2.0 * values - 1.0).astype(np.float32)
+
+
+def _grey(values: Array) -> Array:
+  """(..., H, W) in [0, 1] -> (..., H, W, 3) pixels in [-1, 1]."""
+  return np.repeat(_from_unit(values)[..., None], 3, axis=-1)
+
+
+def render_depth(depth: Array, config: ml_collections.ConfigDict) -> Array:
+  """Depth (..., H, W) metres -> grey pixels (..., H, W, 3); see the module docstring."""
+  lo, hi = np.log(config.depth_min), np.log(config.depth_max)
+  depth = np.where(np.isfinite(depth) & (depth > 0), depth, config.depth_max)
+  log_depth = np.clip(np.log(np.maximum(depth, 1e-30)), lo, hi)
+  return _grey((hi - log_depth) / (hi - lo))
+
+
+def decode_depth(pixels: Array, config: ml_collections.ConfigDict) -> Array:
+  """Grey depth pixels (..., H, W, 3) -> depth (..., H, W) metres."""
+  lo, hi = np.log(config.depth_min), np.log(config.depth_max)
+  return np.exp(hi - _unit(pixels).mean(-1) * (hi - lo)).astype(np.float32)
+
+
+def render_normals(normals: Array) -> Array:
+  """Unit normals (..., H, W, 3) -> pixels: RGB = (n + 1) / 2."""
+  return np.clip(normals, -1.0, 1.0).astype(np.float32)
+
+
+def decode_normals(pixels: Array) -> Array:
+  """Pixels (..., H, W, 3) -> unit normals (zero where the pixel is mid-grey)."""
+  n = np.asarray(pixels, np.float32)
+  norm = np.linalg.norm(n, axis=-1, keepdims=True)
+  return np.where(norm > 1e-6, n / np.maximum(norm, 1e-6), 0.0).astype(np.float32)
+
+
+def _per_frame(fn: Callable[[Array], Array], frames: Array) -> Array:
+  """Applies `fn` to each (H, W, ...) frame of (N, H, W, ...) and stacks."""
+  return np.stack([fn(f) for f in frames])
+
+
+def render_flow(flow: Array, config: ml_collections.ConfigDict) -> Array:
+  """Flow (N, H, W, 2) pixels -> colour-wheel pixels (N, H, W, 3)."""
+  flow = np.asarray(flow, np.float32)
+  angle = np.degrees(np.arctan2(flow[..., 1], flow[..., 0])) % 360.0
+  saturation = np.minimum(np.hypot(flow[..., 0], flow[..., 1]) / config.flow_max, 1.0)
+  hsv = np.stack([angle, saturation, np.ones_like(angle)], axis=-1).astype(np.float32)
+  rgb = _per_frame(lambda f: cv2.cvtColor(f, cv2.COLOR_HSV2RGB), hsv)
+  return _from_unit(rgb)
+
+
+def decode_flow(pixels: Array, config: ml_collections.ConfigDict) -> Array:
+  """Colour-wheel pixels (N, H, W, 3) -> flow (N, H, W, 2) pixels (|flow| <= flow_max)."""
+  hsv = _per_frame(lambda f: cv2.cvtColor(f, cv2.COLOR_RGB2HSV), _unit(pixels))
+  angle = np.radians(hsv[..., 0])
+  magnitude = hsv[..., 1] * config.flow_max
+  return np.stack([magnitude * np.cos(angle), magnitude * np.sin(angle)], -1).astype(
+      np.float32)
+
+
+def _palette_table() -> Array:
+  """(64, 3) pixels: row 0 black, rows 1..63 the non-black 4-level grid colours."""
+  levels = np.arange(4) / 3.0
+  grid = np.stack(np.meshgrid(levels, levels, levels, indexing='ij'), -1).reshape(-1, 3)
+  order = (np.arange(63) * 22 + 62) % 63 + 1  # A fixed walk through the grid.
+  return _from_unit(np.concatenate([grid[:1], grid[order]]))
+
+
+_PALETTE = _palette_table()
+
+
+def palette(ids: Array) -> Array:
+  """Integer ids (...) -> pixels (..., 3): black for 0, else a palette colour."""
+  ids = np.asarray(ids)
+  return _PALETTE[np.where(ids > 0, (ids - 1) % 63 + 1, 0)]
+
+
+def decode_palette(pixels: Array) -> Array:
+  """Pixels (..., 3) -> ids (...) in [0, 63] of the nearest palette colour."""
+  pixels = np.asarray(pixels, np.float32)
+  distance = ((pixels[..., None, :] - _PALETTE) ** 2).sum(-1)
+  return distance.argmin(-1).astype(np.int32)
+
+
+def render_mask(mask: Array) -> Array:
+  """Boolean (..., H, W) -> white-on-black pixels (..., H, W, 3)."""
+  return _grey(np.asarray(mask, np.float32))
+
+
+def decode_mask(pixels: Array) -> Array:
+  """Pixels (..., H, W, 3) -> boolean mask (..., H, W)."""
+  return np.asarray(pixels, np.float32).mean(-1) > 0.0
+
+
+def box_mask(box: Array, height: int, width: int) -> Array:
+  """[y0, x0, y1, x1] (pixels, y1 and x1 exclusive) -> boolean (H, W) of the box."""
+  y0, x0, y1, x1 = np.round(np.asarray(box, np.float64)).astype(int)
+  canvas = np.zeros((height, width), np.uint8)
+  if y1 > y0 and x1 > x0:
+    cv2.rectangle(canvas, (int(x0), int(y0)), (int(x1) - 1, int(y1) - 1), 1, cv2.FILLED)
+  return canvas.astype(bool)
+
+
+# ---------------------------------------------------------------------------
+# Degradations (uint8 frames (H, W, 3) in, uint8 or [0, 1] float out).
+# ---------------------------------------------------------------------------
+
+
+def line_kernel(length: int, angle_degrees: float) -> Array:
+  """Normalised (L, L) kernel of a centred line segment (L odd) at the given angle."""
+  length = int(length) | 1
+  kernel = np.zeros((length, length), np.float32)
+  c, r = length // 2, (length - 1) / 2.0
+  dx, dy = r * np.cos(np.radians(angle_degrees)), r * np.sin(np.radians(angle_degrees))
+  start = (int(round(c - dx)), int(round(c - dy)))
+  end = (int(round(c + dx)), int(round(c + dy)))
+  cv2.line(kernel, start, end, 1.0, 1, cv2.LINE_AA)
+  return kernel / kernel.sum()
+
+
+def inpainting_mask(height: int, width: int, rng: np.random.Generator,
+                    config: ml_collections.ConfigDict) -> Array:
+  """Boolean (H, W) square hole of side inpaint_fraction * min(H, W)."""
+  side = int(round(config.inpaint_fraction * min(height, width)))
+  if config.inpaint_random:
+    y0 = int(rng.integers(0, height - side + 1))
+    x0 = int(rng.integers(0, width - side + 1))
+  else:
+    y0, x0 = (height - side) // 2, (width - side) // 2
+  mask = np.zeros((height, width), bool)
+  mask[y0:y0 + side, x0:x0 + side] = True
+  return mask
+
+
+def _gray(frame: Array) -> Array:
+  return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+
+
+def _motion_blur(frame, rng, config):
+  length = rng.integers(config.motion_blur_length[0], config.motion_blur_length[1] + 1)
+  return cv2.filter2D(frame, -1, line_kernel(length, rng.uniform(0.0, 180.0)),
+                      borderType=cv2.BORDER_REFLECT)
+
+
+def _glass_blur(frame, rng, config):
+  height, width = frame.shape[:2]
+  blurred = cv2.GaussianBlur(frame, (0, 0), config.glass_sigma)
+  jitter = rng.integers(-config.glass_jitter, config.glass_jitter + 1,
+                        size=(2, height, width)).astype(np.float32)
+  cols, rows = np.meshgrid(np.arange(width, dtype=np.float32),
+                           np.arange(height, dtype=np.float32))
+  shuffled = cv2.remap(blurred, cols + jitter[0], rows + jitter[1], cv2.INTER_NEAREST,
+                       borderMode=cv2.BORDER_REFLECT)
+  return cv2.GaussianBlur(shuffled, (0, 0), config.glass_sigma)
+
+
+def _rain(frame, rng, config):
+  """Adds streaks (screen blend): the result is never darker than `frame`."""
+  seeds = (rng.random(frame.shape[:2]) < config.rain_density).astype(np.float32)
+  length = rng.integers(config.rain_length[0], config.rain_length[1] + 1)
+  angle = 90.0 + rng.uniform(-config.rain_angle, config.rain_angle)
+  streaks = cv2.filter2D(seeds, -1, line_kernel(length, angle))
+  streaks = np.clip(streaks * length * config.rain_strength, 0.0, 1.0)[..., None]
+  image = frame.astype(np.float32) / 255.0
+  return image + (1.0 - image) * streaks
+
+
+# ---------------------------------------------------------------------------
+# Pair functions: (clip, rng, config) -> (input, target) clips (T, H, W, 3).
+# ---------------------------------------------------------------------------
+
+
+def _photometric(degrade, clip, rng, config):
+  """Pair: input = degrade(frame) for each frame, target = the frames."""
+  frames = clip['frames']
+  degraded = _per_frame(lambda f: degrade(f, rng, config), frames)
+  degraded = to_pixels(degraded) if degraded.dtype == np.uint8 else _from_unit(degraded)
+  return degraded, to_pixels(frames)
+
+
+def _grey_input(frame, rng, config):
+  del rng, config
+  return np.repeat(_gray(frame)[..., None], 3, axis=-1)
+
+
+def _canny(clip, rng, config):
+  del rng
+  edges = _per_frame(lambda f: cv2.Canny(_gray(f), config.canny_low, config.canny_high),
+                     clip['frames'])
+  return to_pixels(clip['frames']), render_mask(edges > 0)
+
+
+def _inpainting(clip, rng, config):
+  frames = to_pixels(clip['frames'])
+  mask = inpainting_mask(*frames.shape[1:3], rng, config)
+  holed = frames.copy()
+  holed[:, mask] = 0.0
+  return holed, frames
+
+
+def _annotation(render, clip, rng, config):
+  """Pair: input = the frames, target = render(clip, config)."""
+  del rng
+  return to_pixels(clip['frames']), render(clip, config)
+
+
+def _swapped(render, clip, rng, config):
+  """Pair: input = render(clip, config), target = the frames."""
+  inputs, targets = _annotation(render, clip, rng, config)
+  return targets, inputs
+
+
+def _depth(clip, config):
+  return render_depth(clip['depth'], config)
+
+
+def _normals(clip, config):
+  del config
+  return render_normals(clip['normals'])
+
+
+def _instances(clip, config):
+  del config
+  return palette(clip['instances'])
+
+
+def _panoptic(clip, config):
+  instances = clip['instances']
+  shades = np.asarray(config.panoptic_shades, np.float32)
+  shade = np.where(instances > 0, shades[instances % len(shades)], 1.0)[..., None]
+  return _from_unit(_unit(palette(clip['semantic'])) * shade)
+
+
+def _foreground(clip, config):
+  del config
+  return render_mask(clip['instances'] > 0)
+
+
+def _largest_box(clip, config):
+  del config
+  height, width = clip['frames'].shape[1:3]
+  boxes = np.asarray(clip['boxes'], np.float32).reshape(-1, 4)
+  areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
+  if not areas.size or areas.max() <= 0:
+    return render_mask(np.zeros((1, height, width), bool))
+  return render_mask(box_mask(boxes[areas.argmax()], height, width)[None])
+
+
+def _flow(clip, config):
+  flow = render_flow(clip['flow'], config)
+  still = np.ones_like(flow[:1])  # Zero flow is white.
+  return np.concatenate([still, flow])
+
+
+def _frame_prediction(clip, rng, config):
+  del rng
+  frames = to_pixels(clip['frames'])
+  return frames[:config.num_frames], frames[config.num_frames:]
+
+
+# ---------------------------------------------------------------------------
+# The registry.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """What a task reads, how it makes a pair and how its target decodes."""
+  media: str  # 'image' or 'video': the source key of the pixels.
+  annotations: tuple[str, ...]
+  pair_fn: Callable[[dict, np.random.Generator, ml_collections.ConfigDict], Pair]
+  decode_fn: Callable[[Array, ml_collections.ConfigDict], Array] | None = None
+  frames_per_clip: int = 1  # Source frames consumed per output frame.
+
+
+def _without_config(decode, pixels, config):
+  del config
+  return decode(pixels)
+
+
+def _flow_decode(pixels, config):
+  return decode_flow(pixels[1:], config)  # Frame 0 is the still frame.
+
+
+_DEPTH = dict(annotations=('depth',), pair_fn=partial(_annotation, _depth),
+              decode_fn=decode_depth)
+_NORMALS = dict(annotations=('normals',), pair_fn=partial(_annotation, _normals),
+                decode_fn=partial(_without_config, decode_normals))
+_INSTANCES = dict(annotations=('instances',), pair_fn=partial(_annotation, _instances),
+                  decode_fn=partial(_without_config, decode_palette))
+_MASK = dict(decode_fn=partial(_without_config, decode_mask))
+
+REGISTRY: dict[str, TaskSpec] = {
+    # Image tasks.
+    'colorization': TaskSpec('image', (), partial(_photometric, _grey_input)),
+    'inpainting': TaskSpec('image', (), _inpainting),
+    'canny_edges': TaskSpec('image', (), _canny, **_MASK),
+    'de_motion_blur': TaskSpec('image', (), partial(_photometric, _motion_blur)),
+    'de_glass_blur': TaskSpec('image', (), partial(_photometric, _glass_blur)),
+    'de_raining': TaskSpec('image', (), partial(_photometric, _rain)),
+    'depth_estimation': TaskSpec('image', **_DEPTH),
+    'depth_to_image': TaskSpec('image', ('depth',), partial(_swapped, _depth)),
+    'normal_estimation': TaskSpec('image', **_NORMALS),
+    'normal_to_image': TaskSpec('image', ('normals',), partial(_swapped, _normals)),
+    'instance_segmentation': TaskSpec('image', **_INSTANCES),
+    'panoptic_segmentation': TaskSpec('image', ('semantic', 'instances'),
+                                      partial(_annotation, _panoptic)),
+    'detection': TaskSpec('image', ('boxes',), partial(_annotation, _largest_box), **_MASK),
+    'foreground_segmentation': TaskSpec('image', ('instances',),
+                                        partial(_annotation, _foreground), **_MASK),
+    # Video tasks.
+    'frame_prediction': TaskSpec('video', (), _frame_prediction, frames_per_clip=2),
+    'video_depth': TaskSpec('video', **_DEPTH),
+    'video_normals': TaskSpec('video', **_NORMALS),
+    'optical_flow': TaskSpec('video', ('flow',), partial(_annotation, _flow),
+                             _flow_decode),
+    'video_instance_segmentation': TaskSpec('video', **_INSTANCES),
+    'depth_to_video': TaskSpec('video', ('depth',), partial(_swapped, _depth)),
+    'normal_to_video': TaskSpec('video', ('normals',), partial(_swapped, _normals)),
+}
+TASK_NAMES = tuple(REGISTRY)  # A task's id is its index here.
+
+
+def task_id(name: str) -> int:
+  """The integer id of a task (its index in TASK_NAMES)."""
+  _check_name(name)
+  return TASK_NAMES.index(name)
+
+
+def _check_name(name: str) -> None:
+  if name not in REGISTRY:
+    raise ValueError(f'Unknown task {name!r}; known tasks: {", ".join(TASK_NAMES)}.')
+
+
+def check_num_frames(num_frames: int) -> None:
+  """Raises unless num_frames = 1 + 4k (k >= 0)."""
+  if num_frames < 1 or (num_frames - 1) % 4:
+    raise ValueError(f'num_frames must be 1 + 4k (1, 5, 9, ...) to match the ST-VAE\'s '
+                     f'temporal compression; got {num_frames}.')
+
+
+def take_frames(example: dict, start: int, length: int) -> dict:
+  """Frames [start, start + length) of a video example, its annotations alike."""
+  out = dict(example)
+  out['video'] = example['video'][start:start + length]
+  for key in FRAME_KEYS:
+    if key in example:
+      out[key] = example[key][start:start + length]
+  if 'flow' in example:
+    out['flow'] = example['flow'][start:start + length - 1]
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A task bound to its options; `task(example, rng)` -> (input, target)."""
+  name: str
+  spec: TaskSpec
+  config: ml_collections.ConfigDict
+
+  @property
+  def id(self) -> int:
+    return TASK_NAMES.index(self.name)
+
+  @property
+  def media(self) -> str:
+    return self.spec.media
+
+  @property
+  def needs(self) -> tuple[str, ...]:
+    """Source example keys this task reads."""
+    return (self.spec.media,) + self.spec.annotations
+
+  @property
+  def num_frames(self) -> int:
+    """Frames T of the input and of the target clip."""
+    return 1 if self.spec.media == 'image' else self.config.num_frames
+
+  @property
+  def source_frames(self) -> int:
+    """Frames a video example must have (0 for image tasks)."""
+    return 0 if self.spec.media == 'image' else self.num_frames * self.spec.frames_per_clip
+
+  def check(self, example: dict) -> None:
+    """Raises a ValueError naming the task and what `example` lacks."""
+    for key in self.needs:
+      if key not in example:
+        raise ValueError(
+            f'Task {self.name!r} needs {key!r} in each source example, but the example '
+            f'has only {sorted(example)}; use a source with {key!r} or drop the task '
+            '(weight 0).')
+    if self.source_frames and len(example['video']) < self.source_frames:
+      raise ValueError(
+          f'Task {self.name!r} needs clips of at least {self.source_frames} frames, but '
+          f'the example has {len(example["video"])}; lower num_frames or use longer '
+          'clips.')
+
+  def window(self, example: dict, rng: np.random.Generator) -> dict:
+    """A random window of `source_frames` frames of a video example (images: as is)."""
+    self.check(example)
+    if not self.source_frames:
+      return example
+    start = rng.integers(0, len(example['video']) - self.source_frames + 1)
+    return take_frames(example, int(start), self.source_frames)
+
+  def __call__(self, example: dict, rng: np.random.Generator) -> Pair:
+    """(input, target), each float32 (T, H, W, 3) in [-1, 1]."""
+    self.check(example)
+    if self.spec.media == 'image':
+      clip = {k: v[None] if k in FRAME_KEYS else v for k, v in example.items()}
+      clip['frames'] = example['image'][None]
+    else:
+      clip = take_frames(example, 0, self.source_frames)
+      clip['frames'] = clip['video']
+    inputs, targets = self.spec.pair_fn(clip, rng, self.config)
+    return inputs.astype(np.float32), targets.astype(np.float32)
+
+  def decode(self, target: Array) -> Array:
+    """Values of a rendered target (T, H, W, 3): depth, normals, flow, ids or a mask."""
+    if self.spec.decode_fn is None:
+      raise ValueError(f'Task {self.name!r} has no decoder: its target is an image to be '
+                       'compared as pixels.')
+    return self.spec.decode_fn(np.asarray(target, np.float32), self.config)
+
+
+def get_task(name: str, config: ml_collections.ConfigDict | None = None) -> Task:
+  """The task `name` with options `config` (default `tasks_config()`)."""
+  _check_name(name)
+  config = tasks_config() if config is None else config
+  check_num_frames(config.num_frames)
+  return Task(name, REGISTRY[name], config)
