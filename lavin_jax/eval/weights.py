@@ -9,6 +9,7 @@ says where to get it and where to put it.
 import os
 import pathlib
 
+from flax import traverse_util
 import numpy as np
 
 WEIGHTS_DIR_ENV = "LAVIN_JAX_WEIGHTS"
@@ -51,3 +52,26 @@ def read_torch_state_dict(path) -> dict[str, np.ndarray]:
     raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict.")
   return {k: v.detach().float().numpy() for k, v in state.items()
           if not k.endswith("num_batches_tracked")}
+
+
+def tree_from_torch(flat: dict[tuple[str, ...], np.ndarray], expected, filename: str):
+  """Nests {path: array} like `expected` (a pytree of shapes), checking names and shapes.
+
+  Raises ValueError naming every missing, unexpected or mis-shaped entry, so a wrong or
+  truncated weight file never loads silently.
+  """
+  want = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(expected).items()}
+  missing = sorted("/".join(k) for k in want.keys() - flat.keys())
+  unexpected = sorted("/".join(k) for k in flat.keys() - want.keys())
+  wrong = sorted(f"{'/'.join(k)} {flat[k].shape} != {want[k]}"
+                 for k in want.keys() & flat.keys() if flat[k].shape != want[k])
+  if missing or unexpected or wrong:
+    raise ValueError(f"{filename} does not fit the network (is it the right file?): "
+                     f"missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                     f"wrong shapes {wrong[:5]}.")
+  return traverse_util.unflatten_dict(flat)
+
+
+def conv_kernel(weight: np.ndarray) -> np.ndarray:
+  """PyTorch OIHW conv weight -> flax HWIO kernel."""
+  return np.transpose(weight, (2, 3, 1, 0))
