@@ -29,14 +29,17 @@ def jdit(size: str = "3.4b") -> ml_collections.ConfigDict:
   c.sandwich_norm = sandwich
   c.in_channels = 16
   c.patch_size = 2
+  c.mlp_ratio = 4.0  # SwiGLU inner = int(mlp_ratio * D * 2/3 / mlp_multiple_of) * multiple
+  c.mlp_multiple_of = 64
   c.time_freq_dim = 256
-  c.rope_theta = 10000.0
+  c.time_max_period = 10000.0
+  c.rope_theta = 10000.0  # RoPE head_dim split rule: lavin_jax.models.layers.rope_split
   c.norm_eps = 1e-6
   c.embed_norm_eps = 1e-5
   c.dtype = "bfloat16"  # compute dtype
   c.param_dtype = "float32"
   c.scan_layers = True
-  c.remat_policy = "nothing_saveable"  # a jax.checkpoint_policies name, or "none"
+  c.remat_policy = "nothing_saveable"  # see lavin_jax.models.jdit.REMAT_POLICIES
   c.attention_impl = "xla"  # xla | cudnn | blockwise
   c.attention_block_size = 512  # query/key block of the blockwise path
   return c

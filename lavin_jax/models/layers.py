@@ -1,0 +1,163 @@
+"""Building blocks of J-DiT: dense/norm factories, SwiGLU, timestep embedding, 3D RoPE.
+
+Every parameter is created through `nn.with_logical_partitioning`, naming the logical axes
+of DESIGN.md; the mapping to mesh axes lives in lavin_jax/parallel/mesh.py. Matmuls run in
+the config's compute dtype; norms, RoPE and everything statistical run in float32.
+"""
+
+import flax.linen as nn
+from jax.ad_checkpoint import checkpoint_name
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+Axes = tuple[str | None, ...]
+
+
+def dense(
+    config: ml_collections.ConfigDict,
+    features: int,
+    axes: Axes,
+    *,
+    use_bias: bool = False,
+    kernel_init: nn.initializers.Initializer = nn.initializers.xavier_uniform(),
+    name: str | None = None,
+) -> nn.Dense:
+  """A Dense layer whose kernel (in, out) carries the logical `axes`; bias is zero-init."""
+  return nn.Dense(
+      features,
+      use_bias=use_bias,
+      dtype=jnp.dtype(config.dtype),
+      param_dtype=jnp.dtype(config.param_dtype),
+      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
+      name=name,
+  )
+
+
+def rms_norm(
+    config: ml_collections.ConfigDict, *, use_scale: bool = False, name: str | None = None
+) -> nn.RMSNorm:
+  """RMSNorm over the last axis in float32 (eps `config.norm_eps`), optional learned scale."""
+  return nn.RMSNorm(
+      epsilon=config.norm_eps,
+      dtype=jnp.float32,
+      param_dtype=jnp.dtype(config.param_dtype),
+      use_scale=use_scale,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+      name=name,
+  )
+
+
+def modulate(x: jax.Array, scale: jax.Array) -> jax.Array:
+  """(1 + scale) * x with a per-example scale (B, D) broadcast over tokens (B, L, D)."""
+  return x * (1 + scale[:, None, :])
+
+
+def drop_path(x: jax.Array, rate: jax.Array | float, key: jax.Array) -> jax.Array:
+  """Stochastic depth: zero whole examples with probability `rate`, rescale the rest."""
+  keep_prob = 1.0 - rate
+  keep = jax.random.bernoulli(key, keep_prob, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(keep, x / keep_prob, 0).astype(x.dtype)
+
+
+class SwiGLU(nn.Module):
+  """down(silu(gate(x)) * up(x)), no biases; the inner width comes from the config."""
+
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = self.config
+    inner = mlp_hidden_size(c)
+    gate = dense(c, inner, ("embed", "mlp"), name="gate_proj")(x)
+    up = dense(c, inner, ("embed", "mlp"), name="up_proj")(x)
+    h = checkpoint_name(nn.silu(gate) * up, "mlp_hidden")
+    return dense(c, c.hidden_size, ("mlp", "embed"), name="down_proj")(h)
+
+
+def mlp_hidden_size(config: ml_collections.ConfigDict) -> int:
+  """SwiGLU inner width: int(ratio * D * 2/3 / multiple) * multiple (1344 for D = 512)."""
+  multiple = config.mlp_multiple_of
+  return int(config.mlp_ratio * config.hidden_size * 2 / 3 / multiple) * multiple
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float) -> jax.Array:
+  """Sinusoidal features of t (B,) -> (B, dim) float32, [cos, sin] order, t used as is."""
+  half = dim // 2
+  freqs = jnp.exp(-np.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  angles = t.astype(jnp.float32)[:, None] * freqs[None]
+  return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+class TimestepEmbedder(nn.Module):
+  """t (B,) -> Linear(freq_dim, D), SiLU, Linear(D, D)."""
+
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self, t: jax.Array) -> jax.Array:
+    c = self.config
+    init = nn.initializers.normal(0.02)
+    h = timestep_embedding(t, c.time_freq_dim, c.time_max_period)
+    h = dense(c, c.hidden_size, ("freq", "embed"), use_bias=True, kernel_init=init,
+              name="fc1")(h)
+    return dense(c, c.hidden_size, ("embed", "mlp"), use_bias=True, kernel_init=init,
+                 name="fc2")(nn.silu(h))
+
+
+# ---------------------------------------------------------------------------------------
+# 3D rotary position embedding.
+
+
+def rope_split(head_dim: int) -> tuple[int, int, int]:
+  """Channels of each head given to the (t, h, w) axes.
+
+  Rule: h = w = 2 * (head_dim // 6) and t takes the rest, so every part is even (the
+  half-split rotation needs it) and time, the longest axis of an in-context sequence,
+  gets any remainder. head_dim 72 -> (24, 24, 24) as released; 64 -> (24, 20, 20).
+  """
+  if head_dim % 2:
+    raise ValueError(f"RoPE needs an even head_dim, got {head_dim}.")
+  spatial = 2 * (head_dim // 6)
+  return head_dim - 2 * spatial, spatial, spatial
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float):
+  """cos and sin tables (B, L, 1, head_dim) float32 for integer positions (B, L, 3).
+
+  Axis a with d_a channels rotates at inv_freq = theta^(-arange(0, d_a, 2) / d_a); the
+  angles are repeated twice ([f, f]) to match the half-split rotation of `apply_rope`.
+  """
+  angles = []
+  for axis, dim in enumerate(rope_split(head_dim)):
+    inv_freq = 1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    a = positions[..., axis:axis + 1].astype(jnp.float32) * inv_freq.astype(np.float32)
+    angles += [a, a]
+  angles = jnp.concatenate(angles, axis=-1)[:, :, None, :]
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def _rotate_half(x: jax.Array) -> jax.Array:
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotates x (B, L, N, hd) part by part ((t, h, w) of `rope_split`), in float32."""
+  split = np.cumsum(rope_split(x.shape[-1]))[:-1]
+  parts = jnp.split(x.astype(jnp.float32), split, axis=-1)
+  rotated = jnp.concatenate([_rotate_half(p) for p in parts], axis=-1)
+  return (x.astype(jnp.float32) * cos + rotated * sin).astype(x.dtype)
+
+
+def token_positions(frames: jax.Array, height: int, width: int) -> jax.Array:
+  """(t, h, w) positions (B, F*height*width, 3) int32 for frame indices (B, F)."""
+  b, f = frames.shape
+  rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+  grid = np.stack([rows.ravel(), cols.ravel()], axis=-1)  # (h*w, 2)
+  t = jnp.repeat(frames.astype(jnp.int32), height * width, axis=1)[..., None]
+  hw = jnp.broadcast_to(jnp.tile(grid, (f, 1)), (b, f * height * width, 2))
+  return jnp.concatenate([t, hw.astype(jnp.int32)], axis=-1)
+
