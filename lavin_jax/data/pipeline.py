@@ -1,0 +1,247 @@
+"""Grain input pipeline: batches of in-context episodes, one task per episode.
+
+For each query example of the (shuffled, repeated, process-sharded) source:
+  1. pick a task by `config.task_weights` and K uniformly in [k_min, k_max];
+  2. pick K context examples from the whole source, never the query itself;
+  3. for each example: a random window of frames (video tasks), a square crop (random
+     or centred) resized to `resolution`, then the task -> (input, target);
+  4. stack the context into k_max slots, zeros past K.
+
+Batches are dicts of numpy arrays, pixels float32 in [-1, 1]:
+  'context_inputs', 'context_targets': (B, k_max, T, H, W, 3)
+  'query', 'target': (B, T, H, W, 3)
+  'num_pairs': (B,) int32 in [1, k_max]; context slots >= num_pairs are zero padding
+  'task_id': (B,) int32, the task's index in `tasks.TASK_NAMES`
+with B = batch_size / process_count per process. T is the frame count of every task
+with a non-zero weight (1 for image tasks, task.num_frames for video tasks).
+
+Determinism: every draw comes from the generator Grain derives from `config.seed` and
+the element's position in the global, unsharded stream. Process p of n takes positions
+p, p + n, ... (in each epoch the processes see disjoint sets of query examples that
+together cover the source), and a batch depends on the seed, the step and the process
+split only, not on the worker count. The iterator of the returned dataset saves and
+restores its position with `get_state` / `set_state`, or through orbax with
+`grain.checkpoint.CheckpointSave` / `CheckpointRestore`.
+"""
+
+from absl import flags
+import cv2
+import grain
+import ml_collections
+import numpy as np
+
+from lavin_jax.data import tasks
+
+PIXEL_KEYS = ('image', 'video')
+NEAREST_KEYS = ('depth', 'normals', 'instances', 'semantic', 'flow')
+_CHANNELS = {'depth': 0, 'instances': 0, 'semantic': 0, 'normals': 3, 'flow': 2,
+             'image': 3, 'video': 3}
+
+
+def pipeline_config(media: str = 'image') -> ml_collections.ConfigDict:
+  """Defaults: every task of `media` ('image' or 'video') with weight 1."""
+  if media not in ('image', 'video'):
+    raise ValueError(f"media must be 'image' or 'video', got {media!r}.")
+  c = ml_collections.ConfigDict()
+  c.resolution = 256  # Square side in pixels, a multiple of 16.
+  c.batch_size = 8  # Global; each process gets batch_size / process_count.
+  c.k_min = 1  # Context pairs per episode, uniform in [k_min, k_max] (released: 1-8).
+  c.k_max = 8
+  c.task_weights = ml_collections.ConfigDict({
+      name: float(spec.media == media) for name, spec in tasks.REGISTRY.items()})
+  c.random_crop = True  # False: centred square crops.
+  c.allow_upscale = False  # False: an example smaller than the resolution is an error.
+  c.seed = 0
+  c.worker_count = 0  # Worker processes (0: the main process does the work).
+  c.worker_buffer_size = 2  # Batches each worker prepares ahead.
+  c.read_threads = 2  # Threads per process preparing elements in parallel.
+  c.read_buffer_size = 16  # Elements prepared ahead per process.
+  c.task = tasks.tasks_config()
+  return c
+
+
+# ---------------------------------------------------------------------------
+# Crop and resize.
+# ---------------------------------------------------------------------------
+
+
+def _resize_frames(array: np.ndarray, key: str, side: int, size: int) -> np.ndarray:
+  """Resizes the (side, side) plane of (..., side, side[, C]) to (size, size)."""
+  channels = _CHANNELS[key]
+  plane = (side, side) + ((channels,) if channels else ())
+  lead = array.shape[:array.ndim - len(plane)]
+  if key in PIXEL_KEYS:
+    interpolation = cv2.INTER_AREA if size < side else cv2.INTER_LINEAR
+  else:
+    interpolation = cv2.INTER_NEAREST_EXACT
+  frames = array.reshape((-1,) + plane)
+  out = [cv2.resize(f, (size, size), interpolation=interpolation) for f in frames]
+  return np.stack(out).reshape(lead + (size, size) + plane[2:])
+
+
+def fit_example(example: dict, resolution: int, rng: np.random.Generator | None = None,
+                allow_upscale: bool = False) -> dict:
+  """Square crop of `example` (random with `rng`, else centred) resized to resolution.
+
+  Pixels are resized with area (down) or bilinear (up) interpolation, dense
+  annotations with nearest neighbours; flow vectors and boxes are scaled to match and
+  boxes are clipped to the crop (emptied boxes dropped). Other keys are dropped.
+  """
+  pixel_key = next((k for k in PIXEL_KEYS if k in example), None)
+  if pixel_key is None:
+    raise ValueError(f"Source example has no 'image' or 'video' (keys {sorted(example)}).")
+  height, width = example[pixel_key].shape[-3:-1]
+  side = min(height, width)
+  if side < resolution and not allow_upscale:
+    raise ValueError(
+        f'Source example is {height}x{width}, smaller than the resolution {resolution}; '
+        'use a source of larger images, lower the resolution, or set allow_upscale.')
+  if rng is None:
+    y0, x0 = (height - side) // 2, (width - side) // 2
+  else:
+    y0, x0 = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+  scale = resolution / side
+  out = {}
+  for key in PIXEL_KEYS + NEAREST_KEYS:
+    if key in example:
+      array = np.asarray(example[key])
+      crop = (slice(y0, y0 + side), slice(x0, x0 + side))
+      if _CHANNELS[key]:
+        crop += (slice(None),)
+      cropped = array[(Ellipsis,) + crop]
+      out[key] = _resize_frames(cropped, key, side, resolution)
+  if 'flow' in out:
+    out['flow'] = (out['flow'] * scale).astype(np.float32)
+  if 'boxes' in example:
+    boxes = np.asarray(example['boxes'], np.float32).reshape(-1, 4)
+    boxes = np.clip((boxes - [y0, x0, y0, x0]) * scale, 0, resolution)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    out['boxes'] = boxes[keep]
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Episodes.
+# ---------------------------------------------------------------------------
+
+
+class EpisodeMaker(grain.transforms.RandomMap):
+  """Query index -> one in-context episode (unbatched arrays, see the module doc)."""
+
+  def __init__(self, source, task_list: list[tasks.Task], weights: np.ndarray,
+               config: ml_collections.ConfigDict):
+    self._source = source
+    self._tasks = task_list
+    self._weights = weights
+    self._config = config
+
+  def _pair(self, task: tasks.Task, index: int, rng: np.random.Generator):
+    c = self._config
+    try:
+      example = task.window(self._source[index], rng)
+      example = fit_example(example, c.resolution, rng if c.random_crop else None,
+                            c.allow_upscale)
+      return task(example, rng)
+    except ValueError as e:
+      raise ValueError(f'Source example {index}: {e}') from e
+
+  def random_map(self, index: int, rng: np.random.Generator) -> dict:
+    c = self._config
+    task = self._tasks[rng.choice(len(self._tasks), p=self._weights)]
+    num_pairs = int(rng.integers(c.k_min, c.k_max + 1))
+    others = rng.choice(len(self._source) - 1, num_pairs,
+                        replace=num_pairs > len(self._source) - 1)
+    others = others + (others >= index)  # Skip the query.
+    pairs = [self._pair(task, int(i), rng) for i in others]
+    query, target = self._pair(task, int(index), rng)
+    context = np.zeros((2, c.k_max) + query.shape, np.float32)  # (2, K_max, T, H, W, 3)
+    context[:, :num_pairs] = np.stack(pairs, axis=1)
+    return {
+        'context_inputs': context[0],
+        'context_targets': context[1],
+        'query': query,
+        'target': target,
+        'num_pairs': np.int32(num_pairs),
+        'task_id': np.int32(task.id),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Checks and the entry point.
+# ---------------------------------------------------------------------------
+
+
+def active_tasks(config: ml_collections.ConfigDict) -> tuple[list[tasks.Task], np.ndarray]:
+  """The tasks with non-zero weight and their sampling probabilities; checks config."""
+  weights = dict(config.task_weights)
+  for name, weight in weights.items():
+    tasks.task_id(name)  # Raises on an unknown name.
+    if not weight >= 0:
+      raise ValueError(f'Task weight of {name!r} must be >= 0, got {weight}.')
+  chosen = [tasks.get_task(n, config.task) for n, w in weights.items() if w > 0]
+  if not chosen:
+    raise ValueError('All task weights are 0; give at least one task a positive weight '
+                     f'in config.task_weights (tasks: {", ".join(tasks.TASK_NAMES)}).')
+  frames = {t.name: t.num_frames for t in chosen}
+  if len(set(frames.values())) > 1:
+    raise ValueError(f'One pipeline has one frame count, but the tasks have {frames}; '
+                     'make separate image and video pipelines.')
+  probs = np.array([weights[t.name] for t in chosen], np.float64)
+  return chosen, probs / probs.sum()
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises a ValueError on a bad resolution, pair count or worker setting."""
+  if config.resolution <= 0 or config.resolution % 16:
+    raise ValueError(f'resolution must be a positive multiple of 16 (8x VAE downsampling '
+                     f'times 2x2 patches), got {config.resolution}.')
+  if not 1 <= config.k_min <= config.k_max:
+    raise ValueError(f'Need 1 <= k_min <= k_max, got k_min={config.k_min}, '
+                     f'k_max={config.k_max}.')
+  if config.worker_count < 0 or config.read_threads < 0:
+    raise ValueError('worker_count and read_threads must be >= 0.')
+
+
+def make_pipeline(config: ml_collections.ConfigDict, source, process_index: int | None = None,
+                  process_count: int | None = None) -> grain.IterDataset:
+  """The Grain dataset of this process's batches; `iter()` it for a checkpointable iterator.
+
+  Args:
+    config: a `pipeline_config()`.
+    source: random-access source (len + getitem) of examples as in
+      `lavin_jax.data.sources`; every example must carry what the weighted tasks need.
+    process_index, process_count: this process's shard; default the JAX processes.
+  """
+  check_config(config)
+  task_list, probs = active_tasks(config)
+  if (process_index is None) != (process_count is None):
+    raise ValueError('Give both process_index and process_count, or neither.')
+  if process_index is None:
+    shard = grain.sharding.ShardByJaxProcess()
+  else:
+    shard = grain.sharding.ShardOptions(process_index, process_count)
+  if not 0 <= shard.shard_index < shard.shard_count:
+    raise ValueError(f'process_index {shard.shard_index} is outside [0, {shard.shard_count}).')
+  if config.batch_size % shard.shard_count:
+    raise ValueError(f'batch_size {config.batch_size} does not split evenly over '
+                     f'{shard.shard_count} processes.')
+  if len(source) < 2:
+    raise ValueError(f'The source has {len(source)} examples; episodes need at least 2 '
+                     '(a query and a different context example).')
+  first = source[0]
+  for task in task_list:
+    task.check(first)
+  fit_example(first, config.resolution, allow_upscale=config.allow_upscale)
+
+  ds = grain.MapDataset.range(len(source)).seed(config.seed).shuffle().repeat()
+  ds = ds.random_map(EpisodeMaker(source, task_list, probs, config))
+  ds = ds[shard.shard_index::shard.shard_count]
+  ds = ds.batch(config.batch_size // shard.shard_count, drop_remainder=True)
+  iter_ds = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=config.read_threads, prefetch_buffer_size=config.read_buffer_size))
+  if config.worker_count:
+    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; use defaults.
+      flags.FLAGS.mark_as_parsed()
+    iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size))
+  return iter_ds
