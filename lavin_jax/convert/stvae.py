@@ -1,0 +1,152 @@
+"""Import of the released ST-VAE checkpoint (`stvae.pt`, `{'state_dict': ...}`) into Flax.
+
+    module, params = load_released_stvae(path, config)
+    mean, logvar = module.apply({'params': params}, video, method='encode')
+    pixels = module.apply({'params': params}, z, method='decode')
+
+The Flax tree (lavin_jax/models/stvae.py) mirrors the released names: list indices
+become suffixes (`down_blocks.0` -> `down_blocks_0`), a causal conv's inner `conv.` level
+is folded into the module, weights become `kernel` (convolutions, transposed from
+(out, in, *k) to (*k, in, out)) or `scale` (norms). The file is checked against
+`jax.eval_shape` of the model before any array is converted.
+
+`.pt` files are read with `torch.load(weights_only=True)` (no pickled code runs; needs
+the `torch` extra); `.safetensors` files with the same keys need no torch. Keys outside
+`encoder.` and `decoder.` are not part of the model (the released loader ignores them
+too): they are skipped with a warning.
+"""
+
+import os
+import re
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lavin_jax import configs
+from lavin_jax.models import stvae
+
+_REQUIRED = ("block_out_channels", "layers_per_block", "latent_channels")
+_MODEL_PREFIXES = ("encoder.", "decoder.")
+
+
+def released_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The full ST-VAE config: the released model's values, overridden by `config`."""
+  missing = [k for k in _REQUIRED if k not in config]
+  if missing:
+    raise ValueError(f"The ST-VAE config needs {_REQUIRED}; missing {missing}.")
+  full = configs.stvae("released")
+  unknown = sorted(set(config.keys()) - set(full.keys()))
+  if unknown:
+    raise ValueError(f"Unknown ST-VAE config fields {unknown}; known: {sorted(full.keys())}.")
+  full.update(config)
+  return full
+
+
+def released_key(path: tuple[str, ...]) -> str:
+  """Released name of a Flax param path, e.g. ('encoder', 'conv_in', 'kernel')."""
+  *modules, leaf = path
+  parts = [re.sub(r"_(\d+)$", r".\1", m) for m in modules]
+  is_conv = not modules[-1].startswith("norm") and modules[-1] != "conv_shortcut"
+  if is_conv:  # CausalConv3d, Downsample and Upsample hold an inner `conv`.
+    parts.append("conv")
+  parts.append("weight" if leaf in ("kernel", "scale") else leaf)
+  return ".".join(parts)
+
+
+def _to_flax_layout(array: np.ndarray) -> np.ndarray:
+  """(out, in, *k) -> (*k, in, out); vectors unchanged."""
+  if array.ndim < 2:
+    return array
+  return np.transpose(array, tuple(range(2, array.ndim)) + (1, 0))
+
+
+def _expected_params(module, config):
+  """Flax param shapes of the model, without allocating anything."""
+  f = stvae.spatial_factor(config)
+  video = jax.ShapeDtypeStruct((1, 1, f, f, config.in_channels), np.float32)
+  variables = jax.eval_shape(module.init, jax.random.key(0), video)
+  return nn.unbox(variables["params"])
+
+
+def _read_pt(path):
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        f"Reading {path} needs PyTorch: pip install 'lavin_jax[torch]' (CPU torch is "
+        "enough), or convert the file to .safetensors first.") from e
+  state = torch.load(path, map_location="cpu", weights_only=True)
+  if isinstance(state, dict) and "state_dict" in state:
+    state = state["state_dict"]
+  if not isinstance(state, dict):
+    raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict.")
+  return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
+
+
+def _read_safetensors(path):
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  with safe_open(path, framework="flax") as f:
+    return {k: np.asarray(f.get_tensor(k), np.float32) for k in f.keys()}
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """The released state dict as float32 numpy arrays (PyTorch layouts)."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No ST-VAE checkpoint at {path!r} (want stvae.pt).")
+  if path.endswith(".safetensors"):
+    return _read_safetensors(path)
+  if path.endswith((".pt", ".pth", ".bin", ".ckpt")):
+    return _read_pt(path)
+  raise ValueError(f"Unknown checkpoint format {path!r}: use a .pt or .safetensors file.")
+
+
+def _check(expected, state, path):
+  """Raises ValueError listing every missing, unexpected and mismatched key."""
+  missing, mismatched = [], []
+  for key, shape in expected.items():
+    if key not in state:
+      missing.append(key)
+    elif (got := _to_flax_layout(state[key]).shape) != shape:
+      mismatched.append(f"{key}: file {got}, model {shape} (Flax layout)")
+  unexpected = sorted(set(state) - set(expected))
+  if missing or unexpected or mismatched:
+    raise ValueError(
+        f"{path} does not fit the ST-VAE config (check block_out_channels, "
+        f"layers_per_block, latent_channels):\n  missing keys ({len(missing)}): {missing}\n"
+        f"  unexpected keys ({len(unexpected)}): {unexpected}\n"
+        f"  mismatched shapes ({len(mismatched)}): {mismatched}")
+
+
+def load_released_stvae(path: str | os.PathLike, config: ml_collections.ConfigDict):
+  """Reads the released ST-VAE weights into (STVAE module, params).
+
+  Args:
+    path: `stvae.pt` ({'state_dict': ...}) or a .safetensors file with the same keys.
+    config: needs block_out_channels, layers_per_block and latent_channels; every
+      other field defaults to the released model (lavin_jax.configs.stvae('released')).
+
+  Returns:
+    (module, params) for `module.apply({'params': params}, x, method='encode'|'decode')`.
+  """
+  config = released_config(config)
+  state = read_state_dict(path)
+  ignored = sorted(k for k in state if not k.startswith(_MODEL_PREFIXES))
+  if ignored:
+    logging.warning("Skipping %d keys outside the ST-VAE model: %s", len(ignored), ignored)
+    state = {k: v for k, v in state.items() if k not in ignored}
+  module = stvae.STVAE(config)
+  expected_tree = _expected_params(module, config)
+  leaves = jax.tree_util.tree_flatten_with_path(expected_tree)[0]
+  expected = {released_key(tuple(k.key for k in p)): tuple(x.shape) for p, x in leaves}
+  _check(expected, state, os.fspath(path))
+  dtype = jnp.dtype(config.param_dtype)
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, _: jnp.asarray(
+          _to_flax_layout(state[released_key(tuple(k.key for k in p))]), dtype),
+      expected_tree)
+  return module, params
