@@ -11,7 +11,7 @@ Renderings of annotations (each has an exact inverse, `Task.decode`):
   v = (log depth_max - log d) / (log depth_max - log depth_min) in [0, 1]; depths
   outside the range are clipped, and non-positive or non-finite depth renders as far.
   With 8-bit storage the decoded depth is within a relative error of
-  exp(log(depth_max / depth_min) / 510) - 1 (0.68 % for the default range).
+  exp(log(depth_max / depth_min) / 510) - 1 (1.4 % for the default range).
 - normals: RGB = (n + 1) / 2, so the [-1, 1] pixels are the camera-frame normal itself;
   a zero normal (no surface) renders mid-grey and decodes to zero.
 - optical flow: an HSV colour wheel, hue = direction of (dx, dy) (0 deg = +x, 90 deg = +y,
