@@ -1,7 +1,7 @@
 """Rectified-flow training side: time sampling, interpolation, target and loss.
 
-The `loss_*` arrays in fixtures/jdit/flow_io.npz come from the released PyTorch
-training loss (shared/reference/jdit/dit_io.npz) with every random draw recorded.
+The `loss_*` arrays in fixtures/jdit/dit_io.npz come from the released PyTorch
+training loss with every random draw recorded.
 Layout (B, C, T, H, W); all the functions here are elementwise or per example.
 """
 
@@ -14,7 +14,7 @@ import pytest
 
 from lavin_jax import flow
 
-FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "jdit" / "flow_io.npz"
+FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "jdit" / "dit_io.npz"
 
 
 @pytest.fixture(scope="module")

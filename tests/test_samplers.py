@@ -6,11 +6,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import pytest
 
+from lavin_jax import convert
 from lavin_jax import flow
 
-FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "jdit" / "flow_io.npz"
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "jdit"
 
 # The released grids as SPEC.md prints them.
 RELEASED_GRIDS = {
@@ -35,7 +37,7 @@ def test_released_grids(n):
 
 
 def test_grid_20_is_the_released_tensor():
-  np.testing.assert_array_equal(flow.time_grid(20), np.load(FIXTURE)["sample_t_grid"])
+  np.testing.assert_array_equal(flow.time_grid(20), np.load(FIXTURES / "dit_io.npz")["sample_t_grid"])
 
 
 @pytest.mark.parametrize("n", [2, 3, 7, 21, 64, 101])
@@ -174,3 +176,24 @@ def test_guided_sampler_matches_manual_guidance():
     v = -0.5 * x + t0 + m_u + scale * (m_c - m_u)
     x = x + (t1 - t0) * v
   np.testing.assert_allclose(got, x, atol=1e-5)
+
+
+def test_guided_euler_reproduces_released_trajectory():
+  # The released 20-point Euler sampler with guidance (scale 1.5) on the released
+  # model in its key layout (random weights): every state of the trajectory.
+  ref = np.load(FIXTURES / "dit_io.npz")
+  config = ml_collections.ConfigDict(
+      dict(hidden_size=96, depth=2, num_heads=4, num_kv_heads=2))
+  model, params = convert.load_released_jdit(FIXTURES / "dit_state.safetensors", config)
+  channels_last = lambda a: jnp.asarray(np.moveaxis(a, 1, -1))  # (B, C, T, H, W) -> (B, T, H, W, C)
+  # The released sampler runs the doubled batch [cond half, null half]; both halves
+  # are the same sample.
+  noise = channels_last(ref["sample_init"][:1])
+  cond, cond_null = channels_last(ref["cfg_cond"]), channels_last(ref["cfg_cond_null"])
+  sampler = flow.make_guided_sampler(model, return_trajectory=True)
+  final, states = sampler(params, noise, cond, cond_null, flow.time_grid(20),
+                          float(ref["cfg_scale"]))
+  expected = np.moveaxis(ref["sample_traj"][:, :1], 2, -1)  # (N, B, T, H, W, C)
+  assert states.shape == expected.shape
+  np.testing.assert_allclose(states, expected, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(final, np.moveaxis(ref["sample_final"][:1], 1, -1), atol=1e-5)
