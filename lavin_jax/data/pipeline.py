@@ -220,8 +220,6 @@ def make_pipeline(config: ml_collections.ConfigDict, source, process_index: int 
     shard = grain.sharding.ShardByJaxProcess()
   else:
     shard = grain.sharding.ShardOptions(process_index, process_count)
-  if not 0 <= shard.shard_index < shard.shard_count:
-    raise ValueError(f'process_index {shard.shard_index} is outside [0, {shard.shard_count}).')
   if config.batch_size % shard.shard_count:
     raise ValueError(f'batch_size {config.batch_size} does not split evenly over '
                      f'{shard.shard_count} processes.')

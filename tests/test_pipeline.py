@@ -1,0 +1,278 @@
+"""Grain pipeline: batch layout, episodes, determinism, resume, sharding, bad inputs."""
+
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from lavin_jax.data import pipeline
+from lavin_jax.data import tasks
+
+N = 12  # Source examples; example i is the constant colour value(i).
+
+
+def value(i):
+  return 10 * i + 5
+
+
+def _photo_source(n=N, height=40, width=48):
+  return [{'image': np.full((height, width, 3), value(i), np.uint8)} for i in range(n)]
+
+
+def _index_of(pixels):
+  """Source index of a constant colour-target clip (T, H, W, 3)."""
+  level = (pixels + 1.0) * 127.5
+  assert np.ptp(level) < 1e-3
+  return int(round((level.mean() - 5) / 10))
+
+
+def _config(weights=('colorization',), k_min=1, k_max=3, batch_size=4, media='image'):
+  c = pipeline.pipeline_config(media)
+  c.resolution = 32
+  c.batch_size = batch_size
+  c.k_min, c.k_max = k_min, k_max
+  c.read_threads = 1
+  c.read_buffer_size = 4
+  for name in c.task_weights:
+    c.task_weights[name] = 0.0
+  for name in weights:
+    c.task_weights[name] = 1.0
+  return c
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def _assert_same(batches_a, batches_b):
+  assert len(batches_a) == len(batches_b)
+  for a, b in zip(batches_a, batches_b):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_batch_layout_and_padding():
+  rng = np.random.default_rng(0)
+  source = [{'image': rng.integers(0, 256, (40, 48, 3), dtype=np.uint8),
+             'depth': rng.uniform(1, 9, (40, 48)).astype(np.float32)} for _ in range(N)]
+  config = _config(('colorization', 'inpainting', 'depth_estimation'), k_min=2, k_max=4)
+  batches = _take(iter(pipeline.make_pipeline(config, source, 0, 1)), 6)
+  batch = batches[0]
+  assert set(batch) == {'context_inputs', 'context_targets', 'query', 'target',
+                        'num_pairs', 'task_id'}
+  assert batch['context_inputs'].shape == batch['context_targets'].shape == (4, 4, 1, 32, 32, 3)
+  assert batch['query'].shape == batch['target'].shape == (4, 1, 32, 32, 3)
+  assert batch['num_pairs'].dtype == batch['task_id'].dtype == np.int32
+  allowed = {tasks.task_id(n) for n in ('colorization', 'inpainting', 'depth_estimation')}
+  seen_k, seen_tasks = set(), set()
+  for b in batches:
+    for key in ('context_inputs', 'context_targets', 'query', 'target'):
+      assert b[key].dtype == np.float32 and b[key].min() >= -1 and b[key].max() <= 1
+    for i in range(4):
+      k = int(b['num_pairs'][i])
+      seen_k.add(k)
+      assert 2 <= k <= 4
+      assert np.all(b['context_inputs'][i, k:] == 0) and np.all(b['context_targets'][i, k:] == 0)
+      assert np.all(np.abs(b['context_targets'][i, :k]).reshape(k, -1).max(1) > 0)
+    seen_tasks |= set(b['task_id'].tolist())
+  assert seen_tasks == allowed and seen_k == {2, 3, 4}
+
+
+def test_context_is_other_examples_of_the_same_task():
+  config = _config(('colorization', 'inpainting'), k_min=3, k_max=3)
+  config.task.inpaint_fraction = 0.25
+  for b in _take(iter(pipeline.make_pipeline(config, _photo_source(), 0, 1)), 3):
+    for i in range(4):
+      query_index = _index_of(b['target'][i])
+      context = [_index_of(t) for t in b['context_targets'][i]]
+      assert query_index not in context
+      assert len(set(context)) == 3  # Drawn without replacement while the source allows.
+      hole = b['query'][i, 0, 16, 16, 0] == 0.0
+      assert hole == (b['task_id'][i] == tasks.task_id('inpainting'))
+      assert np.all((b['context_inputs'][i, :, 0, 16, 16, 0] == 0.0) == hole)
+
+
+def test_fit_example_crops_resizes_and_scales_annotations():
+  rng = np.random.default_rng(0)
+  instances = np.zeros((40, 64), np.int32)
+  instances[10:30, 20:40] = 7
+  example = {
+      'image': rng.integers(0, 256, (40, 64, 3), dtype=np.uint8),
+      'instances': instances,
+      'normals': np.tile(np.array([0, 0.6, -0.8], np.float32), (40, 64, 1)),
+      'boxes': np.array([[10, 20, 30, 40], [0, 0, 10, 10]], np.float32),
+      'label': np.int64(3),
+  }
+  out = pipeline.fit_example(example, 16)  # Centred 40 x 40 crop at x0 = 12, scale 0.4.
+  assert set(out) == {'image', 'instances', 'normals', 'boxes'}
+  assert out['image'].shape == (16, 16, 3) and out['image'].dtype == np.uint8
+  assert set(np.unique(out['instances'])) == {0, 7}
+  np.testing.assert_allclose(out['normals'], np.broadcast_to([0, 0.6, -0.8], (16, 16, 3)))
+  np.testing.assert_allclose(out['boxes'], [[4, 3.2, 12, 11.2]])  # The second is cut off.
+  mask = out['instances'] == 7
+  rows, cols = np.nonzero(mask)
+  assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (4, 12, 3, 11)
+
+  video = {'video': rng.integers(0, 256, (3, 64, 48, 3), dtype=np.uint8),
+           'flow': np.full((2, 64, 48, 2), 6.0, np.float32),
+           'depth': np.full((3, 64, 48), 2.5, np.float32)}
+  out = pipeline.fit_example(video, 32, rng=np.random.default_rng(1))
+  assert out['video'].shape == (3, 32, 32, 3) and out['depth'].shape == (3, 32, 32)
+  np.testing.assert_allclose(out['flow'], 4.0)  # 48 -> 32 px scales flow by 2/3.
+  np.testing.assert_allclose(out['depth'], 2.5)
+
+
+def test_video_pipeline():
+  rng = np.random.default_rng(0)
+  source = [{'video': rng.integers(0, 256, (12, 40, 40, 3), dtype=np.uint8),
+             'flow': rng.normal(0, 2, (11, 40, 40, 2)).astype(np.float32)}
+            for _ in range(4)]
+  config = _config(('frame_prediction', 'optical_flow'), k_max=2, batch_size=2,
+                   media='video')
+  batch = next(iter(pipeline.make_pipeline(config, source, 0, 1)))
+  assert batch['context_inputs'].shape == (2, 2, 5, 32, 32, 3)
+  assert batch['query'].shape == batch['target'].shape == (2, 5, 32, 32, 3)
+
+
+def test_deterministic_for_a_seed():
+  rng = np.random.default_rng(0)
+  source = [{'image': rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)} for _ in range(N)]
+  config = _config(('colorization', 'de_glass_blur', 'inpainting'))
+  config.task.inpaint_random = True
+  first = _take(iter(pipeline.make_pipeline(config, source, 0, 1)), 4)
+  _assert_same(first, _take(iter(pipeline.make_pipeline(config, source, 0, 1)), 4))
+  config.seed = 1
+  other = _take(iter(pipeline.make_pipeline(config, source, 0, 1)), 4)
+  assert any(not np.array_equal(a['query'], b['query']) for a, b in zip(first, other))
+
+
+def test_resume_from_state_yields_the_next_batches():
+  config = _config(('colorization', 'inpainting'))
+  config.task.inpaint_random = True
+  dataset = pipeline.make_pipeline(config, _photo_source(), 0, 1)
+  iterator = iter(dataset)
+  _take(iterator, 5)  # Past the first epoch (12 examples, 4 per batch).
+  state = iterator.get_state()
+  expected = _take(iterator, 3)
+  resumed = iter(dataset)
+  resumed.set_state(state)
+  _assert_same(expected, _take(resumed, 3))
+
+
+def test_resume_through_orbax(tmp_path):
+  config = _config(('colorization', 'inpainting'), batch_size=2)
+  config.worker_count = 1  # Grain worker process: its state is saved as well.
+  dataset = pipeline.make_pipeline(config, _photo_source(), 0, 1)
+  iterator = iter(dataset)
+  _take(iterator, 4)
+  manager = ocp.CheckpointManager(tmp_path, item_names=('data',))
+  manager.save(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
+  manager.wait_until_finished()
+  expected = _take(iterator, 3)
+  iterator.close()
+
+  resumed = iter(dataset)
+  manager.restore(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
+  _assert_same(expected, _take(resumed, 3))
+  resumed.close()
+  manager.close()
+  # The worker count does not change the batches.
+  config.worker_count = 0
+  in_process = iter(pipeline.make_pipeline(config, _photo_source(), 0, 1))
+  _take(in_process, 4)
+  _assert_same(expected, _take(in_process, 3))
+
+
+@pytest.mark.parametrize('count', [2, 3])
+def test_process_shards_are_disjoint_and_complete(count):
+  config = _config(batch_size=count)  # One query per process and step.
+  seen = []
+  for index in range(count):
+    iterator = iter(pipeline.make_pipeline(config, _photo_source(), index, count))
+    steps = len(range(index, N, count))  # This shard's share of one epoch.
+    seen.append([_index_of(b['target'][0]) for b in _take(iterator, steps)])
+  flat = [i for shard in seen for i in shard]
+  assert sorted(flat) == list(range(N))
+  # The same split as a single process reading the whole stream.
+  config.batch_size = 1
+  whole = iter(pipeline.make_pipeline(config, _photo_source(), 0, 1))
+  stream = [_index_of(b['target'][0]) for b in _take(whole, N)]
+  for index in range(count):
+    assert seen[index] == stream[index::count]
+
+
+# ---------------------------------------------------------------------------
+# Bad inputs: each raised by make_pipeline, before any batch.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('resolution', [40, 0, 250])
+def test_resolution_must_be_a_multiple_of_16(resolution):
+  config = _config()
+  config.resolution = resolution
+  with pytest.raises(ValueError, match='multiple of 16'):
+    pipeline.make_pipeline(config, _photo_source(), 0, 1)
+
+
+def test_task_asked_of_a_source_without_its_annotation():
+  config = _config(('colorization', 'normal_estimation'))
+  with pytest.raises(ValueError, match="'normal_estimation' needs 'normals'"):
+    pipeline.make_pipeline(config, _photo_source(), 0, 1)
+  with pytest.raises(ValueError, match="'video_depth' needs 'video'"):
+    pipeline.make_pipeline(_config(('video_depth',), media='video'), _photo_source(), 0, 1)
+
+
+def test_a_later_example_without_the_annotation_names_the_example():
+  source = [{'image': np.zeros((32, 32, 3), np.uint8), 'depth': np.ones((32, 32), np.float32)}
+            for _ in range(4)]
+  del source[2]['depth']
+  config = _config(('depth_estimation',), k_min=3, k_max=3, batch_size=1)
+  with pytest.raises(ValueError, match="Source example 2: Task 'depth_estimation' needs"):
+    _take(iter(pipeline.make_pipeline(config, source, 0, 1)), 4)
+
+
+def test_unknown_task_name():
+  config = _config()
+  config.task_weights['segmentation'] = 1.0
+  with pytest.raises(ValueError, match="Unknown task 'segmentation'"):
+    pipeline.make_pipeline(config, _photo_source(), 0, 1)
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(k_min=0), 'k_min <= k_max'),
+    (dict(k_min=4, k_max=3), 'k_min <= k_max'),
+    (dict(batch_size=3), 'does not split evenly over 2 processes'),
+])
+def test_bad_config_values(change, message):
+  config = _config()
+  config.update(change)
+  with pytest.raises(ValueError, match=message):
+    pipeline.make_pipeline(config, _photo_source(), 0, 2)
+
+
+def test_bad_weights_and_mixed_frame_counts():
+  with pytest.raises(ValueError, match='All task weights are 0'):
+    pipeline.make_pipeline(_config(()), _photo_source(), 0, 1)
+  config = _config()
+  config.task_weights.inpainting = -1.0
+  with pytest.raises(ValueError, match="weight of 'inpainting' must be >= 0"):
+    pipeline.make_pipeline(config, _photo_source(), 0, 1)
+  with pytest.raises(ValueError, match='separate image and video pipelines'):
+    pipeline.make_pipeline(_config(('colorization', 'video_depth')), _photo_source(), 0, 1)
+
+
+def test_small_images_and_tiny_sources():
+  config = _config()
+  config.resolution = 64
+  with pytest.raises(ValueError, match='40x48, smaller than the resolution 64'):
+    pipeline.make_pipeline(config, _photo_source(), 0, 1)
+  config.allow_upscale = True
+  batch = next(iter(pipeline.make_pipeline(config, _photo_source(), 0, 1)))
+  assert batch['query'].shape == (4, 1, 64, 64, 3)
+  with pytest.raises(ValueError, match='at least 2'):
+    pipeline.make_pipeline(_config(), _photo_source(1), 0, 1)
+  with pytest.raises(ValueError, match='both process_index and process_count'):
+    pipeline.make_pipeline(_config(), _photo_source(), 0)
+  with pytest.raises(ValueError, match='shard_index must be in'):
+    pipeline.make_pipeline(_config(), _photo_source(), 2, 2)
