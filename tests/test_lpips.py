@@ -1,6 +1,7 @@
 """LPIPS against the `lpips` package's outputs on deterministic VGG16 weights."""
 
 import pathlib
+import sys
 
 import jax
 import numpy as np
@@ -31,6 +32,10 @@ def test_splitmix_stream_is_the_standard_generator():
   u = splitmix_weights.splitmix_uniform(7, (200_000,))
   assert 0.0 <= u.min() and u.max() < 1.0
   np.testing.assert_allclose([u.mean(), u.var()], [0.5, 1 / 12], atol=3e-3)
+  # Conv weights come out He-scaled: uniform on +-sqrt(6 / fan_in), std sqrt(2 / fan_in).
+  conv = splitmix_weights.deterministic_tensor(2, "features.2.weight", (64, 64, 3, 3))
+  np.testing.assert_allclose(conv.std(), np.sqrt(2 / 576), rtol=0.02)
+  assert np.abs(conv).max() <= np.sqrt(6 / 576)
 
 
 def test_lpips_matches_package_on_deterministic_weights(vgg_file):
@@ -71,6 +76,12 @@ def test_missing_weight_file_says_where_to_get_and_put_it(tmp_path, monkeypatch)
   (tmp_path / lpips.VGG16_FILE).touch()
   with pytest.raises(FileNotFoundError, match=lpips.LIN_FILE):
     lpips.load_lpips()
+
+
+def test_reading_weights_without_torch_names_the_extra(monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
+  with pytest.raises(ImportError, match=r"lavin_jax\[torch\]"):
+    lpips.load_lpips(LIN_FILE, LIN_FILE)
 
 
 @pytest.mark.parametrize("x0,x1", [
