@@ -152,10 +152,10 @@ class EpisodeMaker(grain.transforms.RandomMap):
     others = rng.choice(len(self._source) - 1, num_pairs,
                         replace=num_pairs > len(self._source) - 1)
     others = others + (others >= index)  # Skip the query.
-    pairs = [self._pair(task, int(i), rng) for i in others]
     query, target = self._pair(task, int(index), rng)
     context = np.zeros((2, c.k_max) + query.shape, np.float32)  # (2, K_max, T, H, W, 3)
-    context[:, :num_pairs] = np.stack(pairs, axis=1)
+    for slot, other in enumerate(others):
+      context[:, slot] = self._pair(task, int(other), rng)
     return {
         'context_inputs': context[0],
         'context_targets': context[1],
