@@ -184,7 +184,7 @@ def box_mask(box: Array, height: int, width: int) -> Array:
 
 
 # ---------------------------------------------------------------------------
-# Degradations (uint8 frames (H, W, 3) in, uint8 or [0, 1] float out).
+# Degradations: uint8 frame (H, W, 3) -> uint8 frame.
 # ---------------------------------------------------------------------------
 
 
@@ -243,8 +243,8 @@ def _rain(frame, rng, config):
   angle = 90.0 + rng.uniform(-config.rain_angle, config.rain_angle)
   streaks = cv2.filter2D(seeds, -1, line_kernel(length, angle))
   streaks = np.clip(streaks * length * config.rain_strength, 0.0, 1.0)[..., None]
-  image = frame.astype(np.float32) / 255.0
-  return image + (1.0 - image) * streaks
+  image = frame.astype(np.float32)
+  return np.round(image + (255.0 - image) * streaks).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------
@@ -255,9 +255,7 @@ def _rain(frame, rng, config):
 def _photometric(degrade, clip, rng, config):
   """Pair: input = degrade(frame) for each frame, target = the frames."""
   frames = clip['frames']
-  degraded = _per_frame(lambda f: degrade(f, rng, config), frames)
-  degraded = to_pixels(degraded) if degraded.dtype == np.uint8 else _from_unit(degraded)
-  return degraded, to_pixels(frames)
+  return to_pixels(_per_frame(lambda f: degrade(f, rng, config), frames)), to_pixels(frames)
 
 
 def _grey_input(frame, rng, config):
