@@ -1,8 +1,8 @@
 """Locating and reading the PyTorch weight files of the LPIPS and FID networks.
 
-Weight files are looked up, in order, at an explicit path given by the caller, then in
-the directory named by the environment variable `LAVIN_JAX_WEIGHTS`, then in
-`~/.cache/lavin_jax/weights`. Nothing is downloaded: a missing file raises an error that
+A weight file is read from the path the caller gives or else, by its standard name, from
+the directory named by the environment variable `LAVIN_JAX_WEIGHTS` (default
+`~/.cache/lavin_jax/weights`). Nothing is downloaded: a missing file raises an error that
 says where to get it and where to put it.
 """
 
