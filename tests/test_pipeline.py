@@ -202,6 +202,12 @@ def test_process_shards_are_disjoint_and_complete(count):
     assert seen[index] == stream[index::count]
 
 
+def test_default_shard_is_the_jax_process():
+  config = _config()
+  default = _take(iter(pipeline.make_pipeline(config, _photo_source())), 2)
+  _assert_same(default, _take(iter(pipeline.make_pipeline(config, _photo_source(), 0, 1)), 2))
+
+
 # ---------------------------------------------------------------------------
 # Bad inputs: each raised by make_pipeline, before any batch.
 # ---------------------------------------------------------------------------
