@@ -1,0 +1,118 @@
+"""Released J-DiT weights give the released PyTorch outputs (fixtures in tests/fixtures/jdit)."""
+
+import pathlib
+
+import einops
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+from safetensors.numpy import save_file
+
+from lavin_jax.convert import load_released_jdit
+from lavin_jax.convert import jdit as convert_jdit
+from lavin_jax.models import jdit
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "jdit"
+STATE = FIXTURES / "dit_state.safetensors"
+TOL = 1e-4  # max abs error, float32
+
+
+def _config(**overrides):
+  c = ml_collections.ConfigDict(dict(hidden_size=96, depth=2, num_heads=4, num_kv_heads=2))
+  c.update(overrides)
+  return c
+
+
+@pytest.fixture(scope="module")
+def io():
+  return dict(np.load(FIXTURES / "dit_io.npz"))
+
+
+@pytest.fixture(scope="module")
+def scanned():
+  return load_released_jdit(STATE, _config())
+
+
+def _latents(tokens):
+  """Released patchified input (B, T, h, w, (ph pw C)) -> our latents (B, T, H, W, C)."""
+  return einops.rearrange(tokens, "b t h w (ph pw c) -> b t (h ph) (w pw) c", ph=2, pw=2)
+
+
+def _channels_last(video):
+  return einops.rearrange(video, "b c t h w -> b t h w c")
+
+
+def _max_err(a, b):
+  return float(np.max(np.abs(np.asarray(a) - b)))
+
+
+@pytest.mark.parametrize("case", ["fwdA", "fwdB"])
+def test_forward_matches_released(io, scanned, case):
+  module, params = scanned
+  v = jax.jit(module.apply)({"params": params}, _latents(io[f"{case}_x"]),
+                            io[f"{case}_t"], _latents(io[f"{case}_cond"]))
+  assert v.dtype == np.float32
+  assert _max_err(v, _channels_last(io[f"{case}_out"])) < TOL
+
+
+def test_guided_matches_released(io, scanned):
+  # The released forward_with_cfg runs the cond branch on the first half of its batch and
+  # the null branch on the second half.
+  module, params = scanned
+  x, cond, cond_null = (_channels_last(io[k]) for k in ("cfg_x", "cfg_cond", "cfg_cond_null"))
+  b = cond.shape[0]
+  guided = jax.jit(module.apply, static_argnames="method")(
+      {"params": params}, x[:b], io["cfg_t"][:b], cond, cond_null, io["cfg_scale"],
+      x_null=x[b:], method="forward_with_cfg")
+  ref = _channels_last(io["cfg_out"])
+  assert _max_err(guided, ref[:b]) < TOL and _max_err(guided, ref[b:]) < TOL
+
+
+def test_unscanned_layout_matches_released(io, scanned):
+  module, params = load_released_jdit(STATE, _config(scan_layers=False, remat_policy="none"))
+  assert "blocks_1" in params and "blocks" not in params
+  jax.tree.map(np.testing.assert_array_equal, jdit.scan_params(params, 2), scanned[1])
+  v = jax.jit(module.apply)({"params": params}, _latents(io["fwdA_x"]), io["fwdA_t"],
+                            _latents(io["fwdA_cond"]))
+  assert _max_err(v, _channels_last(io["fwdA_out"])) < TOL
+
+
+def test_defaults_are_the_released_model():
+  c = convert_jdit.released_config(_config())
+  assert c.sandwich_norm and c.patch_size == 2 and c.in_channels == 16
+  assert c.dtype == "float32" and c.hidden_size == 96
+  with pytest.raises(ValueError, match="missing"):
+    convert_jdit.released_config(ml_collections.ConfigDict(dict(hidden_size=96)))
+  with pytest.raises(ValueError, match="Unknown J-DiT config fields"):
+    convert_jdit.released_config(_config(hidden=3))
+
+
+def test_missing_file():
+  with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
+    load_released_jdit("/nowhere.safetensors", _config())
+
+
+def test_incompatible_file_lists_every_problem(tmp_path):
+  state = load_file(STATE)
+  state.pop("blocks.1.x_mlp.up_proj.weight")
+  state["blocks.0.extra.weight"] = np.zeros(3, np.float32)
+  state["final_layer.linear.bias"] = np.zeros(7, np.float32)
+  path = tmp_path / "bad.safetensors"
+  save_file(state, path)
+  with pytest.raises(ValueError) as error:
+    load_released_jdit(path, _config())
+  message = str(error.value)
+  assert "missing keys (1): ['blocks.1.x_mlp.up_proj.weight']" in message
+  assert "unexpected keys (1): ['blocks.0.extra.weight']" in message
+  assert "final_layer.linear.bias: file (7,), model wants (64,)" in message
+
+
+def test_wrong_config_is_refused():
+  # A deeper model misses blocks.2; wrong head counts mismatch the kv projections.
+  with pytest.raises(ValueError, match=r"missing keys \(\d+\): \['blocks.2"):
+    load_released_jdit(STATE, _config(depth=3))
+  with pytest.raises(ValueError, match=r"joint_attn.cond_k.weight: file \(48, 96\), model "
+                                       r"wants \(96, 96\)"):
+    load_released_jdit(STATE, _config(num_kv_heads=4))
