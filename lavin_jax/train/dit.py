@@ -169,9 +169,9 @@ def train_step(state, vae_params, batch, *, model, tx, schedule, config, vae=Non
       state, grads, tx, config.optimizer.ema_decay)
   metrics = {
       "loss": loss,
-      "grad_norm": optax.global_norm(grads),
-      "update_norm": optax.global_norm(updates),
-      "param_norm": optax.global_norm(new_state.params),
+      "grad_norm": optax.tree.norm(grads),
+      "update_norm": optax.tree.norm(updates),
+      "param_norm": optax.tree.norm(new_state.params),
       "lr": schedule(state.step),
   }
   return new_state, metrics

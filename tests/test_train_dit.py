@@ -1,0 +1,300 @@
+"""J-DiT training: loss, optimizer, EMA, context dropout, padding, released gradients."""
+
+import importlib.util
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lavin_jax import configs
+from lavin_jax.models import jdit
+from lavin_jax.parallel import mesh as mesh_lib
+from lavin_jax.train import dit
+from lavin_jax.train import state as state_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures", "jdit")
+
+
+def load_config_module():
+  spec = importlib.util.spec_from_file_location(
+      "train_dit_config", os.path.join(ROOT, "configs", "train_dit.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+train_dit_config = load_config_module()
+
+
+def tiny_config(**model):
+  """A J-DiT far smaller than 'tiny' (fast on CPU), float32, latents given."""
+  c = train_dit_config.get_config("tiny,runlocal")
+  c.input = "latents"
+  c.model.update(dict(hidden_size=32, depth=2, num_heads=2, num_kv_heads=1,
+                      scan_layers=True, remat_policy="none", dtype="float32"))
+  c.model.update(model)
+  return c
+
+
+def latent_batch(rng, batch=2, pairs=2, frames=1, size=4, num_pairs=None):
+  """Random latents in the batch layout; pairs >= num_pairs are zero (padding)."""
+  shape = (batch, pairs, frames, size, size, 16)
+  b = {"context_inputs": rng.standard_normal(shape, np.float32),
+       "context_targets": rng.standard_normal(shape, np.float32),
+       "query": rng.standard_normal((batch,) + shape[2:], np.float32),
+       "target": rng.standard_normal((batch,) + shape[2:], np.float32)}
+  num_pairs = np.full((batch,), pairs, np.int32) if num_pairs is None else num_pairs
+  valid = (np.arange(pairs)[None] < num_pairs[:, None])[..., None, None, None, None]
+  for k in ("context_inputs", "context_targets"):
+    b[k] = np.where(valid, b[k], 0).astype(np.float32)
+  b["num_pairs"] = np.asarray(num_pairs, np.int32)
+  return b
+
+
+def setup_training(config):
+  model = jdit.JDiT(config.model)
+  tx, schedule = state_lib.create_optimizer(config.optimizer)
+  mesh = mesh_lib.create_mesh({"data": -1})
+  state, shardings = dit.init_train_state(model, tx, config, mesh, jax.random.PRNGKey(0))
+  step = dit.create_train_step(model, tx, schedule, config, shardings)
+  return mesh, state, step
+
+
+@jax.jit
+def init_params(x, t, cond, mask):
+  return jdit.JDiT(tiny_config().model).init(jax.random.PRNGKey(0), x, t, cond, mask)["params"]
+
+
+@jax.jit
+def velocity(params, x, t, cond, mask=None):
+  return jdit.JDiT(tiny_config().model).apply({"params": params}, x, t, cond, mask)
+
+
+@jax.jit
+def loss_at(params, x, noise, t, cond, mask):
+  return dit.velocity_loss(jdit.JDiT(tiny_config().model), params, x, noise, t, cond, mask, 0.1)
+
+
+@pytest.fixture(scope="module")
+def overfit_run():
+  """300 updates on one fixed batch: (losses, the last step's states and step fn)."""
+  config = tiny_config()
+  config.optimizer.lr = 3e-3
+  config.optimizer.ema_decay = 0.9  # visible in a single step (test_train_step_ema)
+  config.flow.uncond_ratio = 0.0
+  mesh, state, step = setup_training(config)
+  losses = []
+  with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.AXIS_RULES):
+    batch = mesh_lib.global_batch(latent_batch(np.random.default_rng(0)), mesh)
+    for _ in range(300):
+      # Step counter held at 0: the same times, noise and dropout every update, so the
+      # batch is fixed entirely (the optimizer keeps its own count).
+      state, metrics = step(state.replace(step=jnp.zeros_like(state.step)), None, batch)
+      losses.append(float(metrics["loss"]))
+    before = jax.device_get(state)
+    after, _ = step(state, None, batch)
+  return losses, before, jax.device_get(after)
+
+
+# ---------------------------------------------------------------------------------------
+# 1. Overfitting.
+
+
+def test_tiny_model_overfits_one_fixed_batch(overfit_run):
+  losses = overfit_run[0]
+  assert np.all(np.isfinite(losses))
+  assert losses[-1] * 10 <= losses[0], (losses[0], losses[-1])
+
+
+# ---------------------------------------------------------------------------------------
+# 4. Loss, clipping + AdamW and EMA against numpy.
+
+
+def test_velocity_loss_matches_numpy():
+  rng = np.random.default_rng(1)
+  b = latent_batch(rng, batch=3)
+  cond, mask = dit.build_condition(b["context_inputs"], b["context_targets"], b["query"],
+                                   b["num_pairs"], np.zeros(3, bool))
+  x, noise = b["target"], rng.standard_normal(b["target"].shape, np.float32)
+  t = np.array([0.1, 0.5, 0.93], np.float32)
+  params = init_params(x, t, cond, mask)
+  loss = loss_at(params, x, noise, t, cond, mask)
+
+  x_t = t[:, None, None, None, None] * x + (1 - t[:, None, None, None, None]) * noise
+  v = np.asarray(velocity(params, x_t, t, cond, mask), np.float64)
+  err = v - (x - noise)
+  per_example = (err ** 2).mean(axis=(1, 2, 3, 4)) + 0.1 * np.abs(err).mean(axis=(1, 2, 3, 4))
+  np.testing.assert_allclose(loss, per_example.mean(), rtol=1e-5)
+
+
+def numpy_adamw_clipped(params, grads_seq, lr, b1, b2, eps, wd, clip):
+  """Reference: global-norm clip, then PyTorch-style AdamW (decoupled weight decay)."""
+  p = {k: v.astype(np.float64) for k, v in params.items()}
+  m = {k: np.zeros_like(v) for k, v in p.items()}
+  s = {k: np.zeros_like(v) for k, v in p.items()}
+  for i, grads in enumerate(grads_seq, start=1):
+    norm = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads.values()))
+    scale = min(1.0, clip / norm)
+    for k in p:
+      g = grads[k] * scale
+      m[k] = b1 * m[k] + (1 - b1) * g
+      s[k] = b2 * s[k] + (1 - b2) * g * g
+      m_hat, s_hat = m[k] / (1 - b1 ** i), s[k] / (1 - b2 ** i)
+      p[k] = p[k] - lr * (m_hat / (np.sqrt(s_hat) + eps) + wd * p[k])
+  return p
+
+
+def test_clipped_adamw_matches_numpy():
+  config = tiny_config().optimizer
+  config.lr = 0.05  # large enough that every term of the update is visible
+  tx, schedule = state_lib.create_optimizer(config)
+  rng = np.random.default_rng(2)
+  params = {"a": rng.standard_normal((5, 3), np.float32), "b": rng.standard_normal(7, np.float32)}
+  # Gradient norms far above (clipped) and below (untouched) the clip norm 1.0.
+  grads_seq = [{k: (scale * rng.standard_normal(v.shape)).astype(np.float32)
+                for k, v in params.items()} for scale in (30.0, 0.01, 5.0)]
+  state = state_lib.create_train_state(params, tx, jax.random.PRNGKey(0))
+  for grads in grads_seq:
+    state, _ = state_lib.apply_gradients(state, grads, tx, config.ema_decay)
+  want = numpy_adamw_clipped(params, grads_seq, config.lr, config.b1, config.b2, config.eps,
+                             config.weight_decay, config.clip_norm)
+  for k in params:
+    np.testing.assert_allclose(state.params[k], want[k], rtol=1e-5, atol=1e-6)
+  assert float(schedule(10_000)) == pytest.approx(config.lr)  # constant, no warmup
+
+
+def test_train_step_ema_matches_numpy(overfit_run):
+  _, before, after = overfit_run
+  want = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * np.asarray(p, np.float64),
+                      before.ema_params, after.params)
+  jax.tree.map(lambda got, w: np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-7),
+               after.ema_params, want)
+  assert int(after.step) == int(before.step) + 1
+
+
+def test_ema_update_matches_numpy():
+  rng = np.random.default_rng(7)
+  ema, params = ({"w": rng.standard_normal((4, 3), np.float32)} for _ in range(2))
+  got = state_lib.ema_update(ema, params, 0.9999)
+  np.testing.assert_allclose(got["w"], 0.9999 * ema["w"] + 0.0001 * params["w"], rtol=1e-6)
+
+
+def test_schedules_and_bad_names():
+  config = tiny_config().optimizer
+  config.schedule, config.warmup_steps, config.decay_steps = "cosine", 10, 110
+  _, schedule = state_lib.create_optimizer(config)
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(10)) == pytest.approx(config.lr)
+  assert float(schedule(60)) == pytest.approx(config.lr / 2, rel=1e-4)
+  config.schedule = "linear_wobble"
+  with pytest.raises(ValueError, match="optimizer.schedule"):
+    state_lib.create_optimizer(config)
+
+
+# ---------------------------------------------------------------------------------------
+# 5. Context dropout.
+
+
+def test_context_drop_rate_is_uncond_ratio():
+  config = tiny_config()
+  n = 40_000
+  b = {k: jnp.ones((n, 1, 1, 2, 2, 1)) for k in ("context_inputs", "context_targets")}
+  b.update({k: jnp.ones((n, 1, 2, 2, 1)) for k in ("query", "target")})
+  _, _, _, cond, mask = dit.sample_training_inputs(
+      b, jnp.ones((n,), jnp.int32), jax.random.PRNGKey(4), config.flow)
+  dropped = ~np.asarray(mask[:, 1])  # the first pair's target frame is hidden
+  rate, p = dropped.mean(), config.flow.uncond_ratio
+  assert abs(rate - p) <= 3 * np.sqrt(p * (1 - p) / n), rate
+  # Dropped examples see exactly [zero frame, query]; the others everything.
+  assert np.all(np.asarray(mask)[dropped] == [True, False, True])
+  assert np.all(np.asarray(mask)[~dropped])
+  assert not np.any(np.asarray(cond)[dropped, 0]) and np.all(np.asarray(cond)[~dropped, 0])
+
+
+def test_dropped_context_gives_null_condition_velocity():
+  rng = np.random.default_rng(5)
+  b = latent_batch(rng, batch=2, pairs=3, frames=2)
+  cond, mask = dit.build_condition(b["context_inputs"], b["context_targets"], b["query"],
+                                   b["num_pairs"], np.ones(2, bool))
+  x, t = b["target"], np.array([0.3, 0.8], np.float32)
+  params = init_params(x, t, cond, mask)
+  v_dropped = velocity(params, x, t, cond, mask)
+  v_null = velocity(params, x, t, jdit.null_condition(b["query"]))
+  np.testing.assert_allclose(v_dropped, v_null, atol=2e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# 6. Padded context pairs.
+
+
+def test_padding_to_eight_pairs_matches_true_pairs():
+  rng = np.random.default_rng(6)
+  alone = latent_batch(rng, batch=1, pairs=3)
+  padded = latent_batch(rng, batch=1, pairs=8, num_pairs=np.array([3]))
+  for k in ("context_inputs", "context_targets"):
+    padded[k][:, :3] = alone[k]
+    # Garbage in the padding: masking, not zeros, must hide it.
+    padded[k][:, 3:] = rng.standard_normal(padded[k][:, 3:].shape)
+  for k in ("query", "target"):
+    padded[k] = alone[k]
+  noise = rng.standard_normal(alone["target"].shape, np.float32)
+  t = np.array([0.6], np.float32)
+  no_drop = np.zeros(1, bool)
+
+  def run(b, params=None):
+    cond, mask = dit.build_condition(b["context_inputs"], b["context_targets"], b["query"],
+                                     b["num_pairs"], no_drop)
+    if params is None:
+      params = init_params(b["target"], t, cond, mask)
+    x_t = t[:, None, None, None, None] * b["target"] + (1 - t) * noise
+    v = velocity(params, x_t, t, cond, mask)
+    loss = loss_at(params, b["target"], noise, t, cond, mask)
+    return params, v, loss
+
+  params, v_alone, loss_alone = run(alone)
+  _, v_padded, loss_padded = run(padded, params)
+  assert padded["context_inputs"].shape[1] == 8
+  np.testing.assert_allclose(v_padded, v_alone, atol=2e-5)
+  np.testing.assert_allclose(loss_padded, loss_alone, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# 7. Gradients through the released weights.
+
+
+def test_loss_and_gradients_match_released():
+  from lavin_jax.convert import jdit as convert_jdit  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  arch = ml_collections.ConfigDict(dict(hidden_size=96, depth=2, num_heads=4, num_kv_heads=2))
+  module, params = convert_jdit.load_released_jdit(
+      os.path.join(FIXTURES, "dit_state.safetensors"), arch)
+  io = np.load(os.path.join(FIXTURES, "dit_io.npz"))
+  channels_last = lambda a: np.moveaxis(a, 1, -1)  # (B, C, T, H, W) -> (B, T, H, W, C)
+  x, noise, cond = (channels_last(io[k]) for k in ("loss_x1", "loss_x0", "loss_cond"))
+  loss, grads = jax.value_and_grad(
+      lambda p: dit.velocity_loss(module, p, x, noise, io["loss_t"], cond, None, 0.1))(params)
+  np.testing.assert_allclose(loss, io["loss_value"], rtol=1e-5)
+
+  released = load_file(os.path.join(FIXTURES, "dit_grads.safetensors"))
+  checked = 0
+  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    names = tuple(k.key for k in path)
+    layers = range(g.shape[0]) if names[0] == "blocks" else [None]
+    for layer in layers:
+      ours = np.asarray(g if layer is None else g[layer])
+      key = convert_jdit.released_key(names, layer)
+      if key not in released:  # no gradient in PyTorch: unused, so ours must be zero
+        np.testing.assert_array_equal(ours, 0, err_msg=key)
+        continue
+      want = released[key].T if names[-1] == "kernel" else released[key]
+      # float32 through two blocks: relative to the largest entry of each tensor.
+      np.testing.assert_allclose(ours, want, atol=1e-4 * np.abs(want).max() + 1e-7,
+                                 err_msg=key)
+      checked += 1
+  assert checked == len(released)
