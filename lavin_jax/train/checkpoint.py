@@ -1,0 +1,246 @@
+"""Training checkpoints with orbax: train state, data-iterator state and the config.
+
+One step directory holds three items: `state` (any pytree of arrays, e.g. the
+TrainState: params, EMA params, optimizer state, step, raw uint32 RNG key), `data` (a
+Grain iterator's position, optional) and `config` (JSON). Saves are asynchronous and
+atomic: orbax writes into a temporary directory and renames it when complete, so a
+process killed mid-save leaves the previous checkpoints intact and the half-written
+one is ignored (and removed when the next manager opens the directory).
+
+Typical loop:
+
+    with StopGuard() as stop, CheckpointManager(workdir, save_every=1000) as ckpt:
+      if ckpt.latest_step() is not None:
+        state, _ = ckpt.restore(abstract_state, data_iterator=it)  # onto any mesh
+      while step < total_steps:
+        state = train_step(state, next(it)); step += 1
+        ckpt.save(step, state, config=config, data_iterator=it,
+                  force=stop.stop_requested)
+        if stop.stop_requested:
+          break
+
+`abstract_state` is the jax.eval_shape of the state with the NamedShardings of the
+current mesh (`with_shardings`), so a checkpoint written on one mesh restores onto
+another.
+"""
+
+import json
+import os
+import signal
+from typing import Any, Optional
+
+import grain
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+def with_shardings(abstract_tree, shardings):
+  """ShapeDtypeStructs of `abstract_tree` placed on `shardings` (a matching pytree)."""
+  return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)
+
+
+def _abstract(target):
+  """Restore target: arrays -> their shape, dtype and sharding; structs kept.
+
+  A ShapeDtypeStruct without a sharding restores onto the first local device.
+  """
+
+  def leaf(x):
+    sharding = getattr(x, "sharding", None)
+    if sharding is None:
+      sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+  return jax.tree.map(leaf, target)
+
+
+def _dotted(path) -> str:
+  """Key path -> orbax's dotted array name ('opt_state.0.mu.w')."""
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+  return ".".join(parts)
+
+
+def _check_fits(metadata, target, where: str) -> None:
+  """Raises ValueError listing every missing, unexpected or reshaped array."""
+  stored = {m.name: tuple(m.shape) for m in jax.tree.leaves(metadata) if hasattr(m, "shape")}
+  wanted = {_dotted(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(target)}
+  missing = sorted(set(wanted) - set(stored))
+  unexpected = sorted(set(stored) - set(wanted))
+  reshaped = [f"{k}: checkpoint {stored[k]}, target {wanted[k]}"
+              for k in sorted(set(stored) & set(wanted)) if stored[k] != wanted[k]]
+  if missing or unexpected or reshaped:
+    raise ValueError(
+        f"The checkpoint {where} does not fit the target state (was it written with "
+        f"another model or optimizer config?):\n  missing ({len(missing)}): {missing}\n"
+        f"  unexpected ({len(unexpected)}): {unexpected}\n"
+        f"  mismatched shapes ({len(reshaped)}): {reshaped}")
+
+
+class CheckpointManager:
+  """Saves every `save_every` steps, keeps the latest `keep`, restores onto any mesh.
+
+  Call `save` and `restore` on every process (multi-host); orbax coordinates them.
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, save_every: int, keep: int = 3,
+               async_save: bool = True):
+    if save_every < 1 or keep < 1:
+      raise ValueError(f"save_every ({save_every}) and keep ({keep}) must be >= 1.")
+    options = ocp.CheckpointManagerOptions(
+        save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(save_every),
+        preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True,
+    )
+    handlers = {
+        "state": ocp.StandardCheckpointHandler(),
+        "data": grain.checkpoint.CheckpointHandler(),
+        "config": ocp.JsonCheckpointHandler(),
+    }
+    self._manager = ocp.CheckpointManager(
+        os.path.abspath(os.fspath(directory)), options=options, item_handlers=handlers)
+
+  @property
+  def directory(self):
+    return self._manager.directory
+
+  def all_steps(self) -> list[int]:
+    """Steps of the complete checkpoints, ascending."""
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def should_save(self, step: int) -> bool:
+    return self._manager.should_save(step)
+
+  def save(self, step: int, state, *, config: Optional[ml_collections.ConfigDict] = None,
+           data_iterator=None, force: bool = False) -> bool:
+    """Starts saving `state` (and the config and iterator position) as `step`.
+
+    Saves only when `step` is a multiple of save_every, or with force=True (e.g.
+    on a stop request). Returns whether a save started; the arrays are written in
+    the background (`wait_until_finished` to block).
+    """
+    if not force and not self.should_save(step):
+      return False
+    items = {"state": ocp.args.StandardSave(state)}
+    if config is not None:
+      items["config"] = ocp.args.JsonSave(json.loads(config.to_json()))
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore(self, target, *, step: Optional[int] = None, data_iterator=None):
+    """Restores a checkpoint onto the layout of `target`.
+
+    Args:
+      target: pytree like the saved state: arrays, or ShapeDtypeStructs carrying the
+        shardings to restore onto (`with_shardings(jax.eval_shape(...), shardings)`).
+      step: which step; the latest by default.
+      data_iterator: a fresh Grain iterator of the same pipeline; its position is
+        set to the saved one.
+
+    Returns:
+      (state, config): config is a ConfigDict (tuples come back as lists), or None
+      if none was saved.
+    """
+    self._manager.wait_until_finished()
+    step = self.latest_step() if step is None else step
+    if step is None or step not in self.all_steps():
+      raise FileNotFoundError(
+          f"No checkpoint for step {step} in {self.directory} (complete steps: "
+          f"{self.all_steps()}).")
+    metadata = self._manager.item_metadata(step)
+    _check_fits(metadata["state"], target, f"{self.directory}/{step}")
+    items = {"state": ocp.args.StandardRestore(_abstract(target))}
+    if self._has_item(step, "config"):
+      items["config"] = ocp.args.JsonRestore()
+    if data_iterator is not None:
+      if not self._has_item(step, "data"):
+        raise ValueError(
+            f"Checkpoint {self.directory}/{step} holds no data-iterator state; restore "
+            "without data_iterator (the data then starts from the beginning).")
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    config = restored.get("config", None)
+    return restored["state"], (None if config is None else ml_collections.ConfigDict(config))
+
+  def _has_item(self, step: int, name: str) -> bool:
+    return (self.directory / str(step) / name).exists()
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager."""
+    self._manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+    return False
+
+
+class StopGuard:
+  """Within the block, SIGTERM and SIGINT set a flag instead of killing the process.
+
+  The training loop polls `stop_requested`, saves and leaves cleanly. A second
+  signal of the same kind gets the previous behaviour (a second Ctrl-C interrupts).
+  Enter it from the main thread (a Python rule for signal handlers).
+  """
+
+  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+    self._signals = tuple(signals)
+    self._previous = {}
+    self.received: Optional[int] = None  # the first signal number caught
+
+  def __enter__(self):
+    for s in self._signals:
+      self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous = {}
+    return False
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received is not None:
+      signal.signal(signum, self._previous[signum])
+      signal.raise_signal(signum)
+      return
+    self.received = signum
+
+  @property
+  def stop_requested(self) -> bool:
+    """True once a signal arrived here or on any other process.
+
+    Multi-host, this is a collective: poll it at the same step on every process.
+    """
+    local = self.received is not None
+    if jax.process_count() == 1:
+      return local
+    return bool(np.any(multihost_utils.process_allgather(np.int32(local))))
+
+
+def export_bundle(path: str | os.PathLike, state: Any, config: ml_collections.ConfigDict,
+                  dtype=None) -> None:
+  """Writes an inference bundle: the EMA params of `state` (cast to dtype) + config.
+
+  Load it with `lavin_jax.inference.bundle.load_bundle(path)`.
+  """
+  from lavin_jax.inference import bundle  # pylint: disable=g-import-not-at-top
+  bundle.save_bundle(path, config, jdit_params=state.ema_params, dtype=dtype)
