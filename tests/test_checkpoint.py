@@ -138,13 +138,14 @@ def _child_stop_on_sigterm(directory):
   """Trains until SIGTERM, then saves the current step and exits normally."""
   iterator = iter(_dataset(epochs=100))
   state = _init_state()
-  with checkpoint.StopGuard() as stop, \
+  with checkpoint.StopGuard() as guard, \
       checkpoint.CheckpointManager(directory, save_every=1000) as ckpt:
     for step in range(1, 100000):
       state = _train_step(state, next(iterator))
       print(f"STEP {step}", flush=True)
-      ckpt.save(step, state, data_iterator=iterator, force=stop.stop_requested)
-      if stop.stop_requested:
+      stopping = guard.stop_requested
+      ckpt.save(step, state, data_iterator=iterator, force=stopping)
+      if stopping:
         print(f"SAVED {step}", flush=True)
         return
       time.sleep(0.02)

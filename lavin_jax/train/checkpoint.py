@@ -9,14 +9,14 @@ one is ignored (and removed when the next manager opens the directory).
 
 Typical loop:
 
-    with StopGuard() as stop, CheckpointManager(workdir, save_every=1000) as ckpt:
+    with StopGuard() as guard, CheckpointManager(workdir, save_every=1000) as ckpt:
       if ckpt.latest_step() is not None:
         state, _ = ckpt.restore(abstract_state, data_iterator=it)  # onto any mesh
       while step < total_steps:
         state = train_step(state, next(it)); step += 1
-        ckpt.save(step, state, config=config, data_iterator=it,
-                  force=stop.stop_requested)
-        if stop.stop_requested:
+        stopping = guard.stop_requested
+        ckpt.save(step, state, config=config, data_iterator=it, force=stopping)
+        if stopping:
           break
 
 `abstract_state` is the jax.eval_shape of the state with the NamedShardings of the
@@ -27,7 +27,7 @@ another.
 import json
 import os
 import signal
-from typing import Any, Optional
+from typing import Optional
 
 import grain
 import jax
@@ -35,6 +35,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+
 
 def with_shardings(abstract_tree, shardings):
   """ShapeDtypeStructs of `abstract_tree` placed on `shardings` (a matching pytree)."""
@@ -235,12 +236,3 @@ class StopGuard:
       return local
     return bool(np.any(multihost_utils.process_allgather(np.int32(local))))
 
-
-def export_bundle(path: str | os.PathLike, state: Any, config: ml_collections.ConfigDict,
-                  dtype=None) -> None:
-  """Writes an inference bundle: the EMA params of `state` (cast to dtype) + config.
-
-  Load it with `lavin_jax.inference.bundle.load_bundle(path)`.
-  """
-  from lavin_jax.inference import bundle  # pylint: disable=g-import-not-at-top
-  bundle.save_bundle(path, config, jdit_params=state.ema_params, dtype=dtype)
