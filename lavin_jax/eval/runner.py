@@ -1,0 +1,476 @@
+"""Evaluation runner: in-context predictions on a data source, scored by the task's metrics.
+
+For query example i = 0 .. N-1 of the source (the first N, so runs with different seeds
+score the same queries):
+  1. K context examples are drawn without replacement by a generator seeded by
+     (seed, i): from `context_source` when given, else from the source without example i;
+  2. every example is centre-cropped to a square, resized to `resolution` and rendered by
+     the task (each rendering seeded by (seed, i, slot)) -> context pairs, query, target;
+  3. `predict_fn` predicts the targets of a batch of queries from their context pairs;
+  4. predictions are scored against the targets with the task's metrics (`TASK_METRICS`),
+     rendered annotations (depth, normals, masks, instance ids, flow) being decoded back
+     to values with the task's decoder first. Video tasks are scored per frame.
+
+Metrics (keys of the report; pixel metrics on [-1, 1] pixels, so PSNR has data range 2):
+  mse, psnr, ssim      per frame (`lavin_jax.eval.metrics`, Gaussian SSIM window)
+  lpips                per frame (VGG16 v0.1); only when its weight files are given
+  fid                  predicted vs target frames; only when its weight file is given
+  abs_rel, delta1      depth after least-squares scale-and-shift alignment, per frame
+  mean_angle, within_11.25   normals, degrees, per frame
+  miou                 binary masks; intersections and unions pooled over the data set
+  segment_miou         instance ids: per frame, mean IoU over the ids in target or
+                       prediction (background included)
+  epe                  optical flow end-point error in pixels, per frame pair
+Data-set values are means over all frames (miou and fid: pooled). A non-finite value
+(PSNR of an exact prediction) is written as null.
+
+Outputs, each replaced atomically: `<out_dir>/<task>.json` (metric means, the settings,
+per-example values and context indices) and `<out_dir>/<task>.png` (one row per query:
+context pairs | query | prediction | ground truth; video cells stack the first, middle
+and last frames).
+
+  config = runner_config(); config.task = 'depth_estimation'
+  report = evaluate(predict_fn, source, config, out_dir='eval/')
+"""
+
+import functools
+import json
+import os
+import pathlib
+import tempfile
+from typing import Callable, Optional, Protocol, Sequence
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+import tqdm
+
+from lavin_jax.data import pipeline as pipeline_lib
+from lavin_jax.data import tasks as tasks_lib
+from lavin_jax.eval import fid as fid_lib
+from lavin_jax.eval import lpips as lpips_lib
+from lavin_jax.eval import metrics
+from lavin_jax.eval import weights as weights_lib
+
+_GENERATION = ('mse', 'psnr', 'lpips', 'fid')
+_RESTORATION = ('psnr', 'ssim')
+# The metric families of each task (SPEC.md, Tasks and metrics; tasks the paper does not
+# score get the nearest fitting measure).
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    'colorization': ('mse', 'lpips'),
+    'inpainting': _GENERATION,
+    'canny_edges': ('mask_iou',),
+    'de_motion_blur': _RESTORATION,
+    'de_glass_blur': _RESTORATION,
+    'de_raining': _RESTORATION,
+    'depth_estimation': ('depth',),
+    'depth_to_image': _GENERATION,
+    'normal_estimation': ('normals',),
+    'normal_to_image': _GENERATION,
+    'instance_segmentation': ('segment_iou',),
+    'panoptic_segmentation': ('mse', 'psnr'),
+    'detection': ('mask_iou',),
+    'foreground_segmentation': ('mask_iou',),
+    'frame_prediction': _RESTORATION + ('lpips',),
+    'video_depth': ('depth',),
+    'video_normals': ('normals',),
+    'optical_flow': ('flow',),
+    'video_instance_segmentation': ('segment_iou',),
+    'depth_to_video': _GENERATION,
+    'normal_to_video': _GENERATION,
+}
+_NEEDS_WEIGHTS = ('lpips', 'fid')
+
+
+class PredictFn(Protocol):
+  """(B, K, T, H, W, 3) context inputs and targets, (B, T, H, W, 3) queries -> targets."""
+
+  def __call__(self, context_inputs: np.ndarray, context_targets: np.ndarray,
+               query: np.ndarray, *, seed: int) -> np.ndarray:
+    ...
+
+
+def runner_config() -> ml_collections.ConfigDict:
+  """Settings of one evaluation run."""
+  c = ml_collections.ConfigDict()
+  c.task = ''  # A name in lavin_jax.data.tasks.TASK_NAMES.
+  c.num_examples = 100  # N query examples: the first N of the source.
+  c.num_pairs = 4  # K context pairs per query.
+  c.seed = 0
+  c.resolution = 256  # Square side in pixels, a multiple of 16.
+  c.batch_size = 4  # Queries per predict_fn call.
+  c.allow_upscale = False  # False: an example smaller than the resolution is an error.
+  c.grid_examples = 4  # Rows of the PNG grid.
+  c.grid_pairs = 2  # Context pairs shown per row.
+  c.task_options = tasks_lib.tasks_config()
+  return c
+
+
+# ---------------------------------------------------------------------------
+# Metric accumulators: update(pred, target) with (B, T, H, W, 3) pixel clips returns
+# per-example values {name: (B,)}; result() returns the data-set values.
+# ---------------------------------------------------------------------------
+
+FrameFn = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+
+
+def _frames(clips: np.ndarray) -> np.ndarray:
+  """(B, T, ...) -> (B * T, ...)."""
+  return clips.reshape((-1,) + clips.shape[2:])
+
+
+def _decode(task: tasks_lib.Task, clips: np.ndarray) -> np.ndarray:
+  """Rendered clips (B, T, H, W, 3) -> values (B, T', ...) by the task's decoder."""
+  return np.stack([task.decode(clip) for clip in clips])
+
+
+class FrameMeans:
+  """Metrics of single frames (after an optional decoding), averaged over all frames."""
+
+  def __init__(self, fn: FrameFn, decode: Optional[Callable[[np.ndarray], np.ndarray]] = None):
+    self._fn = fn
+    self._decode = decode
+    self._values: dict[str, list[np.ndarray]] = {}
+
+  def update(self, pred, target):
+    if self._decode is not None:
+      pred, target = self._decode(pred), self._decode(target)
+    batch = pred.shape[0]
+    values = self._fn(_frames(pred), _frames(target))
+    for name, v in values.items():
+      self._values.setdefault(name, []).append(np.asarray(v, np.float64))
+    return {name: np.asarray(v, np.float64).reshape(batch, -1).mean(1)
+            for name, v in values.items()}
+
+  def result(self):
+    return {name: float(np.mean(np.concatenate(v))) for name, v in self._values.items()}
+
+
+class PooledIoU:
+  """IoU of decoded binary masks, intersections and unions summed over the data set."""
+
+  def __init__(self, decode: Callable[[np.ndarray], np.ndarray]):
+    self._decode = decode
+    self._intersection, self._union = [], []
+
+  def update(self, pred, target):
+    intersection, union = (np.asarray(c, np.float64) for c in
+                           metrics.iou_counts(self._decode(pred), self._decode(target)))
+    self._intersection.append(intersection.ravel())
+    self._union.append(union.ravel())
+    inter, uni = intersection.sum(1), union.sum(1)  # (B,) over frames
+    return {'miou': np.where(uni > 0, inter / np.maximum(uni, 1), 1.0)}
+
+  def result(self):
+    return {'miou': metrics.mean_iou(np.concatenate(self._intersection),
+                                     np.concatenate(self._union))}
+
+
+class FrechetDistance:
+  """FID between the predicted and the target frames."""
+
+  def __init__(self, module: fid_lib.InceptionV3Pool3, variables):
+    self._apply = jax.jit(module.apply)
+    self._variables = variables
+    self._pred = fid_lib.RunningStats(2048)
+    self._target = fid_lib.RunningStats(2048)
+
+  def update(self, pred, target):
+    for stats, clips in ((self._pred, pred), (self._target, target)):
+      stats.update(np.asarray(self._apply(self._variables, _frames(clips))))
+    return {}
+
+  def result(self):
+    return {'fid': fid_lib.frechet_distance(self._pred.mean, self._pred.covariance(),
+                                            self._target.mean, self._target.covariance())}
+
+
+def _named(name: str, fn) -> FrameFn:
+  return lambda pred, target: {name: fn(pred, target)}
+
+
+def segment_iou(pred_ids: np.ndarray, target_ids: np.ndarray) -> np.ndarray:
+  """Per frame, mean IoU over the ids present in either map; (F, H, W) -> (F,)."""
+  out = []
+  for p, t in zip(pred_ids, target_ids):
+    ids = np.union1d(np.unique(p), np.unique(t))
+    inter, union = metrics.iou_counts(p[None] == ids[:, None, None], t[None] == ids[:, None, None])
+    out.append(np.mean(np.asarray(inter, np.float64) / np.asarray(union, np.float64)))
+  return np.asarray(out)
+
+
+def end_point_error(pred_flow: np.ndarray, target_flow: np.ndarray) -> np.ndarray:
+  """Mean length of the flow difference per frame; (F, H, W, 2) -> (F,)."""
+  return np.linalg.norm(pred_flow - target_flow, axis=-1).mean(axis=(-2, -1))
+
+
+def _make_metric(family: str, task: tasks_lib.Task, nets: dict):
+  """The accumulator of one metric family for `task`."""
+  decode = functools.partial(_decode, task)
+  if family in ('mse', 'psnr', 'ssim'):
+    return FrameMeans(_named(family, getattr(metrics, family)))
+  if family == 'lpips':
+    module, params = nets['lpips']
+    apply = jax.jit(module.apply)
+    return FrameMeans(_named('lpips', lambda p, t: apply({'params': params}, p, t)))
+  if family == 'fid':
+    return FrechetDistance(*nets['fid'])
+  if family == 'depth':
+    return FrameMeans(metrics.depth_metrics, decode)
+  if family == 'normals':
+    return FrameMeans(metrics.normal_metrics, decode)
+  if family == 'mask_iou':
+    return PooledIoU(decode)
+  if family == 'segment_iou':
+    return FrameMeans(_named('segment_miou', segment_iou), decode)
+  if family == 'flow':
+    return FrameMeans(_named('epe', end_point_error), decode)
+  raise ValueError(f'Unknown metric family {family!r}.')
+
+
+# ---------------------------------------------------------------------------
+# Checks and episodes.
+# ---------------------------------------------------------------------------
+
+
+def _weight_paths(lpips_weights, fid_weights) -> dict:
+  """{'lpips': (vgg, lin), 'fid': path} of the files given, each checked to exist."""
+  paths = {}
+  if lpips_weights is not None:
+    if len(lpips_weights) != 2:
+      raise ValueError('lpips_weights must be (VGG16 file, LPIPS linear-heads file); got '
+                       f'{lpips_weights!r}.')
+    paths['lpips'] = (
+        weights_lib.find_weight_file(lpips_lib.VGG16_FILE, lpips_weights[0],
+                                     what='torchvision VGG16', source=lpips_lib.VGG16_SOURCE),
+        weights_lib.find_weight_file(lpips_lib.LIN_FILE, lpips_weights[1],
+                                     what='LPIPS VGG linear heads',
+                                     source=lpips_lib.LIN_SOURCE))
+  if fid_weights is not None:
+    paths['fid'] = weights_lib.find_weight_file(
+        fid_lib.INCEPTION_FILE, fid_weights, what='pytorch-fid InceptionV3',
+        source=fid_lib.INCEPTION_SOURCE)
+  return paths
+
+
+def validate(config: ml_collections.ConfigDict, source, context_source=None,
+             lpips_weights=None, fid_weights=None) -> tasks_lib.Task:
+  """Checks the settings, the sources and the weight files; returns the task.
+
+  Raises ValueError or FileNotFoundError naming the problem; nothing is compiled.
+  """
+  task = tasks_lib.get_task(config.task, config.task_options)
+  if config.resolution <= 0 or config.resolution % 16:
+    raise ValueError(f'resolution must be a positive multiple of 16 (8x VAE downsampling '
+                     f'times 2x2 patches), got {config.resolution}.')
+  for name in ('num_examples', 'num_pairs', 'batch_size'):
+    if config[name] < 1:
+      raise ValueError(f'{name} must be >= 1, got {config[name]}.')
+  if config.num_examples > len(source):
+    raise ValueError(f'num_examples is {config.num_examples} but the source has only '
+                     f'{len(source)} examples; lower num_examples.')
+  pool = len(source) - 1 if context_source is None else len(context_source)
+  if config.num_pairs > pool:
+    where = ('the source without the query' if context_source is None
+             else 'the context source')
+    raise ValueError(f'num_pairs is {config.num_pairs} but {where} has only {pool} '
+                     'examples; lower num_pairs or give a larger context source.')
+  for name, src in (('source', source), ('context source', context_source)):
+    if src is not None:
+      first = src[0]
+      try:
+        task.check(first)
+        pipeline_lib.fit_example(first, config.resolution, allow_upscale=config.allow_upscale)
+      except ValueError as e:
+        raise ValueError(f'The {name} does not fit task {task.name!r}: {e}') from e
+  if 'fid' in TASK_METRICS[task.name] and fid_weights is not None:
+    if config.num_examples * task.num_frames < 2:
+      raise ValueError('FID needs at least 2 frames to estimate a covariance; raise '
+                       'num_examples.')
+  _weight_paths(lpips_weights, fid_weights)
+  return task
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+  return np.random.default_rng([seed, *keys])
+
+
+def context_indices(index: int, num_pairs: int, pool_size: int, seed: int,
+                    exclude_query: bool) -> np.ndarray:
+  """The K context examples of query `index`, distinct, drawn from range(pool_size)."""
+  rng = _rng(seed, 0, index)
+  if not exclude_query:
+    return rng.choice(pool_size, num_pairs, replace=False)
+  others = rng.choice(pool_size - 1, num_pairs, replace=False)
+  return others + (others >= index)  # Skips the query.
+
+
+def _render(task, example, config, rng):
+  example = task.window(example, rng)
+  example = pipeline_lib.fit_example(example, config.resolution, None, config.allow_upscale)
+  return task(example, rng)
+
+
+def make_episode(task: tasks_lib.Task, source, context_source, index: int,
+                 config: ml_collections.ConfigDict) -> dict:
+  """Query `index` with its context pairs: numpy arrays as in `lavin_jax.data.pipeline`."""
+  pool = source if context_source is None else context_source
+  others = context_indices(index, config.num_pairs, len(pool), config.seed,
+                           exclude_query=context_source is None)
+  try:
+    query, target = _render(task, source[index], config, _rng(config.seed, 1, index, 0))
+  except ValueError as e:
+    raise ValueError(f'Source example {index}: {e}') from e
+  pairs = []
+  for slot, other in enumerate(others):
+    try:
+      pairs.append(_render(task, pool[int(other)], config,
+                           _rng(config.seed, 1, index, slot + 1)))
+    except ValueError as e:
+      raise ValueError(f'Context example {other}: {e}') from e
+  return {
+      'context_inputs': np.stack([p[0] for p in pairs]),  # (K, T, H, W, 3)
+      'context_targets': np.stack([p[1] for p in pairs]),
+      'query': query,  # (T, H, W, 3)
+      'target': target,
+      'context_indices': others.astype(np.int64),
+  }
+
+
+# ---------------------------------------------------------------------------
+# Outputs.
+# ---------------------------------------------------------------------------
+
+
+def _cell(clip: np.ndarray) -> np.ndarray:
+  """(T, H, W, 3) pixels -> (n H, W, 3) uint8: the first, middle and last frames."""
+  frames = sorted({0, len(clip) // 2, len(clip) - 1})
+  stacked = np.concatenate([clip[t] for t in frames], axis=0)
+  return np.round((np.clip(stacked, -1, 1) + 1) * 127.5).astype(np.uint8)
+
+
+def grid_image(rows: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarray:
+  """Rows of equal-shaped clips -> one uint8 image with white gaps between cells."""
+  cells = [[_cell(clip) for clip in row] for row in rows]
+  height, width = cells[0][0].shape[:2]
+  columns = max(len(row) for row in cells)
+  canvas = np.full((len(cells) * (height + gap) - gap, columns * (width + gap) - gap, 3),
+                   255, np.uint8)
+  for r, row in enumerate(cells):
+    for c, cell in enumerate(row):
+      y, x = r * (height + gap), c * (width + gap)
+      canvas[y:y + height, x:x + width] = cell
+  return canvas
+
+
+def _atomic_write(path: pathlib.Path, write: Callable[[str], None]) -> None:
+  """Writes through a temporary file in the same directory, then renames it over path."""
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix=path.suffix)
+  os.close(fd)
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def _finite(value: float) -> Optional[float]:
+  value = float(value)
+  return value if np.isfinite(value) else None
+
+
+# ---------------------------------------------------------------------------
+# The entry point.
+# ---------------------------------------------------------------------------
+
+
+def evaluate(predict_fn: PredictFn, source, config: ml_collections.ConfigDict, out_dir,
+             *, context_source=None, lpips_weights=None, fid_weights=None,
+             run_info: Optional[dict] = None) -> dict:
+  """Scores `predict_fn` on the first N examples of `source`; writes the report and grid.
+
+  Args:
+    predict_fn: `predict_fn(context_inputs, context_targets, query, seed=...)` with
+      (B, K, T, H, W, 3), (B, K, T, H, W, 3), (B, T, H, W, 3) pixels in [-1, 1] ->
+      (B, T, H, W, 3) predictions, e.g. a `lavin_jax.inference.pipeline.Pipeline`.
+    source: random-access source of examples (`lavin_jax.data.sources` schema) with what
+      the task needs.
+    config: a `runner_config()` with the task set.
+    out_dir: directory of `<task>.json` and `<task>.png` (created if missing).
+    context_source: source of the context examples; None draws them from `source`
+      (never the query itself).
+    lpips_weights: (torchvision VGG16 .pth, LPIPS VGG v0.1 heads .pth), or None: no LPIPS.
+    fid_weights: pytorch-fid's InceptionV3 .pth, or None: no FID.
+    run_info: JSON-serialisable facts about the predictor for the report (checkpoint,
+      sampling settings).
+  Returns:
+    The report (as written to `<task>.json`).
+  """
+  task = validate(config, source, context_source, lpips_weights, fid_weights)
+  paths = _weight_paths(lpips_weights, fid_weights)
+  families = TASK_METRICS[task.name]
+  nets = {}
+  if 'lpips' in families and 'lpips' in paths:
+    nets['lpips'] = lpips_lib.load_lpips(*paths['lpips'])
+  if 'fid' in families and 'fid' in paths:
+    nets['fid'] = fid_lib.load_fid_inception(paths['fid'])
+  skipped = {f: f'no {f.upper()} weight files given' for f in families
+             if f in _NEEDS_WEIGHTS and f not in nets}
+  unused = sorted(set(paths) - set(families))
+  if unused:
+    logging.info('Task %s does not use %s; its weights are ignored.', task.name, unused)
+  accumulators = [_make_metric(f, task, nets) for f in families if f not in skipped]
+
+  examples, grid_rows = [], []
+  starts = range(0, config.num_examples, config.batch_size)
+  for start in tqdm.tqdm(starts, desc=f'evaluate {task.name}', unit='batch'):
+    indices = range(start, min(start + config.batch_size, config.num_examples))
+    episodes = [make_episode(task, source, context_source, i, config) for i in indices]
+    batch = {k: np.stack([e[k] for e in episodes]) for k in episodes[0]}
+    seed = int(_rng(config.seed, 2, start).integers(2**31))
+    pred = np.asarray(predict_fn(batch['context_inputs'], batch['context_targets'],
+                                 batch['query'], seed=seed), np.float32)
+    if pred.shape != batch['target'].shape:
+      raise ValueError(f'predict_fn returned shape {pred.shape}; expected the target '
+                       f'shape {batch["target"].shape}.')
+    per_example = {}
+    for accumulator in accumulators:
+      per_example.update(accumulator.update(pred, batch['target']))
+    for row, i in enumerate(indices):
+      examples.append({'index': i,
+                       'context': batch['context_indices'][row].tolist(),
+                       'metrics': {k: _finite(v[row]) for k, v in per_example.items()}})
+      if len(grid_rows) < config.grid_examples:
+        shown = range(min(config.grid_pairs, config.num_pairs))
+        grid_rows.append([clip for k in shown for clip in (batch['context_inputs'][row, k],
+                                                           batch['context_targets'][row, k])]
+                         + [batch['query'][row], pred[row], batch['target'][row]])
+
+  results = {}
+  for accumulator in accumulators:
+    results.update(accumulator.result())
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  grid_path = out_dir / f'{task.name}.png'
+  report = {
+      'task': task.name,
+      'metrics': {k: _finite(v) for k, v in results.items()},
+      'skipped_metrics': skipped,
+      'num_examples': config.num_examples,
+      'num_pairs': config.num_pairs,
+      'seed': config.seed,
+      'resolution': config.resolution,
+      'num_frames': task.num_frames,
+      'config': config.to_dict(),
+      'run': run_info or {},
+      'grid': grid_path.name,
+      'examples': examples,
+  }
+  image = Image.fromarray(grid_image(grid_rows))
+  _atomic_write(grid_path, lambda tmp: image.save(tmp, format='PNG'))
+  text = json.dumps(report, indent=1, allow_nan=False)
+  _atomic_write(out_dir / f'{task.name}.json', lambda tmp: pathlib.Path(tmp).write_text(text))
+  return report
