@@ -1,6 +1,7 @@
 """J-DiT training: loss, optimizer, EMA, context dropout, padding, released gradients."""
 
 import importlib.util
+import json
 import os
 
 import flax.linen as nn
@@ -31,11 +32,15 @@ train_dit_config = load_config_module()
 
 
 def tiny_config(**model):
-  """A J-DiT far smaller than 'tiny' (fast on CPU), float32, latents given."""
+  """A J-DiT far smaller than 'tiny' (fast to compile on CPU), float32, latents given.
+
+  One unscanned layer: compile time dominates these tests; the scanned layout is
+  trained in test_sharding.py.
+  """
   c = train_dit_config.get_config("tiny,runlocal")
   c.input = "latents"
-  c.model.update(dict(hidden_size=32, depth=2, num_heads=2, num_kv_heads=1,
-                      scan_layers=True, remat_policy="none", dtype="float32"))
+  c.model.update(dict(hidden_size=32, depth=1, num_heads=2, num_kv_heads=1,
+                      scan_layers=False, remat_policy="none", dtype="float32"))
   c.model.update(model)
   return c
 
@@ -298,3 +303,50 @@ def test_loss_and_gradients_match_released():
                                  err_msg=key)
       checked += 1
   assert checked == len(released)
+
+
+# ---------------------------------------------------------------------------------------
+# 8. The training loop: non-finite steps, checkpoints, resume.
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  from lavin_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  config.total_steps, config.checkpoint_every = 6, 2
+  rng = np.random.default_rng(8)
+  good = [latent_batch(rng) for _ in range(6)]
+  poisoned = good[:4] + [dict(good[4], target=np.full_like(good[4]["target"], np.nan))]
+  with pytest.raises(FloatingPointError, match=r"Step 5: loss is nan.*last good checkpoint is step 4"):
+    dit.train(config, str(tmp_path), batches=iter(poisoned))
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert len(lines) == 4 and all(np.isfinite(json.loads(l)["loss"]) for l in lines)
+  with checkpoint.CheckpointManager(tmp_path / "checkpoints", save_every=2) as ckpt:
+    assert ckpt.all_steps() == [2, 4]
+
+  # The run resumes from step 4 and finishes with the good batches.
+  state = dit.train(config, str(tmp_path), batches=iter(good[4:]))
+  assert int(state.step) == 6
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state.params)))
+  steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert steps == [1, 2, 3, 4, 5, 6]
+  keys = set(json.loads(lines[0]))
+  assert {"loss", "grad_norm", "param_norm", "update_norm", "lr", "examples_per_sec",
+          "tokens_per_sec"} <= keys
+
+
+def test_bad_config_and_batches_raise_before_compile(tmp_path):
+  config = tiny_config()
+  config.input, config.vae_random_init = "pixels", False
+  with pytest.raises(ValueError, match="vae_checkpoint"):
+    dit.check_config(config)
+  config.vae_checkpoint = str(tmp_path / "missing.pt")
+  with pytest.raises(FileNotFoundError, match="missing.pt"):
+    dit.check_config(config)
+  config = tiny_config()
+  batch = latent_batch(np.random.default_rng(9))
+  with pytest.raises(ValueError, match="num_pairs must lie in"):
+    dit.check_batch(dict(batch, num_pairs=np.array([0, 2], np.int32)), config)
+  with pytest.raises(ValueError, match="Batch shapes"):
+    dit.check_batch(dict(batch, query=batch["query"][..., :3]), config)
+  with pytest.raises(ValueError, match="lacks"):
+    dit.check_batch({k: v for k, v in batch.items() if k != "target"}, config)

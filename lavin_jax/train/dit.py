@@ -100,12 +100,6 @@ def build_condition(context_inputs, context_targets, query, num_pairs, drop):
   return cond, cond_mask
 
 
-def tokens_per_example(latent_shapes, patch_size: int) -> int:
-  """Joint sequence length (condition + target tokens) of one example."""
-  k, t, h, w = latent_shapes["context_inputs"][1:5]
-  return (2 * k + 2) * t * (h // patch_size) * (w // patch_size)
-
-
 # ---------------------------------------------------------------------------------------
 # Loss.
 
@@ -194,6 +188,29 @@ def create_train_step(model, tx, schedule, config, state_shardings, vae=None):
 # Sharded init.
 
 
+def _state_init_fn(model, tx, config):
+  """rng -> a fresh TrainState whose params carry logical-axis boxes."""
+  c = config.model
+  size = 2 * c.patch_size  # parameters do not depend on the input size
+  x = jnp.zeros((1, 1, size, size, c.in_channels), jnp.float32)
+
+  def init(rng):
+    k_params, k_state = jax.random.split(rng)
+    params = model.init({"params": k_params}, x, jnp.zeros((1,)), x)["params"]
+    return state_lib.create_train_state(params, tx, k_state)
+
+  return init
+
+
+def abstract_train_state(model, tx, config, mesh, rng):
+  """(state ShapeDtypeStructs carrying their shardings, state shardings); no allocation."""
+  boxed = jax.eval_shape(_state_init_fn(model, tx, config), rng)
+  shardings = mesh_lib.logical_shardings(mesh, boxed)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.unbox(boxed), shardings)
+  return abstract, shardings
+
+
 def init_train_state(model, tx, config, mesh, rng):
   """A TrainState created directly in its sharded layout.
 
@@ -204,16 +221,255 @@ def init_train_state(model, tx, config, mesh, rng):
   Returns:
     (state, state_shardings).
   """
-  c = config.model
-  size = 2 * c.patch_size  # parameters do not depend on the input size
-  x = jnp.zeros((1, 1, size, size, c.in_channels), jnp.float32)
-
-  def init(rng):
-    k_params, k_state = jax.random.split(rng)
-    params = model.init({"params": k_params}, x, jnp.zeros((1,)), x)["params"]
-    return state_lib.create_train_state(params, tx, k_state)
-
-  abstract = jax.eval_shape(init, rng)
-  shardings = mesh_lib.logical_shardings(mesh, abstract)
+  init = _state_init_fn(model, tx, config)
+  _, shardings = abstract_train_state(model, tx, config, mesh, rng)
   state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
   return state, shardings
+
+
+def put_global(tree, shardings):
+  """Host arrays (identical on every process) -> global arrays on `shardings`."""
+  return jax.tree.map(
+      lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda i: np.asarray(x)[i]),
+      tree, shardings)
+
+
+# ---------------------------------------------------------------------------------------
+# Checks (before any compile).
+
+
+def check_config(config):
+  """Raises ValueError on settings that cannot train, naming the fix."""
+  if config.input not in INPUTS:
+    raise ValueError(f"config.input must be one of {INPUTS}, got {config.input!r}.")
+  if config.input == "pixels" and not (config.vae_checkpoint or config.vae_random_init):
+    raise ValueError(
+        "config.input='pixels' encodes with the frozen ST-VAE: set config.vae_checkpoint "
+        "to the released stvae.pt (or an inference bundle), or use input='latents'.")
+  if config.vae_checkpoint and not os.path.exists(config.vae_checkpoint):
+    raise FileNotFoundError(f"config.vae_checkpoint {config.vae_checkpoint!r} does not exist.")
+  if config.init_from and not os.path.isfile(config.init_from):
+    raise FileNotFoundError(f"config.init_from {config.init_from!r} does not exist.")
+  for name in ("total_steps", "checkpoint_every", "keep_checkpoints"):
+    if config[name] < 1:
+      raise ValueError(f"config.{name} must be >= 1, got {config[name]}.")
+  if not 0.0 <= config.flow.uncond_ratio < 1.0:
+    raise ValueError(f"config.flow.uncond_ratio must be in [0, 1), got {config.flow.uncond_ratio}.")
+
+
+def check_batch(batch, config):
+  """Raises ValueError unless a process-local batch has the layout this trainer needs."""
+  missing = [k for k in CLIP_KEYS + ("num_pairs",) if k not in batch]
+  if missing:
+    raise ValueError(f"Batch lacks {missing}; it has {sorted(batch)}.")
+  channels = 3 if config.input == "pixels" else config.model.in_channels
+  clip = np.shape(batch["query"])
+  b, k = np.shape(batch["context_inputs"])[:2]
+  want = {"context_inputs": (b, k) + clip[1:], "context_targets": (b, k) + clip[1:],
+          "query": (b,) + clip[1:], "target": (b,) + clip[1:], "num_pairs": (b,)}
+  bad = {key: np.shape(batch[key]) for key in want if np.shape(batch[key]) != want[key]}
+  if len(clip) != 5 or clip[-1] != channels or bad:
+    raise ValueError(
+        f"Batch shapes do not fit config.input={config.input!r} (clips (B, T, H, W, "
+        f"{channels}), context (B, K, T, H, W, {channels}), num_pairs (B,)): query {clip}, "
+        f"mismatched {bad}.")
+  num_pairs = np.asarray(batch["num_pairs"])
+  if num_pairs.min() < 1 or num_pairs.max() > k:
+    raise ValueError(f"num_pairs must lie in [1, {k}] (the context slots), got "
+                     f"{num_pairs.min()}..{num_pairs.max()}.")
+
+
+def latent_geometry(batch_shapes, config):
+  """Latent (K, T', h, w) of a batch given as {key: shape}."""
+  k, t, h, w = batch_shapes["context_inputs"][1:5]
+  if config.input == "pixels":
+    from lavin_jax.models import stvae  # pylint: disable=g-import-not-at-top
+    f = stvae.spatial_factor(config.vae)
+    t, h, w = 1 + (t - 1) // config.vae.temporal_compression, h // f, w // f
+  return k, t, h, w
+
+
+def tokens_per_example(batch_shapes, config) -> int:
+  """Joint sequence length (condition incl. padding + target tokens) of one example."""
+  k, t, h, w = latent_geometry(batch_shapes, config)
+  p = config.model.patch_size
+  return (2 * k + 2) * t * (h // p) * (w // p)
+
+
+# ---------------------------------------------------------------------------------------
+# Model pieces from files.
+
+
+def load_vae(config):
+  """The frozen ST-VAE as (module, host params) from config.vae_checkpoint."""
+  from lavin_jax.models import stvae  # pylint: disable=g-import-not-at-top
+  path = config.vae_checkpoint
+  if path and os.path.isdir(path):
+    from lavin_jax.inference import bundle  # pylint: disable=g-import-not-at-top
+    bundle_config, params = bundle.load_bundle(path)
+    if params.get("stvae") is None:
+      raise ValueError(f"The bundle {path!r} holds no ST-VAE params.")
+    return stvae.STVAE(bundle_config.stvae), params["stvae"]
+  if path:
+    from lavin_jax.convert import load_released_stvae  # pylint: disable=g-import-not-at-top
+    return load_released_stvae(path, config.vae)
+  logging.warning("Training on an untrained (random-init) ST-VAE: smoke tests only.")
+  module = stvae.STVAE(config.vae)
+  f = stvae.spatial_factor(config.vae)
+  video = jnp.zeros((1, 1, f, f, config.vae.in_channels), jnp.float32)
+  params = jax.jit(module.init)(jax.random.PRNGKey(config.seed + 1), video)["params"]
+  return module, jax.device_get(params)
+
+
+def load_released_params(config):
+  """J-DiT params of config.init_from (released key layout) for this model config."""
+  from lavin_jax.convert import load_released_jdit  # pylint: disable=g-import-not-at-top
+  _, params = load_released_jdit(config.init_from, config.model)
+  return params
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics.
+
+
+def non_finite_metric(metrics):
+  """Name of the first non-finite training quantity, or None."""
+  for name in ("loss", "grad_norm", "update_norm", "param_norm"):
+    if not np.isfinite(metrics[name]):
+      return name
+  return None
+
+
+class MetricWriter:
+  """One JSON object per step appended to workdir/metrics.jsonl (process 0 only)."""
+
+  def __init__(self, workdir):
+    self._file = None
+    if jax.process_index() == 0:
+      self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+
+  def write(self, step, metrics):
+    if self._file is not None:
+      record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
+
+  def close(self):
+    if self._file is not None:
+      self._file.close()
+
+
+# ---------------------------------------------------------------------------------------
+# The trainer.
+
+
+def make_input(config):
+  """This process's Grain batches of the configured data (lavin_jax.data.pipeline)."""
+  from lavin_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from lavin_jax.data import sources  # pylint: disable=g-import-not-at-top
+  return iter(pipeline.make_pipeline(config.data, sources.make_source(config.source)))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
+  """Trains J-DiT; checkpoints, metrics.jsonl and the config go to `workdir`.
+
+  Args:
+    config: a configs/train_dit.py config.
+    workdir: output directory; a run there resumes from its latest checkpoint.
+    batches: optional iterator of process-local batches replacing the configured
+      pipeline (precomputed latents, tests). A Grain iterator's position is
+      checkpointed; any other iterator restarts from its beginning on resume.
+
+  Returns:
+    The final TrainState.
+
+  Raises:
+    FloatingPointError: a step gave a non-finite loss or gradients. The message
+      names the step and the quantity; that state is never saved.
+  """
+  # ## Config and logging.
+  check_config(config)
+  from lavin_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  logging.info("J-DiT training in %s, %d processes, %d devices.", workdir,
+               jax.process_count(), jax.device_count())
+
+  # ## Mesh.
+  mesh = mesh_lib.create_mesh(config.mesh)
+  logging.info("Mesh %s.", dict(mesh.shape))
+
+  # ## Input.
+  it = make_input(config) if batches is None else iter(batches)
+  checkpointable_input = hasattr(it, "get_state")
+
+  # ## Model and optimizer.
+  model = jdit.JDiT(config.model)
+  tx, schedule = state_lib.create_optimizer(config.optimizer)
+  vae, vae_params = None, None
+  if config.input == "pixels":
+    vae, host_vae_params = load_vae(config)  # small: replicated
+    vae_params = put_global(host_vae_params,
+                            jax.tree.map(lambda _: mesh_lib.replicated(mesh), host_vae_params))
+
+  # ## Shard: restore the latest checkpoint, or init directly in the sharded layout.
+  rng = jax.random.PRNGKey(config.seed)
+  abstract, shardings = abstract_train_state(model, tx, config, mesh, rng)
+  ckpt = checkpoint.CheckpointManager(
+      os.path.join(workdir, "checkpoints"), save_every=config.checkpoint_every,
+      keep=config.keep_checkpoints)
+  with ckpt, checkpoint.StopGuard() as stop:
+    if ckpt.latest_step() is not None:
+      logging.info("Resuming from %s/%d.", ckpt.directory, ckpt.latest_step())
+      state, _ = ckpt.restore(abstract, data_iterator=it if checkpointable_input else None)
+    else:
+      state, _ = init_train_state(model, tx, config, mesh, rng)
+      if config.init_from:
+        params = put_global(load_released_params(config), shardings.params)
+        state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
+
+    # ## Update step.
+    step_fn = create_train_step(model, tx, schedule, config, shardings, vae=vae)
+    first_step = int(state.step)
+
+    # ## Loop.
+    writer = MetricWriter(workdir)
+    bar = tqdm.tqdm(total=config.total_steps, initial=first_step, disable=not is_main,
+                    desc="train J-DiT", unit="step")
+    tokens = None
+    last = time.perf_counter()
+    try:
+      with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.AXIS_RULES):
+        for step in range(first_step + 1, config.total_steps + 1):
+          local = next(it)
+          check_batch(local, config)
+          if tokens is None:
+            tokens = tokens_per_example({k: np.shape(v) for k, v in local.items()}, config)
+          batch = mesh_lib.global_batch({k: local[k] for k in CLIP_KEYS + ("num_pairs",)}, mesh)
+          state, metrics = step_fn(state, vae_params, batch)
+          metrics = jax.device_get(metrics)
+          bad = non_finite_metric(metrics)
+          if bad is not None:
+            raise FloatingPointError(
+                f"Step {step}: {bad} is {metrics[bad]} (loss {metrics['loss']}, grad_norm "
+                f"{metrics['grad_norm']}); stopping without saving this state. The last "
+                f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}.")
+          now = time.perf_counter()
+          examples = batch["num_pairs"].shape[0]
+          metrics["examples_per_sec"] = examples / (now - last)
+          metrics["tokens_per_sec"] = metrics["examples_per_sec"] * tokens
+          last = now
+          writer.write(step, metrics)
+          bar.update(1)
+          bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+          stopping = stop.stop_requested
+          ckpt.save(step, state, config=config,
+                    data_iterator=it if checkpointable_input else None,
+                    force=stopping or step == config.total_steps)
+          if stopping:
+            logging.info("Stop requested: saved step %d, exiting.", step)
+            break
+    finally:
+      bar.close()
+      writer.close()
+  return state
