@@ -1,0 +1,102 @@
+"""Inference bundles: a directory with the model config and the params, nothing else.
+
+    <path>/config.json   the ConfigDict, with sub-configs `jdit` and `stvae`
+    <path>/params/       orbax checkpoint of {'jdit': ..., 'stvae': ...} (those present)
+
+Writes are atomic: the bundle is written to `<path>.partial` and renamed into place, so
+a crash never leaves a half-written bundle where a good one was.
+"""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+MODELS = ("jdit", "stvae")
+
+
+def save_bundle(path, config: ml_collections.ConfigDict, jdit_params=None,
+                stvae_params=None, dtype=None) -> None:
+  """Writes an inference bundle to the directory `path` (replacing any bundle there).
+
+  Args:
+    path: the bundle directory.
+    config: ConfigDict with a sub-config per model saved (`jdit`, `stvae`).
+    jdit_params: J-DiT params (e.g. the EMA params), or None.
+    stvae_params: ST-VAE params, or None.
+    dtype: optional dtype (e.g. 'bfloat16') floating-point params are stored in.
+  """
+  path = os.path.abspath(os.fspath(path))
+  params = {k: p for k, p in zip(MODELS, (jdit_params, stvae_params)) if p is not None}
+  if not params:
+    raise ValueError("save_bundle needs jdit_params, stvae_params or both.")
+  missing = [k for k in params if k not in config]
+  if missing:
+    raise ValueError(f"The bundle config needs sub-configs {missing} for the params saved; "
+                     f"it has {sorted(config.keys())}.")
+  if dtype is not None:
+    params = jax.tree.map(lambda a: _cast(a, jnp.dtype(dtype)), params)
+
+  partial = path + ".partial"
+  primary = jax.process_index() == 0
+  if primary and os.path.exists(partial):
+    shutil.rmtree(partial)  # left by an interrupted save
+  _sync("bundle_clean")
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(partial, PARAMS_DIR), params)
+  checkpointer.wait_until_finished()
+  if primary:
+    with open(os.path.join(partial, CONFIG_FILE), "w") as f:
+      f.write(config.to_json(indent=1))
+    _replace(partial, path)
+  _sync("bundle_done")
+
+
+def load_bundle(path):
+  """Reads a bundle: (config, {'jdit': params or None, 'stvae': params or None}).
+
+  Params come back as host numpy arrays in the stored dtype.
+  """
+  path = os.path.abspath(os.fspath(path))
+  config_file = os.path.join(path, CONFIG_FILE)
+  if not os.path.isfile(config_file):
+    raise FileNotFoundError(
+        f"No inference bundle at {path!r} (missing {CONFIG_FILE}); write one with "
+        f"launch/convert.py or lavin_jax.inference.bundle.save_bundle.")
+  with open(config_file) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  checkpointer = ocp.StandardCheckpointer()
+  params_dir = os.path.join(path, PARAMS_DIR)
+  stored = checkpointer.metadata(params_dir).item_metadata.tree
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored)
+  params = jax.tree.map(np.asarray, checkpointer.restore(params_dir, target))
+  return config, {k: params.get(k) for k in MODELS}
+
+
+def _cast(a, dtype):
+  return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+
+
+def _replace(new, path):
+  """Moves the directory `new` to `path`; an old bundle is moved aside, then removed."""
+  old = path + ".old"
+  if os.path.exists(old):
+    shutil.rmtree(old)
+  if os.path.exists(path):
+    os.rename(path, old)
+  os.rename(new, path)
+  if os.path.exists(old):
+    shutil.rmtree(old)
+
+
+def _sync(name):
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
