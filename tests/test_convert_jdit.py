@@ -1,6 +1,8 @@
 """Released J-DiT weights give the released PyTorch outputs (fixtures in tests/fixtures/jdit)."""
 
 import pathlib
+import subprocess
+import sys
 
 import einops
 import jax
@@ -12,6 +14,7 @@ from safetensors.numpy import save_file
 
 from lavin_jax.convert import load_released_jdit
 from lavin_jax.convert import jdit as convert_jdit
+from lavin_jax.inference import bundle
 from lavin_jax.models import jdit
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "jdit"
@@ -116,3 +119,14 @@ def test_wrong_config_is_refused():
   with pytest.raises(ValueError, match=r"joint_attn.cond_k.weight: file \(48, 96\), model "
                                        r"wants \(96, 96\)"):
     load_released_jdit(STATE, _config(num_kv_heads=4))
+
+
+def test_convert_command_writes_a_bundle(tmp_path, scanned):
+  root = pathlib.Path(__file__).parents[1]
+  out = tmp_path / "bundle"
+  subprocess.run([sys.executable, str(root / "launch" / "convert.py"), f"--dit_path={STATE}",
+                  "--size=tiny", f"--output={out}"], check=True, capture_output=True)
+  config, params = bundle.load_bundle(out)
+  assert config.jdit.hidden_size == 96 and config.jdit.num_kv_heads == 2
+  assert params["stvae"] is None
+  jax.tree.map(np.testing.assert_array_equal, params["jdit"], scanned[1])
