@@ -139,11 +139,14 @@ def sample_training_inputs(latents, num_pairs, key, flow_config):
 # Update step.
 
 
-def train_step(state, vae_params, batch, *, model, tx, schedule, config, vae=None):
-  """One AdamW + EMA update on a global batch. Returns (new state, metrics).
+def step_inputs(state, vae_params, batch, *, config, vae=None):
+  """The random draws of the update at state.step, as loss inputs.
 
   The step's key is fold_in(state.rng, state.step): the same state and batch
   always give the same update.
+
+  Returns:
+    ((x_data, noise, t, cond, cond_mask), dropout_key).
   """
   key = jax.random.fold_in(state.rng, state.step)
   k_vae, k_inputs, k_dropout = jax.random.split(key, 3)
@@ -151,12 +154,16 @@ def train_step(state, vae_params, batch, *, model, tx, schedule, config, vae=Non
     latents = encode_batch(vae, vae_params, batch, k_vae, config.vae)
   else:
     latents = {k: batch[k] for k in CLIP_KEYS}
-  x_data, noise, t, cond, cond_mask = sample_training_inputs(
-      latents, batch["num_pairs"], k_inputs, config.flow)
+  inputs = sample_training_inputs(latents, batch["num_pairs"], k_inputs, config.flow)
+  return inputs, k_dropout
+
+
+def train_step(state, vae_params, batch, *, model, tx, schedule, config, vae=None):
+  """One AdamW + EMA update on a global batch. Returns (new state, metrics)."""
+  inputs, k_dropout = step_inputs(state, vae_params, batch, config=config, vae=vae)
 
   def loss_fn(params):
-    return velocity_loss(model, params, x_data, noise, t, cond, cond_mask,
-                         config.flow.l1_weight, dropout_key=k_dropout)
+    return velocity_loss(model, params, *inputs, config.flow.l1_weight, dropout_key=k_dropout)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   new_state, updates = state_lib.apply_gradients(
