@@ -168,18 +168,23 @@ class PooledIoU:
                                      np.concatenate(self._union))}
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(module, variables, *inputs):
+  """module.apply, compiled once per (module, shapes) for every run of the process."""
+  return module.apply(variables, *inputs)
+
+
 class FrechetDistance:
   """FID between the predicted and the target frames."""
 
   def __init__(self, module: fid_lib.InceptionV3Pool3, variables):
-    self._apply = jax.jit(module.apply)
-    self._variables = variables
+    self._features = functools.partial(_apply, module, variables)
     self._pred = fid_lib.RunningStats(2048)
     self._target = fid_lib.RunningStats(2048)
 
   def update(self, pred, target):
     for stats, clips in ((self._pred, pred), (self._target, target)):
-      stats.update(np.asarray(self._apply(self._variables, _frames(clips))))
+      stats.update(np.asarray(self._features(_frames(clips))))
     return {}
 
   def result(self):
@@ -206,28 +211,38 @@ def end_point_error(pred_flow: np.ndarray, target_flow: np.ndarray) -> np.ndarra
   return np.linalg.norm(pred_flow - target_flow, axis=-1).mean(axis=(-2, -1))
 
 
-def _make_metric(family: str, task: tasks_lib.Task, nets: dict):
-  """The accumulator of one metric family for `task`."""
-  decode = functools.partial(_decode, task)
-  if family in ('mse', 'psnr', 'ssim'):
-    return FrameMeans(_named(family, getattr(metrics, family)))
-  if family == 'lpips':
-    module, params = nets['lpips']
-    apply = jax.jit(module.apply)
-    return FrameMeans(_named('lpips', lambda p, t: apply({'params': params}, p, t)))
-  if family == 'fid':
-    return FrechetDistance(*nets['fid'])
-  if family == 'depth':
-    return FrameMeans(metrics.depth_metrics, decode)
-  if family == 'normals':
-    return FrameMeans(metrics.normal_metrics, decode)
-  if family == 'mask_iou':
-    return PooledIoU(decode)
-  if family == 'segment_iou':
-    return FrameMeans(_named('segment_miou', segment_iou), decode)
-  if family == 'flow':
-    return FrameMeans(_named('epe', end_point_error), decode)
-  raise ValueError(f'Unknown metric family {family!r}.')
+def _pixel_metric(name):
+  fn = jax.jit(getattr(metrics, name))
+  return lambda task, nets: FrameMeans(_named(name, fn))
+
+
+def _lpips_metric(task, nets):
+  del task
+  module, params = nets['lpips']
+  return FrameMeans(_named('lpips', functools.partial(_apply, module, {'params': params})))
+
+
+def _decoded_metric(make):
+  """A family scoring decoded values: make(decode) -> accumulator."""
+  return lambda task, nets: make(functools.partial(_decode, task))
+
+
+# Metric family -> builder(task, nets) of its accumulator; nets holds the loaded
+# ('lpips': (module, params), 'fid': (module, variables)) networks.
+METRIC_FAMILIES = {
+    'mse': _pixel_metric('mse'),
+    'psnr': _pixel_metric('psnr'),
+    'ssim': _pixel_metric('ssim'),
+    'lpips': _lpips_metric,
+    'fid': lambda task, nets: FrechetDistance(*nets['fid']),
+    'depth': _decoded_metric(functools.partial(FrameMeans, jax.jit(metrics.depth_metrics))),
+    'normals': _decoded_metric(functools.partial(FrameMeans, jax.jit(metrics.normal_metrics))),
+    'mask_iou': _decoded_metric(PooledIoU),
+    'segment_iou': _decoded_metric(functools.partial(FrameMeans,
+                                                     _named('segment_miou', segment_iou))),
+    'flow': _decoded_metric(functools.partial(FrameMeans, _named('epe', end_point_error))),
+}
+DECODED_FAMILIES = ('depth', 'normals', 'mask_iou', 'segment_iou', 'flow')
 
 
 # ---------------------------------------------------------------------------
@@ -422,7 +437,7 @@ def evaluate(predict_fn: PredictFn, source, config: ml_collections.ConfigDict, o
   unused = sorted(set(paths) - set(families))
   if unused:
     logging.info('Task %s does not use %s; its weights are ignored.', task.name, unused)
-  accumulators = [_make_metric(f, task, nets) for f in families if f not in skipped]
+  accumulators = [METRIC_FAMILIES[f](task, nets) for f in families if f not in skipped]
 
   examples, grid_rows = [], []
   starts = range(0, config.num_examples, config.batch_size)
@@ -473,4 +488,4 @@ def evaluate(predict_fn: PredictFn, source, config: ml_collections.ConfigDict, o
   _atomic_write(grid_path, lambda tmp: image.save(tmp, format='PNG'))
   text = json.dumps(report, indent=1, allow_nan=False)
   _atomic_write(out_dir / f'{task.name}.json', lambda tmp: pathlib.Path(tmp).write_text(text))
-  return report
+  return json.loads(text)
