@@ -3,25 +3,20 @@
 import json
 import pathlib
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
 from skimage import metrics as skm
 
-from lavin_jax import configs
 from lavin_jax.data import pipeline
 from lavin_jax.data import tasks
 from lavin_jax.eval import fid
 from lavin_jax.eval import lpips
 from lavin_jax.eval import runner
 from lavin_jax.inference import pipeline as inference
-from lavin_jax.models import jdit
-from lavin_jax.models import stvae
 import splitmix_weights
+import tiny_model
 
 H, W, FRAMES, RES = 40, 48, 10, 32
 NUM_IMAGES, NUM_VIDEOS = 5, 3
@@ -438,28 +433,9 @@ def test_prediction_of_the_wrong_shape(image_source, tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def tiny_model_config():
-  jdit_config = configs.jdit('tiny')
-  jdit_config.dtype = 'float32'
-  return ml_collections.ConfigDict({'jdit': jdit_config, 'stvae': configs.stvae('tiny')})
-
-
-def tiny_model_params(config, seed=0):
-  """Random params of the tiny J-DiT and ST-VAE (shapes by eval_shape: no compile)."""
-  rng = np.random.default_rng(seed)
-
-  def random_params(module, *inputs):
-    shapes = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), *inputs)['params'])
-    return jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(s.dtype), shapes)
-
-  latent = jnp.zeros((1, 1, 2, 2, 16))
-  return (random_params(jdit.JDiT(config.jdit), latent, jnp.zeros(1), latent),
-          random_params(stvae.STVAE(config.stvae), jnp.zeros((1, 1, 16, 16, 3))))
-
-
 def test_tiny_model_end_to_end(image_source, tmp_path):
-  config = tiny_model_config()
-  pipe = inference.Pipeline(config, *tiny_model_params(config))
+  config = tiny_model.tiny_model_config()
+  pipe = inference.Pipeline(config, *tiny_model.tiny_model_params(config))
   calls = []
 
   def predict(context_inputs, context_targets, query, *, seed):
