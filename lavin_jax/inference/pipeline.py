@@ -19,6 +19,7 @@ from lavin_jax.inference import bundle as bundle_lib
 from lavin_jax.models import jdit as jdit_lib
 from lavin_jax.models import stvae as stvae_lib
 from lavin_jax.models import stvae_tiling
+from lavin_jax.train import dit as dit_train
 
 SAMPLERS = ("euler", "heun")
 POSTERIORS = ("sample", "mean")
@@ -101,14 +102,14 @@ class Pipeline:
 
   def encode(self, clips: jax.Array, key: Optional[jax.Array]) -> jax.Array:
     """(N, T, H, W, 3) pixels -> (N, T', h, w, 16) normalised latents (sample or mean)."""
-    mean, logvar = stvae_tiling.tiled_encode(self.vae, self.stvae_params, clips)
+    mean, logvar = stvae_tiling.encode(self.vae, self.stvae_params, clips)
     z = mean if key is None else stvae_lib.sample_posterior(mean, logvar, key)
     return stvae_lib.normalize_latents(z, self.config.stvae)
 
   def decode(self, z: jax.Array) -> jax.Array:
     """(N, T', h, w, 16) normalised latents -> (N, T, H, W, 3) pixels in [-1, 1]."""
     z = stvae_lib.denormalize_latents(z, self.config.stvae)
-    return jnp.clip(stvae_tiling.tiled_decode(self.vae, self.stvae_params, z), -1.0, 1.0)
+    return jnp.clip(stvae_tiling.decode(self.vae, self.stvae_params, z), -1.0, 1.0)
 
   # ---------------------------------------------------------------- sampling
 
@@ -151,16 +152,16 @@ class Pipeline:
       raise ValueError(f"num_steps counts time-grid points and must be >= 2; got {num_steps}.")
 
     batch, num_pairs = context_inputs.shape[:2]
-    # (B, 2K + 1, T, H, W, 3): in_1, tgt_1, ..., in_K, tgt_K, query.
-    pairs = np.stack([context_inputs, context_targets], axis=2).reshape(
-        (batch, 2 * num_pairs) + query.shape[1:])
-    clips = np.concatenate([pairs, query[:, None]], axis=1)
+    clip_shape = query.shape[1:]
+    clips = np.concatenate([context_inputs.reshape((-1,) + clip_shape),
+                            context_targets.reshape((-1,) + clip_shape), query])
     key_encode, key_noise = jax.random.split(jax.random.key(seed))
-    z = self.encode(jnp.asarray(clips.reshape((-1,) + clips.shape[2:])),
-                    key_encode if posterior == "sample" else None)
-    latent_frames = z.shape[1]
-    cond = z.reshape((batch, (2 * num_pairs + 1) * latent_frames) + z.shape[2:])
-    noise = jax.random.normal(key_noise, (batch,) + z.shape[1:], jnp.float32)
+    z = self.encode(jnp.asarray(clips), key_encode if posterior == "sample" else None)
+    ins, tgts, query_z = jnp.split(z, [batch * num_pairs, 2 * batch * num_pairs])
+    cond, _ = dit_train.build_condition(
+        ins.reshape((batch, num_pairs) + z.shape[1:]), tgts.reshape((batch, num_pairs) + z.shape[1:]),
+        query_z, jnp.full((batch,), num_pairs), jnp.zeros((batch,), bool))
+    noise = jax.random.normal(key_noise, query_z.shape, jnp.float32)
     latents = self.sample_latents(cond, noise, cfg_scale=cfg_scale, num_steps=num_steps,
                                   sampler=sampler)
     return np.asarray(self.decode(latents))

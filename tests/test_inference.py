@@ -1,0 +1,127 @@
+"""Inference pipeline: bundle round trip, the in-context layout, determinism, bad input."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from lavin_jax import configs
+from lavin_jax import flow
+from lavin_jax.inference import bundle
+from lavin_jax.inference import pipeline as pipeline_lib
+from lavin_jax.models import jdit
+from lavin_jax.models import stvae
+
+SIZE = 32  # pixels; tiny ST-VAE -> 4x4 latents -> 2x2 J-DiT tokens
+
+
+def _config():
+  jdit_config = configs.jdit("tiny")
+  jdit_config.dtype = "float32"
+  jdit_config.scan_layers = False
+  stvae_config = configs.stvae("tiny")
+  return jdit_config, stvae_config
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+  jdit_config, stvae_config = _config()
+  z = jnp.zeros((1, 1, SIZE // 8, SIZE // 8, 16))
+  jdit_params = nn.unbox(jdit.JDiT(jdit_config).init(
+      jax.random.key(0), z, jnp.zeros((1,)), jnp.concatenate([z] * 3, axis=1))["params"])
+  # Zero-initialised modulation and final layers would make every velocity 0.
+  jdit_params = jax.tree.map(
+      lambda p: p + 0.05 * jax.random.normal(jax.random.key(p.size), p.shape), jdit_params)
+  stvae_params = nn.unbox(stvae.STVAE(stvae_config).init(
+      jax.random.key(1), jnp.zeros((1, 1, SIZE, SIZE, 3)))["params"])
+  config = ml_collections.ConfigDict({"jdit": jdit_config, "stvae": stvae_config})
+  path = tmp_path_factory.mktemp("bundle") / "tiny"
+  bundle.save_bundle(path, config, jdit_params=jdit_params, stvae_params=stvae_params)
+  return path
+
+
+@pytest.fixture(scope="module")
+def pipe(bundle_dir):
+  return pipeline_lib.Pipeline.from_bundle(bundle_dir)
+
+
+def _images(seed, shape):
+  return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
+
+
+def _manual_prediction(pipe, ctx_in, ctx_tgt, query, num_steps, cfg_scale):
+  """The released recipe written out step by step, one query, posterior mean."""
+  vae, params = pipe.vae, pipe.stvae_params
+
+  def encode(image):  # (H, W, 3) -> (1, h, w, 16)
+    mean, _ = vae.apply({"params": params}, image[None, None], method="encode")
+    return stvae.normalize_latents(mean, pipe.config.stvae)[0]
+
+  frames = []
+  for x, y in zip(ctx_in, ctx_tgt):
+    frames += [encode(x[0]), encode(y[0])]
+  frames.append(encode(query[0]))
+  cond = jnp.concatenate(frames)[None]
+  cond_null = jnp.concatenate([jnp.zeros_like(frames[-1]), frames[-1]])[None]
+  _, key_noise = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(key_noise, (1,) + frames[-1].shape, jnp.float32)
+  grid = flow.time_grid(num_steps)
+  for t0, t1 in zip(grid[:-1], grid[1:]):
+    v = pipe.jdit.apply({"params": pipe.jdit_params}, x, jnp.full((1,), t0), cond, cond_null,
+                        cfg_scale, method="forward_with_cfg")
+    x = x + (t1 - t0) * v
+  z = stvae.denormalize_latents(x, pipe.config.stvae)
+  return np.clip(np.asarray(vae.apply({"params": params}, z, method="decode")), -1, 1)[0]
+
+
+def test_matches_the_recipe_written_out(pipe):
+  ctx_in, ctx_tgt = _images(0, (2, 1, SIZE, SIZE, 3)), _images(1, (2, 1, SIZE, SIZE, 3))
+  query = _images(2, (1, SIZE, SIZE, 3))
+  got = pipe(ctx_in, ctx_tgt, query, seed=0, num_steps=5, cfg_scale=1.5, posterior="mean")
+  want = _manual_prediction(pipe, ctx_in, ctx_tgt, query, 5, 1.5)
+  assert got.shape == (1, 1, SIZE, SIZE, 3)
+  np.testing.assert_allclose(got[0], want, atol=2e-5)
+
+
+def test_seeded_and_batched(pipe):
+  ctx_in, ctx_tgt = _images(3, (2, 2, 1, SIZE, SIZE, 3)), _images(4, (2, 2, 1, SIZE, SIZE, 3))
+  query = _images(5, (2, 1, SIZE, SIZE, 3))
+  a = pipe(ctx_in, ctx_tgt, query, seed=7, num_steps=4)
+  b = pipe(ctx_in, ctx_tgt, query, seed=7, num_steps=4)
+  c = pipe(ctx_in, ctx_tgt, query, seed=8, num_steps=4)
+  assert a.shape == (2, 1, SIZE, SIZE, 3) and np.all(np.abs(a) <= 1)
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(a - c).max() > 1e-3
+  heun = pipe(ctx_in, ctx_tgt, query, seed=7, num_steps=4, sampler="heun")
+  assert np.isfinite(heun).all() and np.abs(heun - a).max() > 1e-4
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda i, t, q: (i, t, q[:, :, :24]), "same frames and size"),
+    (lambda i, t, q: (i[:, :, :, :24, :24], t[:, :, :, :24, :24], q[:, :, :24, :24]),
+     "multiples of 16"),
+    (lambda i, t, q: (i, t[:, :1], q), "same shape"),
+    (lambda i, t, q: (i[:, :0], t[:, :0], q), "at least one context pair"),
+    (lambda i, t, q: (i[..., :1], t[..., :1], q[..., :1]), "RGB"),
+    (lambda i, t, q: (np.repeat(i, 2, 2), np.repeat(t, 2, 2), np.repeat(q, 2, 1)), r"1 \+ 4k"),
+])
+def test_bad_input_is_a_clear_error(pipe, change, message):
+  inputs = change(_images(0, (1, 2, 1, SIZE, SIZE, 3)), _images(1, (1, 2, 1, SIZE, SIZE, 3)),
+                  _images(2, (1, 1, SIZE, SIZE, 3)))
+  with pytest.raises(ValueError, match=message):
+    pipe(*inputs)
+
+
+def test_bad_options_and_missing_bundle(pipe, tmp_path):
+  args = (_images(0, (1, 1, SIZE, SIZE, 3)), _images(1, (1, 1, SIZE, SIZE, 3)),
+          _images(2, (1, SIZE, SIZE, 3)))
+  with pytest.raises(ValueError, match="sampler"):
+    pipe(*args, sampler="rk4")
+  with pytest.raises(ValueError, match="posterior"):
+    pipe(*args, posterior="mode")
+  with pytest.raises(ValueError, match="num_steps"):
+    pipe(*args, num_steps=1)
+  with pytest.raises(FileNotFoundError, match="bundle"):
+    pipeline_lib.Pipeline.from_bundle(tmp_path / "nothing")
