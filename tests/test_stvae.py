@@ -231,3 +231,19 @@ def test_latent_normalisation():
                              (np.asarray(z) - 0.032470703125) * 1.08936170213, rtol=1e-6)
   np.testing.assert_allclose(
       stvae.denormalize_latents(stvae.normalize_latents(z, config), config), z, atol=1e-6)
+
+
+@pytest.mark.parametrize("compress_time, frames", [(False, 3), (True, 1), (True, 3)])
+def test_upsample_is_nearest_then_conv(compress_time, frames):
+  """Independent check of the phase-wise upsampling conv: repeat, then a 3x3 conv."""
+  x = jax.random.normal(jax.random.key(9), (2, frames, 3, 4, 5))
+  up = stvae.Upsample(features=6, compress_time=compress_time)
+  params = nn.unbox(up.init(jax.random.key(10), x)["params"])
+  big = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
+  if compress_time and frames > 1:
+    big = jnp.concatenate([big[:, :1], jnp.repeat(big[:, 1:], 2, axis=1)], axis=1)
+  t = big.shape[1]
+  want = jax.lax.conv_general_dilated(
+      big.reshape(-1, 6, 8, 5), params["kernel"], (1, 1), ((1, 1), (1, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC")).reshape(2, t, 6, 8, 6) + params["bias"]
+  np.testing.assert_allclose(up.apply({"params": params}, x), want, atol=1e-5)

@@ -1,0 +1,144 @@
+r"""ST-VAE speed and memory: images/s and frames/s at 256 px, large inputs with tiling.
+
+  python bench/stvae.py --config=configs/stvae.py:released
+  python bench/stvae.py --config=configs/stvae.py:released --cases=image256,clip256
+  python bench/stvae.py --weights=/path/to/stvae.pt   # released weights instead of random
+
+Cases (each runs in its own process, so its peak memory is its own):
+  image256   one 256x256 image, untiled: encode and decode seconds, images/s
+  clip256    a 17-frame 256x256 clip, untiled: frames/s
+  image1024  a 1024x1024 image, tiled (config tiles: 512 px, 25% overlap)
+  clip65     a 65-frame 256x256 clip, tiled in chunks of --clip_chunk frames
+Prints one JSON line per figure; times are medians over --repeats runs after a compile
+run (compile seconds reported apart); peak memory is the process's peak RSS.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_flags
+
+from lavin_jax.models import stvae
+from lavin_jax.models import stvae_tiling
+
+CASES = ("image256", "clip256", "image1024", "clip65")
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "..", "configs", "stvae.py"),
+    "ST-VAE architecture config.")
+_CASES = flags.DEFINE_list("cases", list(CASES), f"Cases to run, from {CASES}.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per figure (untiled cases).")
+_CLIP_CHUNK = flags.DEFINE_integer("clip_chunk", 17, "Frames per temporal chunk, clip65.")
+_WEIGHTS = flags.DEFINE_string("weights", "", "Released stvae.pt; random weights if empty.")
+_CHILD = flags.DEFINE_string("child", "", "Internal: run this one case in this process.")
+
+
+def _params(module, config):
+  """Released weights, or fan-in scaled Gaussian weights (fast on CPU; no denormals)."""
+  if _WEIGHTS.value:
+    from lavin_jax.convert import load_released_stvae  # pylint: disable=g-import-not-at-top
+    return load_released_stvae(_WEIGHTS.value, config)[1]
+  video = jax.ShapeDtypeStruct((1, 1, 8, 8, 3), jnp.float32)
+  shapes = jax.eval_shape(module.init, jax.random.key(0), video)["params"]
+  rng = np.random.default_rng(0)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name == "scale":
+      return jnp.ones(leaf.shape)
+    if name == "bias":
+      return jnp.zeros(leaf.shape)
+    fan_in = np.prod(leaf.shape[:-1])
+    return jnp.asarray(rng.standard_normal(leaf.shape, np.float32) / np.sqrt(fan_in))
+
+  return jax.tree_util.tree_map_with_path(draw, nn.unbox(shapes))
+
+
+def _peak_rss_gib():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _timed(fn, repeats):
+  """(compile-and-first-run seconds, median seconds of `repeats` further runs)."""
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return first, float(np.median(times)) if times else first
+
+
+def _video(frames, size):
+  return jax.random.uniform(jax.random.key(1), (1, frames, size, size, 3), minval=-1, maxval=1)
+
+
+def _run_case(case, module, params):
+  """Yields figure dicts for one case."""
+  enc = lambda x, **k: stvae_tiling.encode(module, params, x, **k)
+  dec = lambda z, **k: stvae_tiling.decode(module, params, z, **k)
+  if case in ("image256", "clip256"):
+    frames = 1 if case == "image256" else 17
+    video = _video(frames, 256)
+    z = enc(video, tiled=False)[0]
+    enc_first, enc_s = _timed(lambda: enc(video, tiled=False), _REPEATS.value)
+    dec_first, dec_s = _timed(lambda: dec(z, tiled=False), _REPEATS.value)
+    unit = "images" if frames == 1 else "frames"
+    info = {"resolution": 256, "frames": frames, "batch": 1}
+    yield {"figure": f"stvae_encode_{unit}_per_second", "value": frames / enc_s,
+           "seconds": enc_s, "first_run_seconds": enc_first, **info}
+    yield {"figure": f"stvae_decode_{unit}_per_second", "value": frames / dec_s,
+           "seconds": dec_s, "first_run_seconds": dec_first, **info}
+    yield {"figure": f"stvae_{unit}_per_second", "value": frames / (enc_s + dec_s), **info}
+  else:
+    frames, size = (1, 1024) if case == "image1024" else (65, 256)
+    tiling = {} if case == "image1024" else {"tile_frames": _CLIP_CHUNK.value}
+    video = _video(frames, size)
+    start = time.perf_counter()
+    mean = jax.block_until_ready(enc(video, tiled=True, **tiling)[0])
+    enc_s = time.perf_counter() - start
+    start = time.perf_counter()
+    recon = jax.block_until_ready(dec(mean, tiled=True, **tiling))
+    dec_s = time.perf_counter() - start
+    assert recon.shape == video.shape and bool(jnp.all(jnp.isfinite(recon)))
+    yield {"figure": f"stvae_tiled_{case}_seconds", "value": enc_s + dec_s,
+           "encode_seconds": enc_s, "decode_seconds": dec_s, "frames": frames,
+           "resolution": size, "latents": list(mean.shape), "compile_included": True,
+           **tiling}
+  yield {"figure": f"stvae_{case}_peak_memory_gib", "value": _peak_rss_gib()}
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  if _CHILD.value:
+    module = stvae.STVAE(config)
+    params = _params(module, config)
+    context = {"config": ",".join(map(str, config.block_out_channels)),
+               "dtype": config.dtype, "devices": jax.device_count(), "cpus": os.cpu_count()}
+    for figure in _run_case(_CHILD.value, module, params):
+      figure = {k: round(v, 4) if isinstance(v, float) else v for k, v in figure.items()}
+      print(json.dumps({**figure, **context}), flush=True)
+    return
+  unknown = set(_CASES.value) - set(CASES)
+  if unknown:
+    raise app.UsageError(f"Unknown cases {sorted(unknown)}; choose from {CASES}.")
+  passthrough = [a for a in sys.argv[1:] if not a.startswith("--cases")]
+  for case in _CASES.value:
+    subprocess.run([sys.executable, __file__, f"--child={case}", *passthrough], check=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
