@@ -154,10 +154,7 @@ def test_padding_frames_change_nothing(tiny, impl):
   apply = jax.jit(module.apply)
   alone = apply({"params": params}, x, t, cond)
   np.testing.assert_allclose(apply({"params": params}, x, t, padded, mask), alone, atol=1e-5)
-  if impl == "xla":
-    # An all-True mask is no mask, and without the mask the padding is really seen.
-    np.testing.assert_allclose(apply({"params": params}, x, t, cond, jnp.ones((2, 3), bool)),
-                               alone, atol=1e-5)
+  if impl == "xla":  # without the mask the padding is really seen
     assert np.abs(apply({"params": params}, x, t, padded) - alone).max() > 1e-2
 
 
@@ -225,4 +222,5 @@ def test_bad_inputs_raise_before_compile(tiny, change, match):
 def test_unknown_remat_policy(tiny):
   _, params = tiny
   with pytest.raises(ValueError, match="remat_policy"):
-    jdit.JDiT(_config(remat_policy="some")).apply({"params": params}, *_inputs())
+    jax.eval_shape(jdit.JDiT(_config(remat_policy="some")).apply, {"params": params},
+                   *_inputs())
