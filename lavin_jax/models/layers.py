@@ -6,7 +6,6 @@ the config's compute dtype; norms, RoPE and everything statistical run in float3
 """
 
 import flax.linen as nn
-from jax.ad_checkpoint import checkpoint_name
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -73,8 +72,7 @@ class SwiGLU(nn.Module):
     inner = mlp_hidden_size(c)
     gate = dense(c, inner, ("embed", "mlp"), name="gate_proj")(x)
     up = dense(c, inner, ("embed", "mlp"), name="up_proj")(x)
-    h = checkpoint_name(nn.silu(gate) * up, "mlp_hidden")
-    return dense(c, c.hidden_size, ("mlp", "embed"), name="down_proj")(h)
+    return dense(c, c.hidden_size, ("mlp", "embed"), name="down_proj")(nn.silu(gate) * up)
 
 
 def mlp_hidden_size(config: ml_collections.ConfigDict) -> int:
