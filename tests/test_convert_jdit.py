@@ -130,3 +130,14 @@ def test_convert_command_writes_a_bundle(tmp_path, scanned):
   assert config.jdit.hidden_size == 96 and config.jdit.num_kv_heads == 2
   assert params["stvae"] is None
   jax.tree.map(np.testing.assert_array_equal, params["jdit"], scanned[1])
+
+
+def test_bfloat16_file_loads_into_float32_params(tmp_path, scanned):
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  state = {k: v.astype(ml_dtypes.bfloat16) for k, v in load_file(STATE).items()}
+  path = tmp_path / "bf16.safetensors"
+  save_file(state, path)
+  _, params = load_released_jdit(path, _config())
+  rounded = jax.tree.map(lambda a: a.astype(ml_dtypes.bfloat16).astype(np.float32), scanned[1])
+  assert {a.dtype for a in jax.tree.leaves(params)} == {np.dtype(np.float32)}
+  jax.tree.map(np.testing.assert_array_equal, params, rounded)
