@@ -187,6 +187,8 @@ class JDiT(nn.Module):
     t_cond = temb + self.param("prompt_embed", embed_init, (1, c.hidden_size), param_dtype)
     t_x = temb + self.param("answer_embed", embed_init, (1, c.hidden_size), param_dtype)
 
+    if cond_mask is not None:
+      cond_mask = jnp.asarray(cond_mask).astype(bool)
     valid = jnp.ones((b, tc), bool) if cond_mask is None else cond_mask
     # Frame indices over the joint sequence, counting valid condition frames only.
     cond_frames = jnp.cumsum(valid, axis=1) - 1
