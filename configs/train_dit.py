@@ -19,6 +19,7 @@ import ml_collections
 
 from lavin_jax import configs
 from lavin_jax import flow
+from lavin_jax.data import pipeline
 
 SIZES = ("tiny", "0.1b", "1b", "3.4b")
 
@@ -39,7 +40,6 @@ def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = 100_000
-  c.batch_size = 640  # global, over all processes
 
   # Model: J-DiT architecture; bf16 compute, float32 master weights.
   c.model = configs.jdit(size)
@@ -54,11 +54,14 @@ def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
   c.vae_checkpoint = ""  # released stvae.pt, or an inference bundle directory
   c.vae_random_init = False  # smoke tests only: an untrained ST-VAE
 
-  # Data: in-context sequences of K_max pairs + a query (lavin_jax.data.pipeline).
-  c.data = ml_collections.ConfigDict()
+  # Data: episodes of 1..k_max context pairs + a query, padded to k_max
+  # (lavin_jax.data.pipeline); the source is a lavin_jax.data.sources spec.
+  c.source = "synthetic"
+  c.data = pipeline.pipeline_config("image")
+  c.data.batch_size = 640  # global, over all processes
   c.data.resolution = 256
-  c.data.max_pairs = 8  # K_max; each example draws 1..max_pairs (released training)
-  c.data.min_pairs = 1
+  c.data.k_min, c.data.k_max = 1, 8  # released training: 1 to 8 pairs
+  c.data.worker_count = 4
 
   # Mesh: sizes of ('data', 'fsdp', 'tensor'); -1 takes the remaining devices.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -86,12 +89,13 @@ def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
 
   if runlocal:
     c.total_steps = 10
-    c.batch_size = 2
     c.vae = configs.stvae("tiny")
     c.vae_random_init = True
     c.model.dtype = "float32"
     c.model.remat_policy = "none"
+    c.data.batch_size = 2
     c.data.resolution = 64
-    c.data.max_pairs = 2
+    c.data.k_max = 2
+    c.data.worker_count = 0
     c.checkpoint_every = 5
   return c

@@ -1,0 +1,151 @@
+"""J-DiT training-step throughput: steps/s, tokens/s, MFU and peak memory.
+
+  python bench/train_step.py [--sizes=tiny,0.1b] [--batches=1,4] [--pairs=4]
+      [--resolution=256] [--steps=3] [--dtype=float32]
+
+Each figure trains on precomputed latents (the ST-VAE is not in the step) with
+`pairs` context pairs at `resolution` px (256 px -> 32 x 32 latents, 16 x 16 tokens a
+frame), on all local devices (data parallel). MFU = model FLOPs / step time / the
+machine's matmul peak, which is measured in the same run (a square matmul in the
+compute dtype, best of several). Model FLOPs = 3 x the forward matmul FLOPs
+(projections, SwiGLU, embedders, final layer, attention scores and values); rematerialised
+recompute is not counted. Peak memory is XLA's compiled estimate (arguments + outputs +
+temporaries), plus the allocator's peak where the backend reports one. One JSON line
+per figure.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lavin_jax.models import jdit
+from lavin_jax.models import layers
+from lavin_jax.parallel import mesh as mesh_lib
+from lavin_jax.train import dit
+from lavin_jax.train import state as state_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(arg):
+  spec = importlib.util.spec_from_file_location(
+      "train_dit_config", os.path.join(ROOT, "configs", "train_dit.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def matmul_peak(dtype, size, repeats=5):
+  """Best FLOP/s of a (size x size) @ (size x size) matmul on one device."""
+  a = jnp.ones((size, size), dtype)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size ** 3 / best
+
+
+def forward_flops(c, batch, cond_frames, x_frames, tokens_per_frame):
+  """Matmul FLOPs of one J-DiT forward pass on a batch."""
+  hd = c.hidden_size // c.num_heads
+  d, inner = c.hidden_size, layers.mlp_hidden_size(c)
+  per_token = (d * c.num_heads * hd + 2 * d * c.num_kv_heads * hd + c.num_heads * hd * d
+               + 3 * d * inner)
+  tokens = (cond_frames + x_frames) * tokens_per_frame
+  patch = c.patch_size ** 2 * c.in_channels
+  attention = 4 * tokens ** 2 * c.num_heads * hd
+  blocks = c.depth * (2 * per_token * tokens + attention)
+  io = 2 * patch * d * tokens + 2 * d * patch * x_frames * tokens_per_frame
+  return batch * (blocks + io)
+
+
+def bench(size, batch, args, peak):
+  config = load_config(size)
+  config.input = "latents"
+  config.model.dtype = args.dtype
+  latent = args.resolution // 8
+  rng = np.random.default_rng(0)
+  k = args.pairs
+  local = {
+      "context_inputs": rng.standard_normal((batch, k, 1, latent, latent, 16), np.float32),
+      "context_targets": rng.standard_normal((batch, k, 1, latent, latent, 16), np.float32),
+      "query": rng.standard_normal((batch, 1, latent, latent, 16), np.float32),
+      "target": rng.standard_normal((batch, 1, latent, latent, 16), np.float32),
+      "num_pairs": np.full((batch,), k, np.int32),
+  }
+  model = jdit.JDiT(config.model)
+  tx, schedule = state_lib.create_optimizer(config.optimizer)
+  mesh = mesh_lib.create_mesh({"data": -1})
+  state, shardings = dit.init_train_state(model, tx, config, mesh, jax.random.PRNGKey(0))
+  step = dit.create_train_step(model, tx, schedule, config, shardings)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.AXIS_RULES):
+    global_batch = mesh_lib.global_batch(local, mesh)
+    compiled = step.lower(state, None, global_batch).compile()
+    memory = compiled.memory_analysis()
+    state, metrics = compiled(state, None, global_batch)  # warm-up
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+      state, metrics = compiled(state, None, global_batch)
+    jax.block_until_ready((state, metrics))
+    seconds = (time.perf_counter() - start) / args.steps
+
+  tokens_per_frame = (latent // config.model.patch_size) ** 2
+  flops = 3 * forward_flops(config.model, batch, 2 * k + 1, 1, tokens_per_frame)
+  tokens = batch * (2 * k + 2) * tokens_per_frame
+  stats = jax.local_devices()[0].memory_stats() or {}
+  allocator_peak = stats.get("peak_bytes_in_use")
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  return {
+      "figure": "train_step", "size": size, "params_m": round(n_params / 1e6, 2),
+      "batch": batch, "pairs": k, "resolution": args.resolution,
+      "tokens_per_example": tokens // batch, "dtype": args.dtype,
+      "remat_policy": config.model.remat_policy, "devices": jax.device_count(),
+      "backend": jax.default_backend(),
+      "steps_per_sec": round(1 / seconds, 4),
+      "examples_per_sec": round(batch / seconds, 3),
+      "tokens_per_sec": round(tokens / seconds, 1),
+      "model_tflop_per_step": round(flops / 1e12, 4),
+      "mfu": round(flops / seconds / (peak * jax.device_count()), 4),
+      "peak_memory_gib": round((memory.argument_size_in_bytes + memory.output_size_in_bytes
+                                + memory.temp_size_in_bytes) / 2**30, 3),
+      "allocator_peak_gib": None if allocator_peak is None else round(allocator_peak / 2**30, 3),
+      "loss": round(float(metrics["loss"]), 4),
+  }
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sizes", default="tiny,0.1b")
+  parser.add_argument("--batches", default="1,4")
+  parser.add_argument("--pairs", type=int, default=4)
+  parser.add_argument("--resolution", type=int, default=256)
+  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--dtype", default=None,
+                      help="compute dtype; default bfloat16 on accelerators, float32 on CPU")
+  parser.add_argument("--matmul_size", type=int, default=None)
+  args = parser.parse_args()
+  on_cpu = jax.default_backend() == "cpu"
+  args.dtype = args.dtype or ("float32" if on_cpu else "bfloat16")
+  size = args.matmul_size or (2048 if on_cpu else 8192)
+  peak = matmul_peak(jnp.dtype(args.dtype), size)
+  print(json.dumps({"figure": "matmul_peak", "backend": jax.default_backend(),
+                    "dtype": args.dtype, "matmul_size": size,
+                    "tflops_per_device": round(peak / 1e12, 4)}), flush=True)
+  for model_size in args.sizes.split(","):
+    for batch in (int(b) for b in args.batches.split(",")):
+      print(json.dumps(bench(model_size, batch, args, peak)), flush=True)
+
+
+if __name__ == "__main__":
+  main()

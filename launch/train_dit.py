@@ -1,0 +1,51 @@
+r"""Trains J-DiT with rectified flow (lavin_jax.train.dit.train).
+
+  python launch/train_dit.py --config=configs/train_dit.py:0.1b \
+      --config.vae_checkpoint=/path/to/stvae.pt --workdir=/tmp/lavin_dit
+
+Any config field can be overridden with --config.<field>=<value>; a workdir with
+checkpoints resumes. Multi-host runs start jax.distributed from
+--coordinator_address/--num_processes/--process_id (or the JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID environment variables), or, with
+--auto_distributed, from the cluster itself (SLURM, Open MPI, Cloud TPU pods): see
+launch/slurm_train_dit.sh and launch/tpu_train_dit.sh.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from lavin_jax.parallel import mesh as mesh_lib
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Training config file, e.g. configs/train_dit.py:0.1b.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl; resumes.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (multi-host).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes (multi-host).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process (multi-host).")
+_AUTO = flags.DEFINE_bool(
+    "auto_distributed", False,
+    "Start jax.distributed from the cluster environment (SLURM, Open MPI, TPU pods).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  mesh_lib.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                  _PROCESS_ID.value, auto_detect=_AUTO.value)
+  from lavin_jax.train import dit  # pylint: disable=g-import-not-at-top
+  try:
+    dit.train(_CONFIG.value, _WORKDIR.value)
+  except FloatingPointError as e:
+    logging.error("%s", e)
+    sys.exit(f"Training stopped: {e}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
