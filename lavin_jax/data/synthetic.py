@@ -1,0 +1,195 @@
+"""The built-in data set: rendered scenes with exact annotations, no download.
+
+Two TFDS builders share the renderer (render.py) and the sizes (`SyntheticConfig`):
+  lavin_synthetic_images/<config>: stills with 'image', 'depth', 'normals',
+    'instances', 'semantic', 'boxes';
+  lavin_synthetic_clips/<config>: clips with 'video', 'depth', 'normals', 'instances',
+    'semantic', 'flow'.
+Both have 'train' and 'validation' splits, are stored as array_record and build without
+TensorFlow: images are PNG-encoded with OpenCV and handed to `tfds.features.Image` as
+bytes, arrays use zlib-encoded `tfds.features.Tensor`s. Example i of a split is
+rendered from the seed (config.seed, split, i), so a build is deterministic.
+
+  build_synthetic(data_dir, 'small')              # both builders, once
+  load_synthetic(data_dir, 'small', 'clips')      # a source (see sources.py)
+"""
+
+import dataclasses
+import os
+
+import cv2
+import numpy as np
+import tensorflow_datasets as tfds
+
+from lavin_jax.data import render
+from lavin_jax.data import sources
+
+CONTENTS = ('images', 'clips')
+SPLITS = ('train', 'validation')
+
+
+@dataclasses.dataclass(eq=False)
+class SyntheticConfig(tfds.core.BuilderConfig):
+  """Sizes of the synthetic data set.
+
+  Attributes:
+    image_size: side of the square stills, pixels.
+    clip_size: side of the square clips, pixels.
+    clip_frames: frames per clip (1 + 4k, as video tasks need).
+    images: number of stills per split.
+    clips: number of clips per split.
+    seed: base seed of the scenes.
+  """
+  image_size: int = 128
+  clip_size: int = 64
+  clip_frames: int = 9
+  images: dict[str, int] = dataclasses.field(default_factory=dict)
+  clips: dict[str, int] = dataclasses.field(default_factory=dict)
+  seed: int = 0
+
+
+CONFIGS = (
+    SyntheticConfig(
+        name='tiny', description='A handful of small examples, for tests.',
+        image_size=32, clip_size=32, clip_frames=5,
+        images={'train': 8, 'validation': 4}, clips={'train': 4, 'validation': 2}),
+    SyntheticConfig(
+        name='small', description='A few hundred examples; builds in well under a '
+        'minute.', image_size=128, clip_size=64, clip_frames=9,
+        images={'train': 256, 'validation': 32}, clips={'train': 64, 'validation': 16}),
+    SyntheticConfig(
+        name='medium', description='Enough stills and clips at 256 / 128 px to train '
+        'small models.', image_size=256, clip_size=128, clip_frames=9,
+        images={'train': 8192, 'validation': 256},
+        clips={'train': 1024, 'validation': 64}),
+)
+
+
+def _png(image: np.ndarray) -> bytes:
+  """PNG bytes of an RGB uint8 image."""
+  ok, encoded = cv2.imencode('.png', image[..., ::-1])
+  if not ok:
+    raise RuntimeError('OpenCV failed to encode a PNG.')
+  return encoded.tobytes()
+
+
+def _array(shape, dtype):
+  return tfds.features.Tensor(shape=shape, dtype=dtype, encoding='zlib')
+
+
+class _SyntheticBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Shared parts of the two builders."""
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First version.'}
+  BUILDER_CONFIGS = list(CONFIGS)
+  DEFAULT_BUILDER_CONFIG_NAME = 'small'
+  CONTENT = ''  # 'images' or 'clips'.
+  # Nothing is downloaded, so there is no checksums file to find next to the code;
+  # TFDS's search for it needs importlib_resources, which tfds does not install.
+  code_path = None
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    counts = getattr(self.builder_config, self.CONTENT)
+    return {split: self._generate_examples(split, counts[split]) for split in SPLITS}
+
+  def _generate_examples(self, split, count):
+    for i in range(count):
+      yield i, self._example([self.builder_config.seed, SPLITS.index(split), i])
+
+
+class LavinSyntheticImages(_SyntheticBuilder):
+  """Rendered stills with depth, normals, instances, semantics and boxes."""
+  CONTENT = 'images'
+
+  def _info(self):
+    s = self.builder_config.image_size
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(s, s, 3)),
+        'depth': _array((s, s), np.float32),
+        'normals': _array((s, s, 3), np.float32),
+        'instances': _array((s, s), np.int32),
+        'semantic': _array((s, s), np.int32),
+        'boxes': tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+    }))
+
+  def _example(self, seed):
+    s = self.builder_config.image_size
+    example = render.render_image(seed, s, s)
+    example['image'] = _png(example['image'])
+    return example
+
+
+class LavinSyntheticClips(_SyntheticBuilder):
+  """Rendered clips with depth, normals, instances, semantics and forward flow."""
+  CONTENT = 'clips'
+
+  def _info(self):
+    s, t = self.builder_config.clip_size, self.builder_config.clip_frames
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+        'video': tfds.features.Sequence(tfds.features.Image(shape=(s, s, 3)), length=t),
+        'depth': _array((t, s, s), np.float32),
+        'normals': _array((t, s, s, 3), np.float32),
+        'instances': _array((t, s, s), np.int32),
+        'semantic': _array((t, s, s), np.int32),
+        'flow': _array((t - 1, s, s, 2), np.float32),
+    }))
+
+  def _example(self, seed):
+    c = self.builder_config
+    example = render.render_clip(seed, c.clip_frames, c.clip_size, c.clip_size)
+    example['video'] = [_png(frame) for frame in example['video']]
+    return example
+
+
+BUILDERS = {'images': LavinSyntheticImages, 'clips': LavinSyntheticClips}
+
+
+def _config(config_name: str) -> SyntheticConfig:
+  for config in CONFIGS:
+    if config.name == config_name:
+      return config
+  raise ValueError(f'Unknown synthetic config {config_name!r}; expected one of '
+                   f'{[c.name for c in CONFIGS]}.')
+
+
+def build_synthetic(data_dir: str | os.PathLike | None = None,
+                    config_name: str = 'small') -> None:
+  """Renders and writes both builders of `config_name` unless already built.
+
+  Build once before starting several readers (hosts, workers) on the same data_dir.
+  """
+  _config(config_name)
+  for builder_cls in BUILDERS.values():
+    builder = builder_cls(config=config_name, data_dir=data_dir,
+                          file_format='array_record')
+    builder.download_and_prepare()
+
+
+def load_synthetic(data_dir: str | os.PathLike | None = None,
+                   config_name: str = 'small', content: str = 'images',
+                   split: str = 'train', min_size=None) -> sources.TfdsSource:
+  """A random-access source of the synthetic stills or clips, built if needed.
+
+  Args:
+    data_dir: TFDS data directory (None: TFDS's default).
+    config_name: a `CONFIGS` name ('tiny', 'small', 'medium').
+    content: 'images' or 'clips'.
+    split: 'train' or 'validation' (TFDS slicing such as 'train[:50%]' works).
+    min_size: requested resolution; an error if the config renders smaller.
+  """
+  config = _config(config_name)
+  if content not in BUILDERS:
+    raise ValueError(f'Unknown synthetic content {content!r}; expected one of '
+                     f'{list(BUILDERS)}.')
+  size = config.image_size if content == 'images' else config.clip_size
+  sources.check_size(size, size, min_size,
+                     f'Synthetic {content} of config {config_name!r}')
+  builder_cls = BUILDERS[content]
+  builder = builder_cls(config=config_name, data_dir=data_dir,
+                        file_format='array_record')
+  if not builder.is_prepared():
+    builder.download_and_prepare()
+  return sources.TfdsSource(f'{builder.name}/{config_name}', split,
+                            data_dir=os.fspath(builder.data_dir_root),
+                            min_size=min_size, class_names=render.CLASS_NAMES)
