@@ -1,44 +1,25 @@
 """Inference pipeline: bundle round trip, the in-context layout, determinism, bad input."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from lavin_jax import configs
 from lavin_jax import flow
 from lavin_jax.inference import bundle
 from lavin_jax.inference import pipeline as pipeline_lib
-from lavin_jax.models import jdit
 from lavin_jax.models import stvae
+import tiny_model
 
 SIZE = 32  # pixels; tiny ST-VAE -> 4x4 latents -> 2x2 J-DiT tokens
 
 
-def _config():
-  jdit_config = configs.jdit("tiny")
-  jdit_config.dtype = "float32"
-  jdit_config.scan_layers = False
-  stvae_config = configs.stvae("tiny")
-  return jdit_config, stvae_config
-
-
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory):
-  jdit_config, stvae_config = _config()
-  z = jnp.zeros((1, 1, SIZE // 8, SIZE // 8, 16))
-  jdit_params = nn.unbox(jdit.JDiT(jdit_config).init(
-      jax.random.key(0), z, jnp.zeros((1,)), jnp.concatenate([z] * 3, axis=1))["params"])
-  # Zero-initialised modulation and final layers would make every velocity 0.
-  jdit_params = jax.tree.map(
-      lambda p: p + 0.05 * jax.random.normal(jax.random.key(p.size), p.shape), jdit_params)
-  stvae_params = nn.unbox(stvae.STVAE(stvae_config).init(
-      jax.random.key(1), jnp.zeros((1, 1, SIZE, SIZE, 3)))["params"])
-  config = ml_collections.ConfigDict({"jdit": jdit_config, "stvae": stvae_config})
+  config = tiny_model.tiny_model_config()
+  config.jdit.scan_layers = False
   path = tmp_path_factory.mktemp("bundle") / "tiny"
-  bundle.save_bundle(path, config, jdit_params=jdit_params, stvae_params=stvae_params)
+  bundle.save_bundle(path, config, *tiny_model.tiny_model_params(config))
   return path
 
 
