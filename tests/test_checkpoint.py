@@ -315,3 +315,20 @@ def test_bad_inputs(tmp_path):
 
 if __name__ == "__main__":
   _CHILDREN[sys.argv[1]](pathlib.Path(sys.argv[2]))
+
+
+def test_export_bundle_loads_in_one_call(tmp_path):
+  from lavin_jax.inference import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  import tiny_model  # pylint: disable=g-import-not-at-top
+  model_config = tiny_model.tiny_model_config()
+  jdit_params, vae_params = tiny_model.tiny_model_params(model_config)
+  config = ml_collections.ConfigDict({"model": model_config.jdit, "vae": model_config.stvae})
+  checkpoint.export_bundle(tmp_path / "bundle", jdit_params, config, vae_params=vae_params,
+                           dtype="bfloat16")
+  pipe = pipeline_lib.Pipeline.from_bundle(tmp_path / "bundle")
+  assert pipe.config.jdit.hidden_size == model_config.jdit.hidden_size
+  for got, want in zip(jax.tree.leaves(pipe.jdit_params), jax.tree.leaves(jdit_params)):
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=1e-2, atol=1e-6)
+  for got, want in zip(jax.tree.leaves(pipe.stvae_params), jax.tree.leaves(vae_params)):
+    assert got.dtype == jnp.bfloat16

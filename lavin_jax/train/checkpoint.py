@@ -236,3 +236,19 @@ class StopGuard:
       return local
     return bool(np.any(multihost_utils.process_allgather(np.int32(local))))
 
+
+
+def export_bundle(path, ema_params, config: ml_collections.ConfigDict, vae_params=None,
+                  dtype: Optional[str] = "bfloat16") -> None:
+  """Writes an inference bundle of a J-DiT run: EMA params in `dtype` and the configs.
+
+  `config` is the training config (its `model` and `vae` sub-configs go into the
+  bundle); vae_params (the frozen ST-VAE) make the bundle self-contained. Load it with
+  `lavin_jax.inference.pipeline.Pipeline.from_bundle(path)`.
+  """
+  from lavin_jax.inference import bundle  # pylint: disable=g-import-not-at-top
+  bundle_config = ml_collections.ConfigDict({"jdit": config.model})
+  if vae_params is not None:
+    bundle_config.stvae = config.vae
+  bundle.save_bundle(path, bundle_config, jdit_params=jax.device_get(ema_params),
+                     stvae_params=vae_params, dtype=dtype)
