@@ -22,6 +22,8 @@ from lavin_jax import flow
 from lavin_jax.data import pipeline
 
 SIZES = ("tiny", "0.1b", "1b", "3.4b")
+IMAGE_ONLY_TASKS = ("colorization", "inpainting", "canny_edges", "de_motion_blur",
+                    "de_glass_blur", "de_raining")
 
 
 def _parse(arg):
@@ -55,7 +57,8 @@ def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
   c.vae_random_init = False  # smoke tests only: an untrained ST-VAE
 
   # Data: episodes of 1..k_max context pairs + a query, padded to k_max
-  # (lavin_jax.data.pipeline); the source is a lavin_jax.data.sources spec.
+  # (lavin_jax.data.pipeline). The source is a lavin_jax.data.sources spec:
+  # 'synthetic' (built-in rendered scenes with every annotation), 'tfds:NAME', ...
   c.source = "synthetic"
   c.data = pipeline.pipeline_config("image")
   c.data.batch_size = 640  # global, over all processes
@@ -97,5 +100,9 @@ def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
     c.data.resolution = 64
     c.data.k_max = 2
     c.data.worker_count = 0
+    # scikit-image's photographs (no download) and the tasks that need only images.
+    c.source = "photos"
+    for name in c.data.task_weights:
+      c.data.task_weights[name] = float(name in IMAGE_ONLY_TASKS)
     c.checkpoint_every = 5
   return c

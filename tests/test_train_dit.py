@@ -1,5 +1,6 @@
 """J-DiT training: loss, optimizer, EMA, context dropout, padding, released gradients."""
 
+import functools
 import importlib.util
 import json
 import os
@@ -350,3 +351,27 @@ def test_bad_config_and_batches_raise_before_compile(tmp_path):
     dit.check_batch(dict(batch, query=batch["query"][..., :3]), config)
   with pytest.raises(ValueError, match="lacks"):
     dit.check_batch({k: v for k, v in batch.items() if k != "target"}, config)
+
+
+def test_pixel_batches_encode_each_clip_separately():
+  from lavin_jax.models import stvae  # pylint: disable=g-import-not-at-top
+  vae_config = configs.stvae("tiny")
+  vae = stvae.STVAE(vae_config)
+  rng = np.random.default_rng(10)
+  pixels = lambda *shape: rng.uniform(-1, 1, shape + (1, 16, 16, 3)).astype(np.float32)
+  batch = {"context_inputs": pixels(2, 2), "context_targets": pixels(2, 2),
+           "query": pixels(2), "target": pixels(2)}
+  params = jax.jit(functools.partial(vae.init, method="encode"))(
+      jax.random.PRNGKey(0), batch["query"])["params"]  # the encoder is all training needs
+  encode = jax.jit(lambda b: dit.encode_batch(vae, params, b, jax.random.PRNGKey(1), vae_config))
+  latents = encode(batch)
+  assert latents["context_inputs"].shape == (2, 2, 1, 2, 2, 16)
+  assert latents["target"].shape == (2, 1, 2, 2, 16)
+  # Changing one context clip changes its latent only: no clip sees another.
+  changed = dict(batch, context_inputs=batch["context_inputs"].copy())
+  changed["context_inputs"][1, 0] = pixels(1)[0]
+  again = encode(changed)
+  moved = np.abs(np.asarray(again["context_inputs"]) - np.asarray(latents["context_inputs"]))
+  assert moved[1, 0].max() > 1e-3 and moved[0].max() == 0 and moved[1, 1].max() == 0
+  for key in ("context_targets", "query", "target"):
+    np.testing.assert_array_equal(again[key], latents[key])

@@ -374,7 +374,7 @@ def make_input(config):
   """This process's Grain batches of the configured data (lavin_jax.data.pipeline)."""
   from lavin_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from lavin_jax.data import sources  # pylint: disable=g-import-not-at-top
-  return iter(pipeline.make_pipeline(config.data, sources.make_source(config.source)))
+  return iter(pipeline.make_pipeline(config.data, sources.get_source(config.source)))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
