@@ -6,6 +6,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from lavin_jax.data import pipeline
+from lavin_jax.data import synthetic
 from lavin_jax.data import tasks
 
 N = 12  # Source examples; example i is the constant colour value(i).
@@ -206,6 +207,71 @@ def test_default_shard_is_the_jax_process():
   config = _config()
   default = _take(iter(pipeline.make_pipeline(config, _photo_source())), 2)
   _assert_same(default, _take(iter(pipeline.make_pipeline(config, _photo_source(), 0, 1)), 2))
+
+
+# ---------------------------------------------------------------------------
+# End to end on the built-in synthetic data set.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def synthetic_dir(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp('synthetic')
+  synthetic.build_synthetic(data_dir, 'tiny', num_workers=1)
+  return data_dir
+
+
+def _media_tasks(media):
+  return [n for n in tasks.TASK_NAMES if tasks.REGISTRY[n].media == media]
+
+
+@pytest.mark.parametrize('media', ['image', 'video'])
+def test_synthetic_source_end_to_end(synthetic_dir, media):
+  content = 'images' if media == 'image' else 'clips'
+  source = synthetic.load_synthetic(synthetic_dir, 'tiny', content)
+  # Tiny clips have 5 frames: frame prediction (2 x 5 frames) is checked below.
+  names = [n for n in _media_tasks(media) if n != 'frame_prediction']
+  config = _config(names, k_min=1, k_max=2, media=media)
+  frames = 1 if media == 'image' else 5
+  seen = set()
+  for batch in _take(iter(pipeline.make_pipeline(config, source, 0, 1)), 8):
+    assert batch['context_inputs'].shape == (4, 2, frames, 32, 32, 3)
+    assert batch['target'].shape == (4, frames, 32, 32, 3)
+    for key in ('context_inputs', 'context_targets', 'query', 'target'):
+      assert batch[key].min() >= -1 and batch[key].max() <= 1
+    seen |= set(batch['task_id'].tolist())
+  assert seen <= {tasks.task_id(n) for n in names} and len(seen) >= len(names) // 2
+  if media == 'video':
+    with pytest.raises(ValueError, match="'frame_prediction' needs clips of at least 10"):
+      pipeline.make_pipeline(_config(('frame_prediction',), media='video'), source, 0, 1)
+
+
+def test_synthetic_targets_decode_to_the_annotations(synthetic_dir):
+  images = synthetic.load_synthetic(synthetic_dir, 'tiny', 'images')
+  rng = np.random.default_rng(0)
+  for i in range(3):
+    example = pipeline.fit_example(images[i], 32)  # Native size: a no-op crop.
+    decoded = {n: tasks.get_task(n).decode(tasks.get_task(n)(example, rng)[1])[0]
+               for n in ('depth_estimation', 'normal_estimation', 'instance_segmentation',
+                         'foreground_segmentation', 'detection')}
+    np.testing.assert_allclose(decoded['depth_estimation'], example['depth'], rtol=1e-4)
+    np.testing.assert_allclose(decoded['normal_estimation'], example['normals'], atol=1e-5)
+    np.testing.assert_array_equal(decoded['instance_segmentation'], example['instances'])
+    np.testing.assert_array_equal(decoded['foreground_segmentation'],
+                                  example['instances'] > 0)
+    # The rendered box is the pixel extent of the instance with the largest box.
+    boxes = example['boxes']
+    largest = 1 + int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+    rows, cols = np.nonzero(example['instances'] == largest)
+    extent = np.zeros((32, 32), bool)
+    extent[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+    np.testing.assert_array_equal(decoded['detection'], extent)
+  clips = synthetic.load_synthetic(synthetic_dir, 'tiny', 'clips')
+  config = tasks.tasks_config()
+  config.flow_max = 64.0
+  task = tasks.get_task('optical_flow', config)
+  clip = pipeline.fit_example(clips[0], 32)
+  np.testing.assert_allclose(task.decode(task(clip, rng)[1]), clip['flow'], atol=1e-3)
 
 
 # ---------------------------------------------------------------------------
