@@ -89,12 +89,12 @@ def fit_example(example: dict, resolution: int, rng: np.random.Generator | None 
   """
   pixel_key = next((k for k in PIXEL_KEYS if k in example), None)
   if pixel_key is None:
-    raise ValueError(f"Source example has no 'image' or 'video' (keys {sorted(example)}).")
+    raise ValueError(f"Example has no 'image' or 'video' (keys {sorted(example)}).")
   height, width = example[pixel_key].shape[-3:-1]
   side = min(height, width)
   if side < resolution and not allow_upscale:
     raise ValueError(
-        f'Source example is {height}x{width}, smaller than the resolution {resolution}; '
+        f'{pixel_key} is {height}x{width}, smaller than the resolution {resolution}; '
         'use a source of larger images, lower the resolution, or set allow_upscale.')
   if rng is None:
     y0, x0 = (height - side) // 2, (width - side) // 2
