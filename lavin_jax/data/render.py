@@ -129,96 +129,98 @@ def yaw_rotation(angle: np.ndarray) -> np.ndarray:
 
 
 def camera_rays(height: int, width: int, focal: float) -> np.ndarray:
-  """Camera-frame ray directions (H * W, 3) through pixel centres, with z = 1."""
+  """Camera-frame ray directions (3, H * W) through pixel centres, with z = 1."""
   cols = (np.arange(width) + 0.5 - width / 2) / focal
   rows = (np.arange(height) + 0.5 - height / 2) / focal
   x, y = np.meshgrid(cols, rows)
-  return np.stack([x, y, np.ones_like(x)], -1).reshape(-1, 3)
+  return np.stack([x.ravel(), y.ravel(), np.ones(x.size)])
 
 
-def _intersect_sphere(origin, direction, size):
-  """Nearest hit of local rays with a sphere of radius size[0] at the origin."""
-  a = np.sum(direction * direction, -1)
-  b = np.sum(direction * origin, -1)
-  c = np.sum(origin * origin, -1) - size[0] ** 2
+# Points, directions and normals are component-major: (3, N) arrays, or (3, 1) for one
+# shared by all rays. Each kind of primitive has a ray test (local rays -> ray
+# parameter of the nearest hit, inf on a miss) and a normal (local points on its
+# surface -> unit outward normals).
+def _sphere_t(origin, direction, size):
+  a = np.einsum('kn,kn->n', direction, direction)
+  b = np.einsum('kn,kn->n', direction, origin)
+  c = np.einsum('kn,kn->n', origin, origin) - size[0] ** 2
   disc = b * b - a * c
   t = (-b - np.sqrt(np.maximum(disc, 0.0))) / a
-  t = np.where((disc >= 0) & (t > _EPS), t, np.inf)
-  point = origin + np.where(np.isfinite(t), t, 0.0)[:, None] * direction
-  return t, point / size[0]
+  return np.where((disc >= 0) & (t > _EPS), t, np.inf)
 
 
-def _intersect_box(origin, direction, size):
-  """Nearest hit of local rays with an axis-aligned box of half extents `size`."""
-  direction = np.where(np.abs(direction) < 1e-12, 1e-12, direction)
-  t0 = (-size - origin) / direction
-  t1 = (size - origin) / direction
-  t_enter = np.minimum(t0, t1)  # (N, 3)
-  near = t_enter.max(-1)
-  far = np.maximum(t0, t1).min(-1)
-  t = np.where((near <= far) & (near > _EPS), near, np.inf)
-  axis = t_enter.argmax(-1)
-  normal = np.zeros(np.broadcast_shapes(origin.shape, direction.shape))
-  sign = -np.sign(np.take_along_axis(direction, axis[:, None], -1))
-  np.put_along_axis(normal, axis[:, None], sign, -1)
-  return t, normal
+def _sphere_normal(point, size):
+  return point / size[0]
 
 
-def _intersect_plane(origin, direction, size):
-  """Hit of local rays with the front (+y) side of the plane y = 0."""
+def _box_t(origin, direction, size):
+  near, far = -np.inf, np.inf
+  for k in range(3):  # Slabs.
+    d = np.where(np.abs(direction[k]) < 1e-12, 1e-12, direction[k])
+    t0 = (-size[k] - origin[k]) / d
+    t1 = (size[k] - origin[k]) / d
+    near = np.maximum(near, np.minimum(t0, t1))
+    far = np.minimum(far, np.maximum(t0, t1))
+  return np.where((near <= far) & (near > _EPS), near, np.inf)
+
+
+def _box_normal(point, size):
+  axis = np.argmax(np.abs(point) / size[:, None], 0)  # The face the point is on.
+  normal = np.zeros_like(point)
+  columns = np.arange(point.shape[1])
+  normal[axis, columns] = np.sign(point[axis, columns])
+  return normal
+
+
+def _plane_t(origin, direction, size):
   del size
-  oy, dy = origin[..., 1], direction[..., 1]
   with np.errstate(divide='ignore', invalid='ignore'):
-    t = -oy / dy
-  t = np.where((oy > 0) & (dy < 0) & (t > _EPS), t, np.inf)
-  normal = np.zeros(np.broadcast_shapes(origin.shape, direction.shape))
-  normal[:, 1] = 1.0
-  return t, normal
+    t = -origin[1] / direction[1]
+  return np.where((origin[1] > 0) & (direction[1] < 0) & (t > _EPS), t, np.inf)
 
 
-_INTERSECT = {
-    'sphere': _intersect_sphere, 'box': _intersect_box, 'plane': _intersect_plane}
+def _plane_normal(point, size):
+  del size
+  return np.broadcast_to(np.array([[0.0], [1.0], [0.0]]), point.shape)
+
+
+_RAY_TEST = {'sphere': _sphere_t, 'box': _box_t, 'plane': _plane_t}
+_NORMAL = {'sphere': _sphere_normal, 'box': _box_normal, 'plane': _plane_normal}
 
 
 def intersect(prim: Primitive, frame: int, origin: np.ndarray,
-              direction: np.ndarray):
-  """Casts world rays (broadcastable (N, 3)) at `prim` in `frame`.
+              direction: np.ndarray) -> np.ndarray:
+  """Ray parameters (N,) of the nearest hits of world rays with `prim`, inf on a miss.
 
-  Returns:
-    t: (N,) ray parameter of the nearest hit, inf on a miss.
-    local_point: (N, 3) hit point in the primitive's local frame.
-    world_normal: (N, 3) unit outward normal in the world frame.
+  `origin` and `direction` are (3, N) or (3, 1).
   """
   rotation, translation = prim.rotations[frame], prim.translations[frame]
-  origin_local = (origin - translation) @ rotation  # R^T (o - p), row vectors.
-  direction_local = direction @ rotation
-  n = max(len(np.atleast_2d(origin)), len(np.atleast_2d(direction)))
-  origin_local = np.broadcast_to(origin_local, (n, 3))
-  direction_local = np.broadcast_to(direction_local, (n, 3))
-  t, normal_local = _INTERSECT[prim.kind](origin_local, direction_local, prim.size)
-  local_point = origin_local + np.where(np.isfinite(t), t, 0.0)[:, None] * direction_local
-  return t, local_point, normal_local @ rotation.T
+  origin_local = rotation.T @ (origin - translation[:, None])
+  direction_local = rotation.T @ direction
+  n = max(origin.shape[1], direction.shape[1])
+  origin_local, direction_local = np.broadcast_arrays(
+      origin_local, direction_local, np.empty((1, n)))[:2]
+  return _RAY_TEST[prim.kind](origin_local, direction_local, prim.size)
 
 
 def _albedo(prim: Primitive, local_point: np.ndarray) -> np.ndarray:
-  """Texture colour (N, 3) at local points."""
+  """Texture colour (3, N) at local points (3, N)."""
   cells = np.floor(local_point / prim.period).astype(np.int64)
   if prim.pattern == 'checker':
-    choice = cells.sum(-1) % 2
+    choice = cells.sum(0) % 2
   elif prim.pattern == 'stripes':
-    choice = cells[:, 0 if prim.kind == 'plane' else 1] % 2
+    choice = cells[0 if prim.kind == 'plane' else 1] % 2
   else:
-    choice = np.zeros(len(local_point), np.int64)
-  return prim.colors[choice]
+    choice = np.zeros(local_point.shape[1], np.int64)
+  return prim.colors[choice].T
 
 
 def project(scene: Scene, frame: int, points: np.ndarray) -> np.ndarray:
-  """Pixel coordinates (N, 2) as (x, y) of world points (N, 3) in `frame`."""
-  cam = (points - scene.camera_positions[frame]) @ scene.camera_rotations[frame].T
-  z = np.maximum(cam[:, 2], 1e-6)
-  x = scene.focal * cam[:, 0] / z + scene.width / 2
-  y = scene.focal * cam[:, 1] / z + scene.height / 2
-  return np.stack([x, y], -1)
+  """Pixel coordinates (2, N), rows (x, y), of world points (3, N) in `frame`."""
+  cam = scene.camera_rotations[frame] @ (points - scene.camera_positions[frame][:, None])
+  z = np.maximum(cam[2], 1e-6)
+  return np.stack([scene.focal * cam[0] / z + scene.width / 2,
+                   scene.focal * cam[1] / z + scene.height / 2])
 
 
 # ----------------------------------------------------------------------------------
@@ -227,52 +229,54 @@ def project(scene: Scene, frame: int, points: np.ndarray) -> np.ndarray:
 def render_frame(scene: Scene, frame: int) -> dict[str, np.ndarray]:
   """Renders one frame: 'image', 'depth', 'normals', 'instances', 'semantic'.
 
-  Also returns the per-pixel 'primitive' index (-1 on a miss) and 'local_point' (H * W,
-  3) that `render` needs for flow.
+  Also returns the per-pixel 'primitive' index (H * W,) (-1 on a miss) and
+  'local_point' (3, H * W), which `forward_flow` needs.
   """
-  h, w = scene.height, scene.width
-  rays_cam = camera_rays(h, w, scene.focal)  # (N, 3), z = 1.
+  h, w, n = scene.height, scene.width, scene.height * scene.width
   cam_rotation = scene.camera_rotations[frame]
-  eye = scene.camera_positions[frame]
-  rays = rays_cam @ cam_rotation  # R^T d: world directions, camera z stays 1.
+  eye = scene.camera_positions[frame][:, None]
+  rays = cam_rotation.T @ camera_rays(h, w, scene.focal)  # World; camera z stays 1.
 
-  hits = [intersect(p, frame, eye, rays) for p in scene.primitives]
-  ts = np.stack([t for t, _, _ in hits])  # (P, N)
+  ts = np.stack([intersect(p, frame, eye, rays) for p in scene.primitives])  # (P, N)
   index = ts.argmin(0)
-  depth = ts.min(0)
+  depth = ts[index, np.arange(n)]
   hit = np.isfinite(depth)
   index = np.where(hit, index, -1)
   depth = np.where(hit, depth, 0.0)
+  world_point = eye + depth * rays
 
-  n = h * w
-  local_point = np.zeros((n, 3))
-  normal = np.zeros((n, 3))
-  albedo = np.zeros((n, 3))
+  local_point = np.zeros((3, n))
+  normal = np.zeros((3, n))
+  albedo = np.zeros((3, n))
   instances = np.zeros(n, np.int32)
   semantic = np.zeros(n, np.int32)
-  for i, (prim, (_, point_i, normal_i)) in enumerate(zip(scene.primitives, hits)):
+  for i, prim in enumerate(scene.primitives):
     sel = index == i
-    local_point[sel] = point_i[sel]
-    normal[sel] = normal_i[sel]
-    albedo[sel] = _albedo(prim, point_i[sel])
+    rotation, translation = prim.rotations[frame], prim.translations[frame]
+    point = rotation.T @ (world_point[:, sel] - translation[:, None])
+    if prim.kind == 'plane':
+      point[1] = 0.0  # On the plane: keep rounding off the texture's y cells.
+    local_point[:, sel] = point
+    normal[:, sel] = rotation @ _NORMAL[prim.kind](point, prim.size)
+    albedo[:, sel] = _albedo(prim, point)
     instances[sel] = prim.instance
     semantic[sel] = prim.semantic
 
-  # Lambert shading with shadows cast by the objects towards the light.
-  world_point = eye + depth[:, None] * rays
-  shadow_origin = world_point + 1e-3 * normal
-  in_shadow = np.zeros(n, bool)
+  # Lambert shading, with shadows cast by the objects on surfaces facing the light.
+  lambert = np.maximum(scene.light @ normal, 0.0)
+  lit = np.flatnonzero(lambert > 0)
+  shadow_origin = world_point[:, lit] + 1e-3 * normal[:, lit]
   for prim in scene.primitives:
     if prim.kind != 'plane':
-      in_shadow |= np.isfinite(intersect(prim, frame, shadow_origin, scene.light)[0])
-  lambert = np.maximum(normal @ scene.light, 0.0) * ~in_shadow
+      blocked = np.isfinite(intersect(prim, frame, shadow_origin, scene.light[:, None]))
+      lambert[lit[blocked]] = 0.0
   shade = scene.ambient + (1.0 - scene.ambient) * lambert
-  color = np.where(hit[:, None], albedo * shade[:, None], 0.0)
+  color = np.where(hit, albedo * shade, 0.0)
 
   return {
-      'image': np.round(np.clip(color, 0.0, 1.0) * 255).astype(np.uint8).reshape(h, w, 3),
+      'image': np.round(np.clip(color.T, 0.0, 1.0) * 255).astype(np.uint8).reshape(h, w, 3),
       'depth': depth.astype(np.float32).reshape(h, w),
-      'normals': (normal @ cam_rotation.T).astype(np.float32).reshape(h, w, 3),
+      'normals': (cam_rotation @ normal).T.astype(np.float32).reshape(h, w, 3),
       'instances': instances.reshape(h, w),
       'semantic': semantic.reshape(h, w),
       'primitive': index,
@@ -284,14 +288,14 @@ def forward_flow(scene: Scene, frame: int, primitive: np.ndarray,
                  local_point: np.ndarray) -> np.ndarray:
   """Flow (H, W, 2) from `frame` to `frame + 1` of the points `render_frame` saw."""
   h, w = scene.height, scene.width
-  world_next = np.zeros((h * w, 3))
+  world_next = np.zeros((3, h * w))
   for i, prim in enumerate(scene.primitives):
     sel = primitive == i
     rotation, translation = prim.rotations[frame + 1], prim.translations[frame + 1]
-    world_next[sel] = local_point[sel] @ rotation.T + translation
-  xy_next = project(scene, frame + 1, world_next)
+    world_next[:, sel] = rotation @ local_point[:, sel] + translation[:, None]
+  xy = project(scene, frame + 1, world_next).T.reshape(h, w, 2)
   cols, rows = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
-  flow = xy_next.reshape(h, w, 2) - np.stack([cols, rows], -1)
+  flow = xy - np.stack([cols, rows], -1)
   flow[(primitive < 0).reshape(h, w)] = 0.0
   return flow.astype(np.float32)
 

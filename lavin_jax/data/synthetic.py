@@ -14,7 +14,11 @@ rendered from the seed (config.seed, split, i), so a build is deterministic.
   load_synthetic(data_dir, 'small', 'clips')      # a source (see sources.py)
 """
 
+import contextlib
 import dataclasses
+import functools
+import multiprocessing
+import multiprocessing.pool
 import os
 
 import cv2
@@ -78,7 +82,13 @@ def _array(shape, dtype):
 
 
 class _SyntheticBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Shared parts of the two builders."""
+  """Shared parts of the two builders.
+
+  Args:
+    pool: optional multiprocessing pool that renders the examples (the writing stays
+      in this process); None renders here.
+    **kwargs: as for any TFDS builder (config, data_dir, file_format...).
+  """
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First version.'}
   BUILDER_CONFIGS = list(CONFIGS)
@@ -88,14 +98,22 @@ class _SyntheticBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   # TFDS's search for it needs importlib_resources, which tfds does not install.
   code_path = None
 
+  def __init__(self, *, pool: multiprocessing.pool.Pool | None = None, **kwargs):
+    super().__init__(**kwargs)
+    self._pool = pool
+
   def _split_generators(self, dl_manager):
     del dl_manager
     counts = getattr(self.builder_config, self.CONTENT)
     return {split: self._generate_examples(split, counts[split]) for split in SPLITS}
 
   def _generate_examples(self, split, count):
-    for i in range(count):
-      yield i, self._example([self.builder_config.seed, SPLITS.index(split), i])
+    seeds = [(self.builder_config.seed, SPLITS.index(split), i) for i in range(count)]
+    render_fn = self._render_fn()
+    examples = (self._pool.imap(render_fn, seeds, chunksize=4) if self._pool
+                else map(render_fn, seeds))
+    for i, example in enumerate(examples):
+      yield i, self._encode(example)
 
 
 class LavinSyntheticImages(_SyntheticBuilder):
@@ -113,11 +131,12 @@ class LavinSyntheticImages(_SyntheticBuilder):
         'boxes': tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
     }))
 
-  def _example(self, seed):
+  def _render_fn(self):
     s = self.builder_config.image_size
-    example = render.render_image(seed, s, s)
-    example['image'] = _png(example['image'])
-    return example
+    return functools.partial(render.render_image, height=s, width=s)
+
+  def _encode(self, example):
+    return example | {'image': _png(example['image'])}
 
 
 class LavinSyntheticClips(_SyntheticBuilder):
@@ -135,11 +154,13 @@ class LavinSyntheticClips(_SyntheticBuilder):
         'flow': _array((t - 1, s, s, 2), np.float32),
     }))
 
-  def _example(self, seed):
+  def _render_fn(self):
     c = self.builder_config
-    example = render.render_clip(seed, c.clip_frames, c.clip_size, c.clip_size)
-    example['video'] = [_png(frame) for frame in example['video']]
-    return example
+    return functools.partial(render.render_clip, num_frames=c.clip_frames,
+                             height=c.clip_size, width=c.clip_size)
+
+  def _encode(self, example):
+    return example | {'video': [_png(frame) for frame in example['video']]}
 
 
 BUILDERS = {'images': LavinSyntheticImages, 'clips': LavinSyntheticClips}
@@ -154,16 +175,36 @@ def _config(config_name: str) -> SyntheticConfig:
 
 
 def build_synthetic(data_dir: str | os.PathLike | None = None,
-                    config_name: str = 'small') -> None:
-  """Renders and writes both builders of `config_name` unless already built.
+                    config_name: str = 'small', num_workers: int = 1,
+                    contents: tuple[str, ...] = CONTENTS) -> None:
+  """Renders and writes the builders of `config_name` unless already built.
 
   Build once before starting several readers (hosts, workers) on the same data_dir.
+
+  Args:
+    data_dir: TFDS data directory (None: TFDS's default).
+    config_name: a `CONFIGS` name.
+    num_workers: rendering processes; 1 renders in this process. Workers are spawned,
+      so a script that asks for more must call this under `if __name__ == '__main__'`.
+    contents: which builders, 'images' and / or 'clips'.
   """
   _config(config_name)
-  for builder_cls in BUILDERS.values():
-    builder = builder_cls(config=config_name, data_dir=data_dir,
-                          file_format='array_record')
-    builder.download_and_prepare()
+  todo = [c for c in contents if not _builder(data_dir, config_name, c).is_prepared()]
+  if not todo:
+    return
+  # 'spawn' keeps the workers clear of any threads (JAX's) of this process.
+  with (multiprocessing.get_context('spawn').Pool(num_workers) if num_workers > 1
+        else contextlib.nullcontext()) as pool:
+    for content in todo:
+      _builder(data_dir, config_name, content, pool).download_and_prepare()
+
+
+def _builder(data_dir, config_name, content, pool=None):
+  if content not in BUILDERS:
+    raise ValueError(f'Unknown synthetic content {content!r}; expected one of '
+                     f'{list(BUILDERS)}.')
+  return BUILDERS[content](config=config_name, data_dir=data_dir,
+                           file_format='array_record', pool=pool)
 
 
 def load_synthetic(data_dir: str | os.PathLike | None = None,
@@ -179,17 +220,12 @@ def load_synthetic(data_dir: str | os.PathLike | None = None,
     min_size: requested resolution; an error if the config renders smaller.
   """
   config = _config(config_name)
-  if content not in BUILDERS:
-    raise ValueError(f'Unknown synthetic content {content!r}; expected one of '
-                     f'{list(BUILDERS)}.')
+  builder = _builder(data_dir, config_name, content)
   size = config.image_size if content == 'images' else config.clip_size
   sources.check_size(size, size, min_size,
                      f'Synthetic {content} of config {config_name!r}')
-  builder_cls = BUILDERS[content]
-  builder = builder_cls(config=config_name, data_dir=data_dir,
-                        file_format='array_record')
   if not builder.is_prepared():
-    builder.download_and_prepare()
+    build_synthetic(data_dir, config_name, contents=(content,))
   return sources.TfdsSource(f'{builder.name}/{config_name}', split,
                             data_dir=os.fspath(builder.data_dir_root),
                             min_size=min_size, class_names=render.CLASS_NAMES)
