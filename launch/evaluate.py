@@ -1,11 +1,15 @@
 """Evaluates a LaVin-DiT model on one task: a JSON report of the metrics and a PNG grid.
 
-  # An inference bundle (lavin_jax.inference.bundle) on the built-in synthetic data:
+  # An inference bundle (lavin_jax.inference.bundle) on the built-in synthetic stills:
   python launch/evaluate.py --bundle=/path/to/bundle --task=depth_estimation \
-      --source=synthetic --num_examples=100 --num_pairs=4 --output=/tmp/eval
-  # The released weights (3.4B J-DiT and the ST-VAE):
+      --source=synthetic:small,split=images --num_examples=100 --num_pairs=4 \
+      --resolution=128 --output=/tmp/eval
+  # The released weights (3.4B J-DiT and the ST-VAE) on the synthetic clips:
   python launch/evaluate.py --vae_path=stvae.pt --dit_path=lavin_dit.safetensors \
-      --task=normal_estimation --source=synthetic --output=/tmp/eval
+      --task=video_normals --source=synthetic:small,split=clips --resolution=64 \
+      --output=/tmp/eval
+
+Sources are lavin_jax.data.sources specs (synthetic, tfds:..., folder:..., photos).
 
 Writes <output>/<task>.json and <output>/<task>.png (lavin_jax.eval.runner) and prints
 the metric means as one JSON line. LPIPS and FID are computed, for the tasks scored by
@@ -33,7 +37,7 @@ _JDIT_SIZE = flags.DEFINE_enum('jdit_size', '3.4b', ['tiny', '0.1b', '1b', '3.4b
                                'J-DiT size of the released weights.')
 _TASK = flags.DEFINE_string('task', None, 'Task name (lavin_jax.data.tasks.TASK_NAMES).')
 _SOURCE = flags.DEFINE_string('source', None,
-                              'Query source spec (lavin_jax.data.sources.make_source).')
+                              'Query source spec (lavin_jax.data.sources.get_source).')
 _CONTEXT_SOURCE = flags.DEFINE_string(
     'context_source', None, 'Source spec of the context pairs; default: the query source.')
 _NUM_EXAMPLES = flags.DEFINE_integer('num_examples', 100, 'Query examples N.')
@@ -104,7 +108,7 @@ def load_pipeline() -> inference.Pipeline:
 
 def make_source(spec: str):
   from lavin_jax.data import sources  # pylint: disable=g-import-not-at-top
-  return sources.make_source(spec)
+  return sources.get_source(spec)
 
 
 def main(argv):

@@ -1,4 +1,4 @@
-"""launch/evaluate.py: a tiny bundle end to end, and every bad flag before any model load."""
+"""launch/evaluate.py: a tiny bundle on the synthetic data set; bad flags fail before loading."""
 
 import importlib.util
 import json
@@ -7,9 +7,9 @@ import pathlib
 from absl import app
 from absl import flags
 from absl.testing import flagsaver
-import numpy as np
 import pytest
 
+from lavin_jax.data import sources
 from lavin_jax.inference import bundle
 import tiny_model
 
@@ -29,23 +29,12 @@ evaluate = _import_launch()
 flags.FLAGS.mark_as_parsed()
 
 
-def _source(with_depth=True, n=4):
-  rng = np.random.default_rng(0)
-  return [{'image': rng.integers(0, 256, (40, 40, 3), dtype=np.uint8),
-           **({'depth': rng.uniform(1, 20, (40, 40)).astype(np.float32)} if with_depth else {})}
-          for _ in range(n)]
-
-
-SOURCES = {'depth': _source(), 'plain': _source(with_depth=False)}
-
-
-@pytest.fixture(autouse=True)
-def fake_sources(monkeypatch):
-  def make_source(spec):
-    if spec not in SOURCES:
-      raise ValueError(f'unknown test source {spec!r}')
-    return SOURCES[spec]
-  monkeypatch.setattr(evaluate, 'make_source', make_source)
+@pytest.fixture(scope='module')
+def synthetic(tmp_path_factory):
+  """Spec of the built-in synthetic stills, config 'tiny' (8 train examples, 32 px)."""
+  spec = f"synthetic:tiny,split=images,data_dir={tmp_path_factory.mktemp('tfds')}"
+  assert len(sources.get_source(spec)) == 8  # Builds it once.
+  return spec
 
 
 @pytest.fixture(scope='module')
@@ -56,16 +45,16 @@ def bundle_dir(tmp_path_factory):
   return path
 
 
-def _flags(tmp_path, bundle_path, **overrides):
-  values = dict(bundle=str(bundle_path), task='depth_estimation', source='depth',
+def _flags(tmp_path, bundle_path, synthetic_spec, **overrides):
+  values = dict(bundle=str(bundle_path), task='depth_estimation', source=synthetic_spec,
                 num_examples=2, num_pairs=2, batch_size=2, resolution=RES, num_steps=3,
                 output=str(tmp_path / 'out'))
   values.update(overrides)
   return values
 
 
-def test_bundle_end_to_end(bundle_dir, tmp_path, capsys):
-  with flagsaver.flagsaver(**_flags(tmp_path, bundle_dir, seed=3)):
+def test_bundle_end_to_end(bundle_dir, synthetic, tmp_path, capsys):
+  with flagsaver.flagsaver(**_flags(tmp_path, bundle_dir, synthetic, seed=3)):
     evaluate.main(['evaluate'])
   printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   report = json.loads((tmp_path / 'out' / 'depth_estimation.json').read_text())
@@ -79,10 +68,13 @@ def test_bundle_end_to_end(bundle_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize('overrides, error, match', [
     (dict(task='depth'), ValueError, "Unknown task 'depth'"),
-    (dict(source='plain'), ValueError, "source does not fit.*needs 'depth'"),
-    (dict(context_source='plain'), ValueError, "context source does not fit"),
+    (dict(source='photos'), ValueError, "source does not fit.*needs 'depth'"),
+    (dict(context_source='photos'), ValueError, "context source does not fit"),
+    (dict(source='nope:x'), ValueError, "Unknown source kind 'nope'"),
+    (dict(task='video_depth'), ValueError, "needs 'video'"),
     (dict(resolution=40), ValueError, 'multiple of 16'),
-    (dict(num_examples=9), ValueError, 'source has only 4'),
+    (dict(resolution=48), ValueError, 'smaller than the resolution 48'),
+    (dict(num_examples=9), ValueError, 'source has only 8'),
     (dict(num_steps=1), ValueError, 'num_steps'),
     (dict(lpips_vgg='vgg.pth'), ValueError, 'both --lpips_vgg and --lpips_lin'),
     (dict(fid_weights='/nowhere/inception.pth'), FileNotFoundError,
@@ -95,11 +87,11 @@ def test_bundle_end_to_end(bundle_dir, tmp_path, capsys):
     (dict(output=None), app.UsageError, '--output is required'),
 ])
 def test_bad_flags_fail_before_loading_the_model(overrides, error, match, bundle_dir,
-                                                  tmp_path, monkeypatch):
+                                                  synthetic, tmp_path, monkeypatch):
   def must_not_load():
     raise AssertionError('the model was loaded although the input was bad')
   monkeypatch.setattr(evaluate, 'load_pipeline', must_not_load)
-  with flagsaver.flagsaver(**_flags(tmp_path, bundle_dir, **overrides)):
+  with flagsaver.flagsaver(**_flags(tmp_path, bundle_dir, synthetic, **overrides)):
     with pytest.raises(error, match=match):
       evaluate.main(['evaluate'])
   assert not (tmp_path / 'out').exists()
