@@ -44,6 +44,7 @@ _NUM_EXAMPLES = flags.DEFINE_integer('num_examples', 100, 'Query examples N.')
 _NUM_PAIRS = flags.DEFINE_integer('num_pairs', 4, 'Context pairs K per query.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the context draws and the sampler.')
 _RESOLUTION = flags.DEFINE_integer('resolution', 256, 'Square side, a multiple of 16.')
+_NUM_FRAMES = flags.DEFINE_integer('num_frames', 5, 'Frames of a video task\'s clips (1 + 4k).')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 4, 'Queries per model call.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Output directory.')
 _NUM_STEPS = flags.DEFINE_integer('num_steps', 20, 'Sampler time-grid points.')
@@ -65,6 +66,7 @@ def runner_config_from_flags():
   config.seed = _SEED.value
   config.resolution = _RESOLUTION.value
   config.batch_size = _BATCH_SIZE.value
+  config.task_options.num_frames = _NUM_FRAMES.value
   return config
 
 

@@ -72,6 +72,7 @@ def test_bundle_end_to_end(bundle_dir, synthetic, tmp_path, capsys):
     (dict(context_source='photos'), ValueError, "context source does not fit"),
     (dict(source='nope:x'), ValueError, "Unknown source kind 'nope'"),
     (dict(task='video_depth'), ValueError, "needs 'video'"),
+    (dict(task='video_depth', num_frames=4), ValueError, r'num_frames must be 1 \+ 4k'),
     (dict(resolution=40), ValueError, 'multiple of 16'),
     (dict(resolution=48), ValueError, 'smaller than the resolution 48'),
     (dict(num_examples=9), ValueError, 'source has only 8'),
