@@ -34,8 +34,9 @@ any example is read) and `class_names` (None where there is no 'semantic').
                                                        <name>_target.png pairs
   'photos'                                             photographs shipped inside
                                                        scikit-image (no download)
-  'synthetic[:CONFIG][,split=images|clips][,data_dir=DIR]'   the built-in rendered
-                                                       data set (built on first use)
+  'synthetic[:CONFIG][,content=images|clips][,split=train|validation][,data_dir=DIR]'
+                                                       the built-in rendered data set
+                                                       (synthetic.py; built on first use)
 Each also takes `min_size=N`: an image smaller than N pixels on a side is an error.
 The same fields go in a dict or ConfigDict: {'kind': 'folder', 'path': ..., ...}.
 """
@@ -43,6 +44,7 @@ The same fields go in a dict or ConfigDict: {'kind': 'folder', 'path': ..., ...}
 import inspect
 import os
 import pathlib
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -324,9 +326,10 @@ def _tfds(name, split='train', data_dir=None, min_size=None):
   return TfdsSource(name, split, data_dir, min_size=min_size)
 
 
-def _synthetic(name='small', split='images', data_dir=None, min_size=None):
+def _synthetic(name='small', content='images', split='train', data_dir=None,
+               min_size=None):
   from lavin_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-  return synthetic.load_synthetic(data_dir, name, split, min_size=min_size)
+  return synthetic.load_synthetic(data_dir, name, content, split, min_size)
 
 
 def _photos(min_size=None):
@@ -345,18 +348,20 @@ _KINDS: dict[str, tuple[Callable[..., Any], str | None]] = {
 
 def parse_spec(spec: str) -> dict[str, Any]:
   """'kind:arg,key=value,...' -> {'kind': ..., <arg name>: arg, key: value}."""
-  kind, _, rest = spec.partition(':')
+  kind, sep, rest = re.match(r'([^:,]*)([:,]?)(.*)', spec).groups()
+  if sep == ',':  # Options, no argument.
+    rest = ',' + rest
   if kind not in _KINDS:
     raise ValueError(f'Unknown source kind {kind!r} in {spec!r}; expected one of '
                      f'{sorted(_KINDS)} (e.g. "folder:/path/to/images").')
   fields = {'kind': kind}
-  parts = rest.split(',') if rest else []
+  parts = rest.split(',')
   arg_name = _KINDS[kind][1]
-  if parts and '=' not in parts[0]:
+  if parts[0]:
     if arg_name is None:
       raise ValueError(f'Source {kind!r} takes no argument, got {parts[0]!r} in {spec!r}.')
-    fields[arg_name] = parts.pop(0)
-  for part in parts:
+    fields[arg_name] = parts[0]
+  for part in parts[1:]:
     key, eq, value = part.partition('=')
     if not eq:
       raise ValueError(f'Source option {part!r} in {spec!r} is not key=value.')
