@@ -1,6 +1,6 @@
 """Time to build the synthetic data set (default 'small' config) from scratch.
 
-  python bench/synthetic_build.py [--config=small] [--num_workers=2]
+  python bench/synthetic_build.py [--config=small] [--num_workers=1]
 
 Prints one JSON line: wall-clock seconds, CPU seconds of this process and its workers,
 and the number of examples written.
@@ -17,7 +17,7 @@ from absl import flags
 from lavin_jax.data import synthetic
 
 _CONFIG = flags.DEFINE_string('config', 'small', 'Synthetic config name.')
-_NUM_WORKERS = flags.DEFINE_integer('num_workers', 2, 'Rendering processes.')
+_NUM_WORKERS = flags.DEFINE_integer('num_workers', 1, 'Rendering processes.')
 
 
 def _cpu_seconds() -> float:
