@@ -71,8 +71,8 @@ def test_sphere_depth_and_normals_match_ray_sphere_intersection():
 
 def test_ground_plane_depth_and_normals():
   height = 1.5  # Camera looking straight ahead: depth = height * f / (v - cy).
-  scene = _static_scene([_primitive('plane', [0, 0, 0], [0, 0, 0], semantic=3,
-                                    instance=0)], [0.0, height, 0.0], [0.0, height, 1.0])
+  ground = _primitive('plane', [0, 0, 0], [0, 0, 0], semantic=3, instance=0)
+  scene = _static_scene([ground], [0.0, height, 0.0], [0.0, height, 1.0])
   out = render.render_frame(scene, 0)
   v = np.arange(H) + 0.5 - H / 2
   below = v > 0
@@ -149,7 +149,8 @@ def test_warping_by_flow_reproduces_the_previous_frame():
   spec = render.SceneSpec(spin_speed=0.0, min_objects=4, object_speed=0.15)
   hits, errors, zero_flow_errors = 0, [], []
   for seed in range(3):
-    out = render.render(render.sample_scene(np.random.default_rng(seed), 2, 96, 96, spec))
+    scene = render.sample_scene(np.random.default_rng(seed), 2, 96, 96, spec)
+    out = render.render(scene)
     flow = out['flow'][0]
     grid = np.mgrid[0:96, 0:96].astype(np.float32)
     map_x, map_y = grid[1] + flow[..., 0], grid[0] + flow[..., 1]
@@ -163,7 +164,8 @@ def test_warping_by_flow_reproduces_the_previous_frame():
     hits += same.sum()
     frame0 = out['video'][0].astype(float)
     errors.append(np.abs(warped.astype(float) - frame0).max(-1)[same])
-    zero_flow_errors.append(np.abs(out['video'][1].astype(float) - frame0).max(-1)[same])
+    still = np.abs(out['video'][1].astype(float) - frame0).max(-1)
+    zero_flow_errors.append(still[same])
   errors, zero_flow_errors = np.concatenate(errors), np.concatenate(zero_flow_errors)
   assert hits > 0.5 * 3 * 96 * 96
   # Point-sampled textures alias at cell edges, where interpolation mixes cells.

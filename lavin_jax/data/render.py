@@ -217,7 +217,8 @@ def _albedo(prim: Primitive, local_point: np.ndarray) -> np.ndarray:
 
 def project(scene: Scene, frame: int, points: np.ndarray) -> np.ndarray:
   """Pixel coordinates (2, N), rows (x, y), of world points (3, N) in `frame`."""
-  cam = scene.camera_rotations[frame] @ (points - scene.camera_positions[frame][:, None])
+  eye = scene.camera_positions[frame][:, None]
+  cam = scene.camera_rotations[frame] @ (points - eye)
   z = np.maximum(cam[2], 1e-6)
   return np.stack([scene.focal * cam[0] / z + scene.width / 2,
                    scene.focal * cam[1] / z + scene.height / 2])
@@ -271,10 +272,10 @@ def render_frame(scene: Scene, frame: int) -> dict[str, np.ndarray]:
       blocked = np.isfinite(intersect(prim, frame, shadow_origin, scene.light[:, None]))
       lambert[lit[blocked]] = 0.0
   shade = scene.ambient + (1.0 - scene.ambient) * lambert
-  color = np.where(hit, albedo * shade, 0.0)
+  color = np.where(hit, albedo * shade, 0.0).T.reshape(h, w, 3)
 
   return {
-      'image': np.round(np.clip(color.T, 0.0, 1.0) * 255).astype(np.uint8).reshape(h, w, 3),
+      'image': np.round(np.clip(color, 0.0, 1.0) * 255).astype(np.uint8),
       'depth': depth.astype(np.float32).reshape(h, w),
       'normals': (cam_rotation @ normal).T.astype(np.float32).reshape(h, w, 3),
       'instances': instances.reshape(h, w),
@@ -388,13 +389,14 @@ def sample_scene(rng: np.random.Generator, num_frames: int, height: int, width: 
     centres.append(centre)
     velocity = np.zeros(3)
     velocity[[0, 2]] = rng.uniform(-spec.object_speed, spec.object_speed, 2)
-    yaw = rng.uniform(0, 2 * np.pi) + rng.uniform(-1, 1) * spec.spin_speed * frames[:, 0]
+    spin = rng.uniform(-1, 1) * spec.spin_speed
+    yaw = rng.uniform(0, 2 * np.pi) + spin * frames[:, 0]
     primitives.append(Primitive(
         kind, size, yaw_rotation(yaw), centre + velocity * frames, semantic=semantic,
         instance=instance, **_texture(rng, spec.texture_period)))
 
-  eye = np.array([rng.uniform(-1.5, 1.5), rng.uniform(1.2, 2.5), rng.uniform(-2.0, 0.0)])
-  target = np.array([rng.uniform(-0.5, 0.5), rng.uniform(0.2, 1.0), rng.uniform(4.0, 6.0)])
+  eye = rng.uniform([-1.5, 1.2, -2.0], [1.5, 2.5, 0.0])
+  target = rng.uniform([-0.5, 0.2, 4.0], [0.5, 1.0, 6.0])
   eyes = eye + rng.uniform(-1, 1, 3) * spec.camera_speed * frames
   targets = target + rng.uniform(-1, 1, 3) * spec.camera_speed * frames
   fov = np.deg2rad(_ranged(rng, spec.field_of_view_degrees))
@@ -426,6 +428,7 @@ def render_image(seed: int | Sequence[int], height: int, width: int,
 def render_clip(seed: int | Sequence[int], num_frames: int, height: int, width: int,
                 spec: SceneSpec = SceneSpec()) -> dict[str, np.ndarray]:
   """One random clip: the source schema's video example (see sources.py)."""
-  out = render(sample_scene(np.random.default_rng(seed), num_frames, height, width, spec))
+  scene = sample_scene(np.random.default_rng(seed), num_frames, height, width, spec)
+  out = render(scene)
   out['instances'] = compact_instances(out['instances'])
   return out

@@ -35,8 +35,8 @@ any example is read) and `class_names` (None where there is no 'semantic').
   'photos'                                             photographs shipped inside
                                                        scikit-image (no download)
   'synthetic[:CONFIG][,content=images|clips][,split=train|validation][,data_dir=DIR]'
-                                                       the built-in rendered data set
-                                                       (synthetic.py; built on first use)
+                                                       the built-in rendered data set,
+                                                       built on first use (synthetic.py)
 Each also takes `min_size=N`: an image smaller than N pixels on a side is an error.
 The same fields go in a dict or ConfigDict: {'kind': 'folder', 'path': ..., ...}.
 """
@@ -89,8 +89,12 @@ def _image_size(path: pathlib.Path) -> tuple[int, int]:
     with Image.open(path) as image:
       width, height = image.size
   except (OSError, SyntaxError, ValueError) as e:
-    raise ValueError(f'Cannot read image {path}: {e}. Replace or delete the file.') from e
+    raise _unreadable(path, e) from e
   return height, width
+
+
+def _unreadable(path, error) -> ValueError:
+  return ValueError(f'Cannot read image {path}: {error}. Replace or delete the file.')
 
 
 def read_image(path: str | os.PathLike, min_size=None) -> np.ndarray:
@@ -108,7 +112,7 @@ def read_image(path: str | os.PathLike, min_size=None) -> np.ndarray:
     with Image.open(path) as image:
       array = np.asarray(image.convert('RGB'))
   except (OSError, SyntaxError, ValueError) as e:
-    raise ValueError(f'Cannot read image {path}: {e}. Replace or delete the file.') from e
+    raise _unreadable(path, e) from e
   check_size(array.shape[0], array.shape[1], min_size, f'Image {path}')
   return array
 
@@ -173,23 +177,21 @@ class TemplateFolderSource:
   """
   keys = ('input', 'target', 'name')
   class_names = None
-  suffixes = ('_input', '_target')
+  suffixes = ('_input.png', '_target.png')
 
   def __init__(self, folder: str | os.PathLike, min_size=None):
     self.folder = pathlib.Path(folder)
     self.min_size = min_size
     if not self.folder.is_dir():
       raise FileNotFoundError(f'Template folder {self.folder} does not exist.')
-    found = {suffix: {} for suffix in self.suffixes}
-    for path in self.folder.iterdir():
-      stem = path.stem
-      for suffix in self.suffixes:
-        if stem.endswith(suffix) and path.suffix.lower() in IMAGE_EXTENSIONS:
-          found[suffix][stem[:-len(suffix)]] = path
-    inputs, targets = found['_input'], found['_target']
+    inputs, targets = (
+        {p.name[:-len(suffix)]: p for p in self.folder.glob(f'*{suffix}')}
+        for suffix in self.suffixes)
     unmatched = sorted(
-        [f'{p.name} (no {n}_target.png)' for n, p in inputs.items() if n not in targets] +
-        [f'{p.name} (no {n}_input.png)' for n, p in targets.items() if n not in inputs])
+        [f'{p.name} (no {n}_target.png)' for n, p in inputs.items()
+         if n not in targets] +
+        [f'{p.name} (no {n}_input.png)' for n, p in targets.items()
+         if n not in inputs])
     if unmatched:
       raise ValueError(
           f'Template folder {self.folder} has unmatched files: {"; ".join(unmatched)}. '
@@ -253,18 +255,19 @@ class TfdsSource:
     except tfds.core.registered.DatasetNotFoundError as e:
       raise FileNotFoundError(
           f'TFDS data set {name!r} is neither registered nor prepared under data_dir='
-          f'{data_dir}. Check the name, or pass the data_dir it was prepared in.') from e
+          f'{data_dir}. Check the name, or pass the data_dir it was prepared in.'
+      ) from e
     if not builder.is_prepared():
       raise FileNotFoundError(
-          f'TFDS data set {name!r} is not prepared in {builder.data_dir}. Prepare it '
-          f'with `tfds build {name} --file_format=array_record --data_dir=DIR` and pass '
-          'that data_dir.')
+          f'TFDS data set {name!r} is not prepared in {builder.data_dir}. Prepare '
+          f'it with `tfds build {name} --file_format=array_record --data_dir=DIR` '
+          'and pass that data_dir.')
     try:
       self._source = builder.as_data_source(split=split)
     except NotImplementedError as e:
       raise ValueError(
-          f'TFDS data set {name!r} in {builder.data_dir} is not stored as array_record, '
-          f'so it has no random access. Prepare it again with '
+          f'TFDS data set {name!r} in {builder.data_dir} is not stored as '
+          'array_record, so it has no random access. Prepare it again with '
           f'`tfds build {name} --file_format=array_record`.') from e
     available = _feature_names(builder.info.features)
     if features is None:
@@ -359,7 +362,8 @@ def parse_spec(spec: str) -> dict[str, Any]:
   arg_name = _KINDS[kind][1]
   if parts[0]:
     if arg_name is None:
-      raise ValueError(f'Source {kind!r} takes no argument, got {parts[0]!r} in {spec!r}.')
+      raise ValueError(
+          f'Source {kind!r} takes no argument, got {parts[0]!r} in {spec!r}.')
     fields[arg_name] = parts[0]
   for part in parts[1:]:
     key, eq, value = part.partition('=')

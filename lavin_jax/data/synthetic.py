@@ -7,8 +7,9 @@ Two TFDS builders share the renderer (render.py) and the sizes (`SyntheticConfig
     'semantic', 'flow'.
 Both have 'train' and 'validation' splits, are stored as array_record and build without
 TensorFlow: images are PNG-encoded with OpenCV and handed to `tfds.features.Image` as
-bytes, arrays use `tfds.features.Tensor`s (zlib-encoded, but for the flow). Example i of a split is
-rendered from the seed (config.seed, split, i), so a build is deterministic.
+bytes; arrays are `tfds.features.Tensor`s (zlib-encoded, but for the flow). Example i
+of a split is rendered from the seed (config.seed, split index, i), so a build is
+deterministic.
 
   build_synthetic(data_dir, 'small')              # both builders, once
   load_synthetic(data_dir, 'small', 'clips')      # a source (see sources.py)
