@@ -76,3 +76,89 @@ def stvae(size: str = "released") -> ml_collections.ConfigDict:
   c.dtype = "float32"
   c.param_dtype = "float32"
   return c
+
+# Tasks trained and scored, with the metric the learning check reads and whether
+# higher is better.
+DEMO_TASKS = {
+    "depth_estimation": ("abs_rel", False),
+    "normal_estimation": ("mean_angle", False),
+    "foreground_segmentation": ("miou", True),
+    "instance_segmentation": ("segment_miou", True),
+    "colorization": ("mse", False),
+}
+
+
+def demo(arg: str = "default") -> ml_collections.ConfigDict:
+  """The end-to-end demo (launch/demo.py, `lavin-demo`): `default` or `smoke`.
+
+  `smoke` runs in well under a minute and checks that every output is produced, not
+  that anything is learned. `scale` multiplies the training steps of both models.
+  """
+  from lavin_jax.data.pipeline import pipeline_config  # pylint: disable=g-import-not-at-top
+  from lavin_jax.flow import flow_config  # pylint: disable=g-import-not-at-top
+  if arg not in ("default", "smoke"):
+    raise ValueError(f"Unknown demo config {arg!r}; choose 'default' or 'smoke'.")
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.scale = 1.0  # multiplies the training steps of both models
+  c.resolution = 64
+  c.tasks = ml_collections.ConfigDict({name: metric for name, (metric, _) in DEMO_TASKS.items()})
+  c.higher_is_better = ml_collections.ConfigDict(
+      {name: higher for name, (_, higher) in DEMO_TASKS.items()})
+
+  # Data: the built-in synthetic data set ('small': 256 training stills at 128 px; the
+  # 'validation' scenes are held out for the evaluation).
+  c.synthetic = "small"
+
+  # ST-VAE: small, trained on the training stills with MSE + KL.
+  c.vae = stvae("small")
+  c.vae_steps = 1500
+  c.vae_batch_size = 16
+  c.vae_lr = 1e-3
+  c.vae_kl_weight = 1e-6
+
+  # J-DiT: tiny, trained through the in-context pipeline with the frozen ST-VAE.
+  c.dit = ml_collections.ConfigDict()
+  c.dit.model = jdit("tiny")
+  c.dit.model.hidden_size = 192
+  c.dit.model.depth = 4
+  c.dit.model.num_heads = 4
+  c.dit.model.num_kv_heads = 2
+  c.dit.model.dtype = "float32"
+  c.dit.model.scan_layers = False
+  c.dit.model.remat_policy = "none"
+  c.dit.steps = 2500
+  c.dit.batch_size = 16
+  c.dit.k_min, c.dit.k_max = 1, 3
+  c.dit.lr = 3e-4
+  c.dit.ema_decay = 0.995
+  c.dit.checkpoint_every = 250
+  c.dit.flow = flow_config()
+  c.dit.data = pipeline_config("image")
+
+  # Evaluation on held-out scenes.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_examples = 32
+  c.eval.num_pairs = 3
+  c.eval.num_steps = 20
+  c.eval.cfg_scale = 1.5
+  c.eval.batch_size = 8
+
+  if arg == "smoke":
+    c.synthetic = "tiny"
+    c.resolution = 32
+    c.vae = stvae("tiny")
+    c.vae_steps = 3
+    c.vae_batch_size = 2
+    c.dit.model = jdit("tiny")
+    c.dit.model.dtype = "float32"
+    c.dit.model.scan_layers = False
+    c.dit.steps = 3
+    c.dit.batch_size = 2
+    c.dit.k_max = 2
+    c.dit.checkpoint_every = 2
+    c.eval.num_examples = 2
+    c.eval.num_pairs = 2
+    c.eval.num_steps = 3
+    c.eval.batch_size = 2
+  return c
