@@ -65,6 +65,8 @@ def test_stored_clips_equal_the_renders(data_dir):
   assert example['flow'].shape == (t - 1, s, s, 2)
   for key, value in expected.items():
     np.testing.assert_array_equal(example[key], value, err_msg=key)
+  short = sources.get_source(f'synthetic:tiny,split=clips,data_dir={data_dir}')
+  assert short.keys == source.keys and len(short) == len(source)
 
 
 def test_worker_processes_write_the_same_data(data_dir, tmp_path):

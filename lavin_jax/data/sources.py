@@ -36,7 +36,9 @@ any example is read) and `class_names` (None where there is no 'semantic').
                                                        scikit-image (no download)
   'synthetic[:CONFIG][,content=images|clips][,split=train|validation][,data_dir=DIR]'
                                                        the built-in rendered data set,
-                                                       built on first use (synthetic.py)
+                                                       built on first use (synthetic.py);
+                                                       split=images|clips is short for
+                                                       content=...,split=train
 Each also takes `min_size=N`: an image smaller than N pixels on a side is an error.
 The same fields go in a dict or ConfigDict: {'kind': 'folder', 'path': ..., ...}.
 """
@@ -332,6 +334,8 @@ def _tfds(name, split='train', data_dir=None, min_size=None):
 def _synthetic(name='small', content='images', split='train', data_dir=None,
                min_size=None):
   from lavin_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  if split in synthetic.CONTENTS:  # 'split=clips' reads the train split of clips.
+    content, split = split, 'train'
   return synthetic.load_synthetic(data_dir, name, content, split, min_size)
 
 
