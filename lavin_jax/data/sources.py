@@ -9,8 +9,8 @@ and any of these annotations (the leading T only for clips):
   'depth'      float32 (..., H, W): depth in metres, i.e. the z of the visible point in
                the camera frame (not the distance along the ray); 0 where unknown.
   'normals'    float32 (..., H, W, 3): unit surface normals in the camera frame with
-               OpenCV axes (x right, y down, z forward), facing the camera (so z <= 0);
-               0 where unknown.
+               OpenCV axes (x right, y down, z forward), facing the camera (negative
+               dot product with the pixel's viewing ray); 0 where unknown.
   'instances'  int32 (..., H, W): 0 for background and stuff, 1..N for objects. In a
                clip an id names the same object in every frame (it may be out of view
                in some frames).
