@@ -6,11 +6,16 @@ r"""ST-VAE speed and memory: images/s and frames/s at 256 px, large inputs with 
 
 Cases (each runs in its own process, so its peak memory is its own):
   image256   one 256x256 image, untiled: encode and decode seconds, images/s
-  clip256    a 17-frame 256x256 clip, untiled: frames/s
+  clip256    a --clip_frames-frame 256x256 clip, untiled: frames/s
   image1024  a 1024x1024 image, tiled (config tiles: 512 px, 25% overlap)
   clip65     a 65-frame 256x256 clip, tiled in chunks of --clip_chunk frames
-Prints one JSON line per figure; times are medians over --repeats runs after a compile
-run (compile seconds reported apart); peak memory is the process's peak RSS.
+Prints one JSON line per figure; times are medians over --repeats runs after a first
+run that includes compilation (reported apart); peak memory is the process's peak RSS.
+
+XLA's CPU scheduler favours concurrency over memory by default; on clips that costs 2-3x
+the temporary memory for no speed on 2 cores, so the cases run with
+XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false unless
+--nolow_memory_scheduler.
 """
 
 import json
@@ -38,7 +43,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     "ST-VAE architecture config.")
 _CASES = flags.DEFINE_list("cases", list(CASES), f"Cases to run, from {CASES}.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per figure (untiled cases).")
+_CLIP_FRAMES = flags.DEFINE_integer("clip_frames", 9, "Frames of the clip256 case (1 + 4k).")
 _CLIP_CHUNK = flags.DEFINE_integer("clip_chunk", 17, "Frames per temporal chunk, clip65.")
+_LOW_MEMORY = flags.DEFINE_bool("low_memory_scheduler", True,
+                                "Run cases with XLA's memory-minimising CPU scheduler.")
 _WEIGHTS = flags.DEFINE_string("weights", "", "Released stvae.pt; random weights if empty.")
 _CHILD = flags.DEFINE_string("child", "", "Internal: run this one case in this process.")
 
@@ -90,7 +98,7 @@ def _run_case(case, module, params):
   enc = lambda x, **k: stvae_tiling.encode(module, params, x, **k)
   dec = lambda z, **k: stvae_tiling.decode(module, params, z, **k)
   if case in ("image256", "clip256"):
-    frames = 1 if case == "image256" else 17
+    frames = 1 if case == "image256" else _CLIP_FRAMES.value
     video = _video(frames, 256)
     z = enc(video, tiled=False)[0]
     enc_first, enc_s = _timed(lambda: enc(video, tiled=False), _REPEATS.value)
@@ -127,6 +135,7 @@ def main(argv):
     module = stvae.STVAE(config)
     params = _params(module, config)
     context = {"config": ",".join(map(str, config.block_out_channels)),
+               "xla_flags": os.environ.get("XLA_FLAGS", ""),
                "dtype": config.dtype, "devices": jax.device_count(), "cpus": os.cpu_count()}
     for figure in _run_case(_CHILD.value, module, params):
       figure = {k: round(v, 4) if isinstance(v, float) else v for k, v in figure.items()}
@@ -136,8 +145,13 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"Unknown cases {sorted(unknown)}; choose from {CASES}.")
   passthrough = [a for a in sys.argv[1:] if not a.startswith("--cases")]
+  env = dict(os.environ)
+  if _LOW_MEMORY.value:
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        " --xla_cpu_enable_concurrency_optimized_scheduler=false").strip()
   for case in _CASES.value:
-    subprocess.run([sys.executable, __file__, f"--child={case}", *passthrough], check=True)
+    subprocess.run([sys.executable, __file__, f"--child={case}", *passthrough], check=True,
+                   env=env)
 
 
 if __name__ == "__main__":

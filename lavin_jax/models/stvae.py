@@ -52,12 +52,20 @@ def _conv_frames(x, kernel, strides=(1, 1), padding="SAME"):
   return y.reshape(b, t, *y.shape[1:])
 
 
+def _delay(x, lag):
+  """Frame t of the result is frame max(t - lag, 0) of x (B, T, ...)."""
+  t = x.shape[1]
+  lag = min(lag, t - 1)
+  return jnp.concatenate([x[:, :1]] * lag + [x[:, :t - lag]], axis=1)
+
+
 class CausalConv3d(nn.Module):
   """Conv3d, stride 1: first frame replicated (k - 1) times in front, H and W zero-padded.
 
-  Computed as a sum over time taps of per-frame 2D convolutions (faster than XLA's
-  conv3d on CPU). A single frame sees only copies of itself, so its kernel is summed
-  over time first: one 2D convolution.
+  Computed per time tap: tap i is a 2D convolution of every frame, delayed by
+  k - 1 - i frames (frame 0 standing in for frames before it), and the taps are summed.
+  This is faster than XLA's conv3d on CPU and copies no input. A single frame sees only
+  copies of itself, so its kernel is summed over time first: one 2D convolution.
   """
   features: int
   kernel_size: int = 3
@@ -70,12 +78,9 @@ class CausalConv3d(nn.Module):
     kernel, bias = _conv_kernel_and_bias(
         self, (k, k, k, x.shape[-1], self.features), self.dtype)
     x = x.astype(self.dtype)
-    t = x.shape[1]
-    if t == 1:
+    if x.shape[1] == 1:
       return _conv_frames(x, kernel.sum(axis=0)) + bias
-    padded = jnp.concatenate([x[:, :1]] * (k - 1) + [x], axis=1)
-    y = sum(_conv_frames(padded[:, i:i + t], kernel[i]) for i in range(k))
-    return y + bias
+    return sum(_delay(_conv_frames(x, kernel[i]), k - 1 - i) for i in range(k)) + bias
 
 
 def _group_norm(config) -> Callable[..., nn.Module]:
