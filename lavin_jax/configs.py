@@ -77,6 +77,29 @@ def stvae(size: str = "released") -> ml_collections.ConfigDict:
   c.param_dtype = "float32"
   return c
 
+def vae_training(size: str = "small") -> ml_collections.ConfigDict:
+  """ST-VAE training (lavin_jax.train.vae): MSE + KL by default, LPIPS and GAN optional."""
+  c = ml_collections.ConfigDict()
+  c.model = stvae(size)
+  c.seed = 0
+  c.resolution = 64  # square crops, a multiple of 8
+  c.batch_size = 16
+  c.total_steps = 10_000
+  c.lr = 1e-4
+  c.b1, c.b2 = 0.9, 0.95
+  c.weight_decay = 0.0
+  c.clip_norm = 1.0
+  c.kl_weight = 1e-6
+  c.lpips_weight = 0.0  # > 0 needs lpips_vgg and lpips_lin (lavin_jax.eval.lpips)
+  c.lpips_vgg = ""
+  c.lpips_lin = ""
+  c.adv_weight = 0.0  # > 0 adds a PatchGAN hinge term from step disc_start
+  c.disc_start = 5_000
+  c.disc_channels = 64
+  c.checkpoint_every = 1000
+  return c
+
+
 # Tasks trained and scored, with the metric the learning check reads and whether
 # higher is better.
 DEMO_TASKS = {
@@ -111,11 +134,11 @@ def demo(arg: str = "default") -> ml_collections.ConfigDict:
   c.synthetic = "small"
 
   # ST-VAE: small, trained on the training stills with MSE + KL.
-  c.vae = stvae("small")
-  c.vae_steps = 1500
-  c.vae_batch_size = 16
-  c.vae_lr = 1e-3
-  c.vae_kl_weight = 1e-6
+  c.vae = vae_training("small")
+  c.vae.resolution = c.get_ref("resolution")
+  c.vae.total_steps = 1500
+  c.vae.lr = 1e-3
+  c.vae.checkpoint_every = 250
 
   # J-DiT: tiny, trained through the in-context pipeline with the frozen ST-VAE.
   c.dit = ml_collections.ConfigDict()
@@ -147,9 +170,10 @@ def demo(arg: str = "default") -> ml_collections.ConfigDict:
   if arg == "smoke":
     c.synthetic = "tiny"
     c.resolution = 32
-    c.vae = stvae("tiny")
-    c.vae_steps = 3
-    c.vae_batch_size = 2
+    c.vae.model = stvae("tiny")
+    c.vae.total_steps = 3
+    c.vae.batch_size = 2
+    c.vae.checkpoint_every = 2
     c.dit.model = jdit("tiny")
     c.dit.model.dtype = "float32"
     c.dit.model.scan_layers = False

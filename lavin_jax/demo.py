@@ -1,0 +1,240 @@
+r"""The end-to-end demo: a small LaVin-DiT trained and evaluated on this machine.
+
+  lavin-demo --workdir=/tmp/lavin_demo
+  lavin-demo --workdir=/tmp/lavin_demo --config.scale=0.5     # shorter
+  python launch/demo.py --config=configs/demo.py:smoke --workdir=/tmp/lavin_smoke
+
+Stages, each skipped when its output exists (an interrupted run resumes):
+  1. data   build the built-in rendered scenes (lavin_jax.data.synthetic)
+  2. vae    train a small ST-VAE on the training stills (MSE + KL) -> vae_bundle/
+  3. dit    train a small J-DiT through the in-context pipeline, the ST-VAE frozen
+            (orbax checkpoints in dit/checkpoints) -> bundle/ (EMA J-DiT + ST-VAE)
+  4. eval   in-context predictions on held-out scenes for every demo task, and two
+            baselines: the mean training target, and a copy of the query
+  5. report eval/<task>.png grids (context | query | prediction | ground truth),
+            metrics.json, loss_curves.png, and the learning check printed as a table
+"""
+
+import functools
+import json
+import os
+import pathlib
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from lavin_jax.data import pipeline as pipeline_lib
+from lavin_jax.data import sources
+from lavin_jax.data import tasks as tasks_lib
+from lavin_jax.eval import runner
+from lavin_jax.inference import bundle as bundle_lib
+from lavin_jax.inference import pipeline as inference
+from lavin_jax.train import checkpoint
+from lavin_jax.train import dit as dit_train
+
+BASELINES = ("mean_target", "copy_query")
+
+
+def _source(config, workdir, split):
+  return sources.get_source({"kind": "synthetic", "name": config.synthetic, "split": split,
+                             "content": "images", "data_dir": str(workdir / "data")})
+
+
+def _steps(config, steps):
+  return max(1, int(round(steps * config.scale)))
+
+
+# ---------------------------------------------------------------------------------------
+# Stage 2: the ST-VAE.
+
+
+def train_vae_stage(config, workdir: pathlib.Path) -> pathlib.Path:
+  """Trains the small ST-VAE on the training stills; returns its bundle directory."""
+  out = workdir / "vae_bundle"
+  if (out / bundle_lib.CONFIG_FILE).exists():
+    return out
+  from lavin_jax.train import vae as vae_train  # pylint: disable=g-import-not-at-top
+  vae_config = ml_collections.ConfigDict(config.vae.to_dict())
+  vae_config.total_steps = _steps(config, config.vae.total_steps)
+  params = vae_train.train(vae_config, str(workdir / "vae"), _source(config, workdir, "train"))
+  bundle_lib.save_bundle(out, ml_collections.ConfigDict({"stvae": vae_config.model}),
+                         stvae_params=params)
+  return out
+
+
+# ---------------------------------------------------------------------------------------
+# Stage 3: the J-DiT.
+
+
+def dit_config(config, workdir: pathlib.Path, vae_bundle: pathlib.Path):
+  """The configs/train_dit.py-style config of the demo's J-DiT run."""
+  vae_config, _ = bundle_lib.load_bundle(vae_bundle)
+  d = config.dit
+  c = ml_collections.ConfigDict()
+  c.seed = config.seed
+  c.total_steps = _steps(config, d.steps)
+  c.model = d.model
+  c.init_from = ""
+  c.input = "pixels"
+  c.vae = vae_config.stvae
+  c.vae_checkpoint = str(vae_bundle)
+  c.vae_random_init = False
+  c.source = {"kind": "synthetic", "name": config.synthetic, "split": "train",
+              "content": "images", "data_dir": str(workdir / "data")}
+  c.data = d.data
+  c.data.resolution = config.resolution
+  c.data.batch_size = d.batch_size
+  c.data.k_min, c.data.k_max = d.k_min, d.k_max
+  c.data.worker_count = 0
+  c.data.seed = config.seed
+  for name in c.data.task_weights:
+    c.data.task_weights[name] = float(name in config.tasks)
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      lr=d.lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01, schedule="constant",
+      warmup_steps=0, decay_steps=c.total_steps, end_lr_factor=0.0, clip_norm=1.0,
+      ema_decay=d.ema_decay))
+  c.flow = d.flow
+  c.checkpoint_every = d.checkpoint_every
+  c.keep_checkpoints = 2
+  return c
+
+
+def train_dit_stage(config, workdir: pathlib.Path, vae_bundle: pathlib.Path) -> pathlib.Path:
+  """Trains J-DiT (resuming from its checkpoints); returns the inference bundle."""
+  out = workdir / "bundle"
+  c = dit_config(config, workdir, vae_bundle)
+  if (out / bundle_lib.CONFIG_FILE).exists():
+    return out
+  state = dit_train.train(c, str(workdir / "dit"))
+  _, vae_params = bundle_lib.load_bundle(vae_bundle)
+  checkpoint.export_bundle(out, state.ema_params, c, vae_params=vae_params["stvae"],
+                           dtype=None)
+  return out
+
+
+# ---------------------------------------------------------------------------------------
+# Stage 4: evaluation against two baselines.
+
+
+def mean_target(task, source, config) -> np.ndarray:
+  """The mean rendered target of a task over the training examples: (T, H, W, 3)."""
+  rng = np.random.default_rng(config.seed)
+  total = 0.0
+  for i in range(len(source)):
+    _, target = task(pipeline_lib.fit_example(source[i], config.resolution), rng)
+    total = total + target
+  return total / len(source)
+
+
+def _baseline_fn(kind, mean):
+  def predict(context_inputs, context_targets, query, *, seed):
+    del context_inputs, context_targets, seed
+    return query if kind == "copy_query" else np.broadcast_to(mean, query.shape)
+  return predict
+
+
+def evaluate_stage(config, workdir: pathlib.Path, bundle: pathlib.Path) -> dict:
+  """Scores the model and both baselines on the held-out scenes; returns the results."""
+  pipe = inference.Pipeline.from_bundle(bundle)
+  train_source = _source(config, workdir, "train")
+  test_source = _source(config, workdir, "validation")
+  e = config.eval
+  model_fn = functools.partial(pipe, num_steps=e.num_steps, cfg_scale=e.cfg_scale)
+  results = {}
+  for name, metric in config.tasks.items():
+    task = tasks_lib.get_task(name, config.dit.data.task)
+    run = runner.runner_config()
+    run.task, run.seed, run.resolution = name, config.seed, config.resolution
+    run.num_examples, run.num_pairs, run.batch_size = e.num_examples, e.num_pairs, e.batch_size
+    run.task_options = config.dit.data.task
+    predictors = {"model": model_fn,
+                  "mean_target": _baseline_fn("mean_target",
+                                              mean_target(task, train_source, config)),
+                  "copy_query": _baseline_fn("copy_query", None)}
+    results[name] = {}
+    for who, fn in predictors.items():
+      out_dir = workdir / "eval" / ("" if who == "model" else who)
+      report = runner.evaluate(fn, test_source, run, out_dir, context_source=train_source,
+                               run_info={"predictor": who})
+      results[name][who] = report["metrics"][metric]
+  return results
+
+
+# ---------------------------------------------------------------------------------------
+# Stage 5: report.
+
+
+def learning_check(config, results: dict) -> tuple[str, int]:
+  """The table of model vs baselines per task, and how many tasks beat both."""
+  lines = [f"{'task':26s} {'metric':13s} {'model':>9s} {'mean tgt':>9s} {'copy qry':>9s}  beats both"]
+  wins = 0
+  for name, metric in config.tasks.items():
+    r = results[name]
+    sign = 1.0 if config.higher_is_better[name] else -1.0
+    better = all(sign * r["model"] > sign * r[b] for b in BASELINES)
+    wins += better
+    lines.append(f"{name:26s} {metric:13s} {r['model']:9.4f} {r['mean_target']:9.4f} "
+                 f"{r['copy_query']:9.4f}  {'yes' if better else 'no'}")
+  lines.append(f"The model beats both baselines on {wins} of {len(config.tasks)} tasks.")
+  return "\n".join(lines), wins
+
+
+def plot_losses(workdir: pathlib.Path) -> pathlib.Path:
+  """loss_curves.png from the metrics.jsonl of both training runs."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, run, title in zip(axes, ("vae", "dit"), ("ST-VAE", "J-DiT (flow loss)")):
+    path = workdir / run / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    ax.plot([r["step"] for r in records], [r["loss"] for r in records], lw=0.8)
+    ax.set(title=title, xlabel="step", ylabel="loss", yscale="log")
+  fig.tight_layout()
+  out = workdir / "loss_curves.png"
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return out
+
+
+def run(config: ml_collections.ConfigDict, workdir) -> dict:
+  """Runs every stage in `workdir`; returns {'results', 'wins', 'table'}."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  logging.info("Stage 1/5: data")
+  from lavin_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  synthetic.build_synthetic(workdir / "data", config.synthetic, contents=("images",))
+  logging.info("Stage 2/5: ST-VAE")
+  vae_bundle = train_vae_stage(config, workdir)
+  logging.info("Stage 3/5: J-DiT")
+  bundle = train_dit_stage(config, workdir, vae_bundle)
+  logging.info("Stage 4/5: evaluation")
+  results = evaluate_stage(config, workdir, bundle)
+  logging.info("Stage 5/5: report")
+  table, wins = learning_check(config, results)
+  plot_losses(workdir)
+  summary = {"results": results, "wins": wins, "table": table}
+  (workdir / "metrics.json").write_text(json.dumps(summary, indent=1))
+  print(table, flush=True)
+  return summary
+
+
+def cli():
+  """Console entry point `lavin-demo` (same flags as launch/demo.py)."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from lavin_jax import configs  # pylint: disable=g-import-not-at-top
+  config_flag = config_flags.DEFINE_config_dict("config", configs.demo("default"),
+                                                "Demo settings (lavin_jax.configs.demo).")
+  workdir = flags.DEFINE_string("workdir", "lavin_demo", "Output directory; resumes.")
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    run(config_flag.value, workdir.value)
+
+  app.run(main)
