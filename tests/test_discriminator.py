@@ -1,0 +1,32 @@
+"""PatchGAN discriminator: output shapes, per-frame or temporal judging."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lavin_jax.models.discriminator import PatchDiscriminator
+
+
+@pytest.mark.parametrize("temporal", [False, True])
+@pytest.mark.parametrize("frames, size, layers", [(1, 32, 3), (5, 32, 3), (1, 64, 2)])
+def test_shapes(temporal, frames, size, layers):
+  disc = PatchDiscriminator(channels=8, num_layers=layers, temporal=temporal)
+  x = jax.ShapeDtypeStruct((2, frames, size, size + 16, 3), jnp.float32)
+  params = jax.eval_shape(disc.init, jax.random.key(0), x)
+  logits = jax.eval_shape(disc.apply, params, x)
+  # 4x4 convs with padding 1: stride 2 halves, stride 1 takes one away.
+  down = 2**layers
+  assert logits.shape == (2, frames, size // down - 2, (size + 16) // down - 2, 1)
+  assert logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("temporal", [False, True])
+def test_frames_are_judged_alone_unless_temporal(temporal):
+  disc = PatchDiscriminator(channels=8, num_layers=2, temporal=temporal)
+  x = jax.random.uniform(jax.random.key(1), (1, 4, 32, 32, 3), minval=-1, maxval=1)
+  params = disc.init(jax.random.key(2), x)
+  before = disc.apply(params, x)
+  after = disc.apply(params, x.at[:, 1].multiply(0.5))
+  changed = np.abs(np.asarray(after - before)).max(axis=(0, 2, 3, 4)) > 1e-6  # per frame
+  np.testing.assert_array_equal(changed, [temporal, True, temporal, temporal])  # 4 layers: ±4 frames
