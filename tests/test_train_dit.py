@@ -4,9 +4,11 @@ import functools
 import importlib.util
 import json
 import os
+import signal
 
 import flax.linen as nn
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -30,6 +32,23 @@ def load_config_module():
 
 
 train_dit_config = load_config_module()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def persistent_compilation_cache(tmp_path_factory):
+  """A persistent compilation cache for this module: programs that recur (the step of
+  a resumed run, the overfitting step in `train`) compile once."""
+  options = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
+             "jax_persistent_cache_min_compile_time_secs": 0,
+             "jax_persistent_cache_min_entry_size_bytes": 0}
+  previous = {name: jax.config.values[name] for name in options}
+  for name, value in options.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+  yield
+  for name, value in previous.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
 
 
 def tiny_config(**model):
@@ -70,6 +89,15 @@ def setup_training(config):
   return mesh, state, step
 
 
+def training_config():
+  """The config of the training-loop tests (one compiled step between them)."""
+  config = tiny_config()
+  config.optimizer.lr = 3e-3
+  config.optimizer.ema_decay = 0.9  # visible in a single step (test_train_step_ema)
+  config.flow.uncond_ratio = 0.0
+  return config
+
+
 @jax.jit
 def init_params(x, t, cond, mask):
   return jdit.JDiT(tiny_config().model).init(jax.random.PRNGKey(0), x, t, cond, mask)["params"]
@@ -88,11 +116,7 @@ def loss_at(params, x, noise, t, cond, mask):
 @pytest.fixture(scope="module")
 def overfit_run():
   """300 updates on one fixed batch: (losses, the last step's states and step fn)."""
-  config = tiny_config()
-  config.optimizer.lr = 3e-3
-  config.optimizer.ema_decay = 0.9  # visible in a single step (test_train_step_ema)
-  config.flow.uncond_ratio = 0.0
-  mesh, state, step = setup_training(config)
+  mesh, state, step = setup_training(training_config())
   losses = []
   with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.AXIS_RULES):
     batch = mesh_lib.global_batch(latent_batch(np.random.default_rng(0)), mesh)
@@ -283,8 +307,8 @@ def test_loss_and_gradients_match_released():
   io = np.load(os.path.join(FIXTURES, "dit_io.npz"))
   channels_last = lambda a: np.moveaxis(a, 1, -1)  # (B, C, T, H, W) -> (B, T, H, W, C)
   x, noise, cond = (channels_last(io[k]) for k in ("loss_x1", "loss_x0", "loss_cond"))
-  loss, grads = jax.value_and_grad(
-      lambda p: dit.velocity_loss(module, p, x, noise, io["loss_t"], cond, None, 0.1))(params)
+  loss, grads = jax.jit(jax.value_and_grad(
+      lambda p: dit.velocity_loss(module, p, x, noise, io["loss_t"], cond, None, 0.1)))(params)
   np.testing.assert_allclose(loss, io["loss_value"], rtol=1e-5)
 
   released = load_file(os.path.join(FIXTURES, "dit_grads.safetensors"))
@@ -310,9 +334,9 @@ def test_loss_and_gradients_match_released():
 # 8. The training loop: non-finite steps, checkpoints, resume.
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+def test_non_finite_loss_stops_keeps_checkpoint_resume_and_sigterm(tmp_path):
   from lavin_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
-  config = tiny_config()
+  config = training_config()
   config.total_steps, config.checkpoint_every = 6, 2
   rng = np.random.default_rng(8)
   good = [latent_batch(rng) for _ in range(6)]
@@ -324,12 +348,20 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   with checkpoint.CheckpointManager(tmp_path / "checkpoints", save_every=2) as ckpt:
     assert ckpt.all_steps() == [2, 4]
 
-  # The run resumes from step 4 and finishes with the good batches.
-  state = dit.train(config, str(tmp_path), batches=iter(good[4:]))
-  assert int(state.step) == 6
+  # The run resumes from step 4; a SIGTERM while step 5 loads its batch saves step 5
+  # (off the save_every grid) and ends the run cleanly.
+  def terminated_during_step_5():
+    os.kill(os.getpid(), signal.SIGTERM)
+    yield good[4]
+    yield good[5]
+
+  state = dit.train(config, str(tmp_path), batches=terminated_during_step_5())
+  assert int(state.step) == 5
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state.params)))
   steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert steps == [1, 2, 3, 4, 5, 6]
+  assert steps == [1, 2, 3, 4, 5]
+  with checkpoint.CheckpointManager(tmp_path / "checkpoints", save_every=2) as ckpt:
+    assert ckpt.all_steps() == [2, 4, 5]
   keys = set(json.loads(lines[0]))
   assert {"loss", "grad_norm", "param_norm", "update_norm", "lr", "examples_per_sec",
           "tokens_per_sec"} <= keys
@@ -375,3 +407,17 @@ def test_pixel_batches_encode_each_clip_separately():
   assert moved[1, 0].max() > 1e-3 and moved[0].max() == 0 and moved[1, 1].max() == 0
   for key in ("context_targets", "query", "target"):
     np.testing.assert_array_equal(again[key], latents[key])
+
+
+def test_init_from_released_weights():
+  from lavin_jax.convert import jdit as convert_jdit  # pylint: disable=g-import-not-at-top
+  config = tiny_config(hidden_size=96, depth=2, num_heads=4, num_kv_heads=2, scan_layers=True)
+  config.init_from = os.path.join(FIXTURES, "dit_state.safetensors")
+  model = jdit.JDiT(config.model)
+  tx, _ = state_lib.create_optimizer(config.optimizer)
+  mesh = mesh_lib.create_mesh({"data": -1})
+  state, _ = dit.init_train_state(model, tx, config, mesh, jax.random.PRNGKey(0))
+  _, want = convert_jdit.load_released_jdit(config.init_from, config.model)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), want)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.ema_params), want)
+  assert int(state.step) == 0

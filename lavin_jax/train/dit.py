@@ -223,7 +223,8 @@ def init_train_state(model, tx, config, mesh, rng):
 
   Shapes come from `jax.eval_shape`, shardings from the logical axis names of
   the parameters (mesh_lib.AXIS_RULES), and `jax.jit(init, out_shardings=...)`
-  makes every device create only its own shard.
+  makes every device create only its own shard. With config.init_from, params
+  and EMA start from that released J-DiT file instead.
 
   Returns:
     (state, state_shardings).
@@ -231,6 +232,9 @@ def init_train_state(model, tx, config, mesh, rng):
   init = _state_init_fn(model, tx, config)
   _, shardings = abstract_train_state(model, tx, config, mesh, rng)
   state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
+  if config.get("init_from"):
+    params = put_global(load_released_params(config), shardings.params)
+    state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
   return state, shardings
 
 
@@ -431,9 +435,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
       state, _ = ckpt.restore(abstract, data_iterator=it if checkpointable_input else None)
     else:
       state, _ = init_train_state(model, tx, config, mesh, rng)
-      if config.init_from:
-        params = put_global(load_released_params(config), shardings.params)
-        state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
 
     # ## Update step.
     step_fn = create_train_step(model, tx, schedule, config, shardings, vae=vae)
