@@ -32,10 +32,9 @@ _SPATIAL_FACTOR_PER_STAGE = 2
 
 def _conv_kernel_and_bias(module, shape, dtype):
   """Declares a conv kernel (..., in, out) and bias (out,) with logical axis names."""
-  spatial = (None,) * (len(shape) - 2)
+  names = (None,) * (len(shape) - 2) + ("conv_in", "conv_out")
   kernel = module.param(
-      "kernel",
-      nn.with_logical_partitioning(nn.initializers.lecun_normal(), spatial + ("conv_in", "conv_out")),
+      "kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
       shape, module.param_dtype)
   bias = module.param(
       "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
