@@ -26,9 +26,13 @@ import numpy as np
 import optax
 import tqdm
 
+from lavin_jax import convert
 from lavin_jax import flow
+from lavin_jax.inference import bundle
 from lavin_jax.models import jdit
+from lavin_jax.models import stvae
 from lavin_jax.parallel import mesh as mesh_lib
+from lavin_jax.train import checkpoint
 from lavin_jax.train import state as state_lib
 
 CLIP_KEYS = ("context_inputs", "context_targets", "query", "target")
@@ -45,7 +49,6 @@ def encode_clips(vae, vae_params, clips, key, vae_config):
   Frozen ST-VAE: a posterior sample (as the released inference does), then the
   J-DiT latent normalisation; no gradient flows back.
   """
-  from lavin_jax.models import stvae  # pylint: disable=g-import-not-at-top
   mean, logvar = vae.apply({"params": vae_params}, clips, method="encode")
   z = stvae.sample_posterior(mean, logvar, key)
   return jax.lax.stop_gradient(stvae.normalize_latents(z, vae_config))
@@ -294,7 +297,6 @@ def latent_geometry(batch_shapes, config):
   """Latent (K, T', h, w) of a batch given as {key: shape}."""
   k, t, h, w = batch_shapes["context_inputs"][1:5]
   if config.input == "pixels":
-    from lavin_jax.models import stvae  # pylint: disable=g-import-not-at-top
     f = stvae.spatial_factor(config.vae)
     t, h, w = 1 + (t - 1) // config.vae.temporal_compression, h // f, w // f
   return k, t, h, w
@@ -313,17 +315,14 @@ def tokens_per_example(batch_shapes, config) -> int:
 
 def load_vae(config):
   """The frozen ST-VAE as (module, host params) from config.vae_checkpoint."""
-  from lavin_jax.models import stvae  # pylint: disable=g-import-not-at-top
   path = config.vae_checkpoint
   if path and os.path.isdir(path):
-    from lavin_jax.inference import bundle  # pylint: disable=g-import-not-at-top
     bundle_config, params = bundle.load_bundle(path)
     if params.get("stvae") is None:
       raise ValueError(f"The bundle {path!r} holds no ST-VAE params.")
     return stvae.STVAE(bundle_config.stvae), params["stvae"]
   if path:
-    from lavin_jax.convert import load_released_stvae  # pylint: disable=g-import-not-at-top
-    return load_released_stvae(path, config.vae)
+    return convert.load_released_stvae(path, config.vae)
   logging.warning("Training on an untrained (random-init) ST-VAE: smoke tests only.")
   module = stvae.STVAE(config.vae)
   f = stvae.spatial_factor(config.vae)
@@ -334,8 +333,7 @@ def load_vae(config):
 
 def load_released_params(config):
   """J-DiT params of config.init_from (released key layout) for this model config."""
-  from lavin_jax.convert import load_released_jdit  # pylint: disable=g-import-not-at-top
-  _, params = load_released_jdit(config.init_from, config.model)
+  _, params = convert.load_released_jdit(config.init_from, config.model)
   return params
 
 
@@ -376,6 +374,7 @@ class MetricWriter:
 
 def make_input(config):
   """This process's Grain batches of the configured data (lavin_jax.data.pipeline)."""
+  # Imported here: sources pulls in tensorflow_datasets, which only training needs.
   from lavin_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from lavin_jax.data import sources  # pylint: disable=g-import-not-at-top
   return iter(pipeline.make_pipeline(config.data, sources.get_source(config.source)))
@@ -400,7 +399,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
   """
   # ## Config and logging.
   check_config(config)
-  from lavin_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   logging.info("J-DiT training in %s, %d processes, %d devices.", workdir,
@@ -458,10 +456,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
           metrics = jax.device_get(metrics)
           bad = non_finite_metric(metrics)
           if bad is not None:
+            ckpt.wait_until_finished()
+            last_good = ckpt.latest_step()
             raise FloatingPointError(
                 f"Step {step}: {bad} is {metrics[bad]} (loss {metrics['loss']}, grad_norm "
-                f"{metrics['grad_norm']}); stopping without saving this state. The last "
-                f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}.")
+                f"{metrics['grad_norm']}); stopping without saving this state. " + (
+                    f"The last good checkpoint is step {last_good} in {ckpt.directory}."
+                    if last_good is not None else "No checkpoint was saved yet."))
           now = time.perf_counter()
           examples = batch["num_pairs"].shape[0]
           metrics["examples_per_sec"] = examples / (now - last)
