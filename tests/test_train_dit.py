@@ -421,3 +421,36 @@ def test_init_from_released_weights():
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), want)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.ema_params), want)
   assert int(state.step) == 0
+
+
+def _dot_dtypes(jaxpr):
+  """Operand dtypes of every dot_general in a jaxpr and its sub-jaxprs."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        if hasattr(sub, "jaxpr") or hasattr(sub, "eqns"):
+          found += _dot_dtypes(getattr(sub, "jaxpr", sub))
+  return found
+
+
+def test_bf16_compute_with_float32_master_weights():
+  config = tiny_config(dtype="bfloat16")
+  model = jdit.JDiT(config.model)
+  tx, schedule = state_lib.create_optimizer(config.optimizer)
+  mesh = mesh_lib.create_mesh({"data": -1})
+  abstract, _ = dit.abstract_train_state(model, tx, config, mesh, jax.random.PRNGKey(0))
+  batch = latent_batch(np.random.default_rng(11))
+  step = functools.partial(dit.train_step, model=model, tx=tx, schedule=schedule, config=config)
+  traced = jax.make_jaxpr(step, return_shape=True)(abstract, None, batch)
+  dots = _dot_dtypes(traced[0].jaxpr)
+  # Forward and backward matmuls of the model run in bfloat16 ...
+  assert sum(d == ("bfloat16", "bfloat16") for d in dots) >= 0.9 * len(dots), dots
+  # ... while params, EMA, optimizer moments and the loss stay float32.
+  new_state, metrics = traced[1]
+  assert {x.dtype for x in jax.tree.leaves((new_state.params, new_state.ema_params))} == {
+      np.dtype("float32")}
+  assert {x.dtype for x in jax.tree.leaves(new_state.opt_state) if x.ndim} == {np.dtype("float32")}
+  assert metrics["loss"].dtype == np.float32
