@@ -5,6 +5,8 @@ import importlib.util
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -454,3 +456,26 @@ def test_bf16_compute_with_float32_master_weights():
       np.dtype("float32")}
   assert {x.dtype for x in jax.tree.leaves(new_state.opt_state) if x.ndim} == {np.dtype("float32")}
   assert metrics["loss"].dtype == np.float32
+
+
+def test_config_argument_parsing():
+  config = train_dit_config.get_config("3.4b")
+  assert config.model.hidden_size == 2304 and config.model.dtype == "bfloat16"
+  assert config.data.k_max == 8 and config.optimizer.lr == 1e-4
+  assert config.optimizer.ema_decay == 0.9999 and config.flow.uncond_ratio == 0.1
+  with pytest.raises(ValueError, match="Unknown size"):
+    train_dit_config.get_config("2b")
+  with pytest.raises(ValueError, match="Unknown config flags"):
+    train_dit_config.get_config("tiny,fast")
+
+
+def test_launcher_rejects_bad_config_before_training(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch", "train_dit.py"),
+       "--config=" + os.path.join(ROOT, "configs", "train_dit.py") + ":tiny,runlocal",
+       "--config.input=voxels", f"--workdir={tmp_path}"],
+      capture_output=True, text=True, timeout=300, check=False,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode != 0
+  assert "config.input must be one of ('pixels', 'latents'), got 'voxels'" in proc.stderr
+  assert not (tmp_path / "checkpoints").exists()
