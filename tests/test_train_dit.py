@@ -117,12 +117,12 @@ def loss_at(params, x, noise, t, cond, mask):
 
 @pytest.fixture(scope="module")
 def overfit_run():
-  """300 updates on one fixed batch: (losses, the last step's states and step fn)."""
+  """150 updates on one fixed batch: (losses, the last step's states and step fn)."""
   mesh, state, step = setup_training(training_config())
   losses = []
   with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.AXIS_RULES):
     batch = mesh_lib.global_batch(latent_batch(np.random.default_rng(0)), mesh)
-    for _ in range(300):
+    for _ in range(150):
       # Step counter held at 0: the same times, noise and dropout every update, so the
       # batch is fixed entirely (the optimizer keeps its own count).
       state, metrics = step(state.replace(step=jnp.zeros_like(state.step)), None, batch)
