@@ -134,11 +134,12 @@ def demo(arg: str = "default") -> ml_collections.ConfigDict:
   c.synthetic = "small"
 
   # ST-VAE: small, trained on the training stills with MSE + KL.
-  c.vae = vae_training("small")
+  c.vae = vae_training("tiny")
   c.vae.resolution = c.get_ref("resolution")
-  c.vae.total_steps = 1500
+  c.vae.batch_size = 8
+  c.vae.total_steps = 800
   c.vae.lr = 1e-3
-  c.vae.checkpoint_every = 250
+  c.vae.checkpoint_every = 200
 
   # J-DiT: tiny, trained through the in-context pipeline with the frozen ST-VAE.
   c.dit = ml_collections.ConfigDict()

@@ -7,8 +7,10 @@ r"""The end-to-end demo: a small LaVin-DiT trained and evaluated on this machine
 Stages, each skipped when its output exists (an interrupted run resumes):
   1. data   build the built-in rendered scenes (lavin_jax.data.synthetic)
   2. vae    train a small ST-VAE on the training stills (MSE + KL) -> vae_bundle/
-  3. dit    train a small J-DiT through the in-context pipeline, the ST-VAE frozen
-            (orbax checkpoints in dit/checkpoints) -> bundle/ (EMA J-DiT + ST-VAE)
+  3. dit    encode every demo task's training pairs once with the frozen ST-VAE, then
+            train a small J-DiT on in-context episodes drawn from them
+            (lavin_jax.data.latents; orbax checkpoints in dit/checkpoints)
+            -> bundle/ (EMA J-DiT + ST-VAE)
   4. eval   in-context predictions on held-out scenes for every demo task, and two
             baselines: the mean training target, and a copy of the query
   5. report eval/<task>.png grids (context | query | prediction | ground truth),
@@ -25,12 +27,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from lavin_jax.data import pipeline as pipeline_lib
+from lavin_jax.data import latents
 from lavin_jax.data import sources
 from lavin_jax.data import tasks as tasks_lib
 from lavin_jax.eval import runner
 from lavin_jax.inference import bundle as bundle_lib
 from lavin_jax.inference import pipeline as inference
+from lavin_jax.models import stvae
 from lavin_jax.train import checkpoint
 from lavin_jax.train import dit as dit_train
 
@@ -68,26 +71,23 @@ def train_vae_stage(config, workdir: pathlib.Path) -> pathlib.Path:
 # Stage 3: the J-DiT.
 
 
-def dit_config(config, workdir: pathlib.Path, vae_bundle: pathlib.Path):
-  """The configs/train_dit.py-style config of the demo's J-DiT run."""
-  vae_config, _ = bundle_lib.load_bundle(vae_bundle)
+def dit_config(config, vae_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The lavin_jax.train.dit config of the demo's J-DiT run (on precomputed latents)."""
   d = config.dit
   c = ml_collections.ConfigDict()
   c.seed = config.seed
   c.total_steps = _steps(config, d.steps)
   c.model = d.model
   c.init_from = ""
-  c.input = "pixels"
-  c.vae = vae_config.stvae
-  c.vae_checkpoint = str(vae_bundle)
+  c.input = "latents"
+  c.vae = vae_config
+  c.vae_checkpoint = ""
   c.vae_random_init = False
-  c.source = {"kind": "synthetic", "name": config.synthetic, "split": "train",
-              "content": "images", "data_dir": str(workdir / "data")}
+  c.source = ""
   c.data = d.data
   c.data.resolution = config.resolution
   c.data.batch_size = d.batch_size
   c.data.k_min, c.data.k_max = d.k_min, d.k_max
-  c.data.worker_count = 0
   c.data.seed = config.seed
   for name in c.data.task_weights:
     c.data.task_weights[name] = float(name in config.tasks)
@@ -102,16 +102,34 @@ def dit_config(config, workdir: pathlib.Path, vae_bundle: pathlib.Path):
   return c
 
 
+def encode_training_pairs(config, workdir: pathlib.Path, vae_bundle: pathlib.Path):
+  """Posterior moments of every demo task's training pairs, and the ST-VAE config with
+  latent normalisation constants fitted to them (zero mean, unit variance)."""
+  bundle_config, params = bundle_lib.load_bundle(vae_bundle)
+  vae = stvae.STVAE(bundle_config.stvae)
+  encode = jax.jit(lambda x: vae.apply({"params": params["stvae"]}, x, method="encode"))
+  tables = latents.encode_task_pairs(_source(config, workdir, "train"), list(config.tasks),
+                                     config.resolution, encode, config.dit.data.task)
+  means = np.concatenate([t[k].ravel() for t in tables.values()
+                          for k in ("input_mean", "target_mean")])
+  vae_config = bundle_config.stvae
+  vae_config.latent_shift = float(means.mean())
+  vae_config.latent_scale = float(1.0 / means.std())
+  return tables, vae_config, params["stvae"]
+
+
 def train_dit_stage(config, workdir: pathlib.Path, vae_bundle: pathlib.Path) -> pathlib.Path:
-  """Trains J-DiT (resuming from its checkpoints); returns the inference bundle."""
+  """Trains J-DiT on in-context episodes of precomputed latents (resuming from its
+  checkpoints); returns the inference bundle (EMA J-DiT + the ST-VAE)."""
   out = workdir / "bundle"
-  c = dit_config(config, workdir, vae_bundle)
   if (out / bundle_lib.CONFIG_FILE).exists():
     return out
-  state = dit_train.train(c, str(workdir / "dit"))
-  _, vae_params = bundle_lib.load_bundle(vae_bundle)
-  checkpoint.export_bundle(out, state.ema_params, c, vae_params=vae_params["stvae"],
-                           dtype=None)
+  tables, vae_config, vae_params = encode_training_pairs(config, workdir, vae_bundle)
+  c = dit_config(config, vae_config)
+  batches = iter(latents.make_latent_pipeline(tables, c.data, vae_config.latent_shift,
+                                              vae_config.latent_scale))
+  state = dit_train.train(c, str(workdir / "dit"), batches=batches)
+  checkpoint.export_bundle(out, state.ema_params, c, vae_params=vae_params, dtype=None)
   return out
 
 
@@ -121,12 +139,7 @@ def train_dit_stage(config, workdir: pathlib.Path, vae_bundle: pathlib.Path) -> 
 
 def mean_target(task, source, config) -> np.ndarray:
   """The mean rendered target of a task over the training examples: (T, H, W, 3)."""
-  rng = np.random.default_rng(config.seed)
-  total = 0.0
-  for i in range(len(source)):
-    _, target = task(pipeline_lib.fit_example(source[i], config.resolution), rng)
-    total = total + target
-  return total / len(source)
+  return latents.render_task_pairs(source, task, config.resolution)[1].mean(axis=0)
 
 
 def _baseline_fn(kind, mean):
