@@ -50,7 +50,8 @@ def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
   c.init_from = ""  # optional released J-DiT safetensors to start from
 
   # Frozen ST-VAE: training encodes pixel batches inside the step ('pixels'), or
-  # the data holds normalised latents already ('latents').
+  # encodes every example's task pairs once up front and draws episodes of latents
+  # ('latents'; deterministic tasks and centred crops: lavin_jax.data.latents).
   c.input = "pixels"
   c.vae = configs.stvae("released")
   c.vae_checkpoint = ""  # released stvae.pt, or an inference bundle directory

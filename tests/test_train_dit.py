@@ -372,7 +372,11 @@ def test_bad_config_and_batches_raise_before_compile(tmp_path):
   config = tiny_config()
   config.input, config.vae_random_init = "pixels", False
   with pytest.raises(ValueError, match="vae_checkpoint"):
+    dit.check_config(config, batches_given=True)
+  config.input = "latents"  # encoded up front from the configured data: needs the VAE
+  with pytest.raises(ValueError, match="vae_checkpoint"):
     dit.check_config(config)
+  dit.check_config(config, batches_given=True)  # latents supplied: no VAE needed
   config.vae_checkpoint = str(tmp_path / "missing.pt")
   with pytest.raises(FileNotFoundError, match="missing.pt"):
     dit.check_config(config)

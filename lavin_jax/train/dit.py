@@ -252,14 +252,15 @@ def put_global(tree, shardings):
 # Checks (before any compile).
 
 
-def check_config(config):
+def check_config(config, batches_given=False):
   """Raises ValueError on settings that cannot train, naming the fix."""
   if config.input not in INPUTS:
     raise ValueError(f"config.input must be one of {INPUTS}, got {config.input!r}.")
-  if config.input == "pixels" and not (config.vae_checkpoint or config.vae_random_init):
+  needs_vae = config.input == "pixels" or not batches_given
+  if needs_vae and not (config.vae_checkpoint or config.vae_random_init):
     raise ValueError(
-        "config.input='pixels' encodes with the frozen ST-VAE: set config.vae_checkpoint "
-        "to the released stvae.pt (or an inference bundle), or use input='latents'.")
+        f"config.input={config.input!r} encodes with the frozen ST-VAE: set "
+        "config.vae_checkpoint to the released stvae.pt (or an inference bundle).")
   if config.vae_checkpoint and not os.path.exists(config.vae_checkpoint):
     raise FileNotFoundError(f"config.vae_checkpoint {config.vae_checkpoint!r} does not exist.")
   if config.init_from and not os.path.isfile(config.init_from):
@@ -373,11 +374,28 @@ class MetricWriter:
 
 
 def make_input(config):
-  """This process's Grain batches of the configured data (lavin_jax.data.pipeline)."""
+  """This process's Grain batches of the configured data (checkpointable iterator).
+
+  input='pixels': episodes of rendered clips (lavin_jax.data.pipeline).
+  input='latents': every example's task pairs are encoded once by the frozen
+  ST-VAE and episodes are drawn from those posteriors (lavin_jax.data.latents).
+  """
   # Imported here: sources pulls in tensorflow_datasets, which only training needs.
+  from lavin_jax.data import latents  # pylint: disable=g-import-not-at-top
   from lavin_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from lavin_jax.data import sources  # pylint: disable=g-import-not-at-top
-  return iter(pipeline.make_pipeline(config.data, sources.get_source(config.source)))
+  source = sources.get_source(config.source)
+  if config.input == "pixels":
+    return iter(pipeline.make_pipeline(config.data, source))
+  vae, vae_params = load_vae(config)
+  encode = jax.jit(lambda p, x: vae.apply({"params": p}, x, method="encode"))
+  names = [task.name for task in pipeline.active_tasks(config.data)[0]]
+  tables = latents.encode_task_pairs(
+      source, names, config.data.resolution, functools.partial(encode, vae_params),
+      config.data.task)
+  return iter(latents.make_latent_pipeline(
+      tables, config.data, config.vae.latent_shift, config.vae.latent_scale,
+      jax.process_index(), jax.process_count()))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
@@ -398,7 +416,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
       names the step and the quantity; that state is never saved.
   """
   # ## Config and logging.
-  check_config(config)
+  check_config(config, batches_given=batches is not None)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   logging.info("J-DiT training in %s, %d processes, %d devices.", workdir,
