@@ -21,6 +21,7 @@ import functools
 import json
 import os
 import pathlib
+import time
 
 from absl import logging
 import jax
@@ -214,22 +215,26 @@ def plot_losses(workdir: pathlib.Path) -> pathlib.Path:
 
 
 def run(config: ml_collections.ConfigDict, workdir) -> dict:
-  """Runs every stage in `workdir`; returns {'results', 'wins', 'table'}."""
+  """Runs every stage in `workdir`; returns {'results', 'wins', 'table', 'seconds'}."""
+  from lavin_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  logging.info("Stage 1/5: data")
-  from lavin_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-  synthetic.build_synthetic(workdir / "data", config.synthetic, contents=("images",))
-  logging.info("Stage 2/5: ST-VAE")
-  vae_bundle = train_vae_stage(config, workdir)
-  logging.info("Stage 3/5: J-DiT")
-  bundle = train_dit_stage(config, workdir, vae_bundle)
-  logging.info("Stage 4/5: evaluation")
-  results = evaluate_stage(config, workdir, bundle)
-  logging.info("Stage 5/5: report")
-  table, wins = learning_check(config, results)
+  seconds = {}
+
+  def stage(name, fn, *args):
+    logging.info("Stage %d/5: %s", len(seconds) + 1, name)
+    start = time.perf_counter()
+    out = fn(*args)
+    seconds[name] = round(time.perf_counter() - start, 1)
+    return out
+
+  stage("data", synthetic.build_synthetic, workdir / "data", config.synthetic, 1, ("images",))
+  vae_bundle = stage("vae", train_vae_stage, config, workdir)
+  bundle = stage("dit", train_dit_stage, config, workdir, vae_bundle)
+  results = stage("eval", evaluate_stage, config, workdir, bundle)
+  table, wins = stage("report", learning_check, config, results)
   plot_losses(workdir)
-  summary = {"results": results, "wins": wins, "table": table}
+  summary = {"results": results, "wins": wins, "table": table, "seconds": seconds}
   (workdir / "metrics.json").write_text(json.dumps(summary, indent=1))
   print(table, flush=True)
   return summary

@@ -136,15 +136,19 @@ def _optimizer(config):
 
 
 def init_state(model, disc, tx, disc_tx, config, video_shape):
-  """A fresh VAEState for clips of `video_shape` (B, T, H, W, 3)."""
-  k_vae, k_disc, k_state = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-  video = jnp.zeros((1,) + tuple(video_shape[1:]), jnp.float32)
-  params = nn.unbox(model.init(k_vae, video)["params"])
-  disc_params = nn.unbox(disc.init(k_disc, video)["params"]) if disc is not None else {}
-  return VAEState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                  disc_params=disc_params,
-                  disc_opt_state=disc_tx.init(disc_params) if disc is not None else {},
-                  rng=k_state)
+  """A fresh VAEState for clips of `video_shape` (B, T, H, W, 3), built in one jit."""
+
+  def init(rng):
+    k_vae, k_disc, k_state = jax.random.split(rng, 3)
+    video = jnp.zeros((1,) + tuple(video_shape[1:]), jnp.float32)
+    params = nn.unbox(model.init(k_vae, video)["params"])
+    disc_params = nn.unbox(disc.init(k_disc, video)["params"]) if disc is not None else {}
+    return VAEState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    disc_params=disc_params,
+                    disc_opt_state=disc_tx.init(disc_params) if disc is not None else {},
+                    rng=k_state)
+
+  return jax.jit(init)(jax.random.PRNGKey(config.seed))
 
 
 def check_config(config) -> None:
