@@ -77,6 +77,96 @@ def stvae(size: str = "released") -> ml_collections.ConfigDict:
   c.param_dtype = "float32"
   return c
 
+TRAIN_DIT_SIZES = ("tiny", "0.1b", "1b", "3.4b")
+IMAGE_ONLY_TASKS = ("colorization", "inpainting", "canny_edges", "de_motion_blur",
+                    "de_glass_blur", "de_raining")
+
+
+def _parse_train_dit_arg(arg):
+  size, *flags = [a.strip() for a in (arg or "0.1b").split(",")]
+  if size not in TRAIN_DIT_SIZES:
+    raise ValueError(f"Unknown size {size!r} in config argument {arg!r}; choose one of {TRAIN_DIT_SIZES}.")
+  unknown = set(flags) - {"runlocal"}
+  if unknown:
+    raise ValueError(f"Unknown config flags {sorted(unknown)} in {arg!r}; the only flag is runlocal.")
+  return size, "runlocal" in flags
+
+
+def train_dit(arg: str = "0.1b") -> ml_collections.ConfigDict:
+  """J-DiT training (configs/train_dit.py, lavin_jax.train.dit) for `<size>[,runlocal]`."""
+  from lavin_jax import flow  # pylint: disable=g-import-not-at-top
+  from lavin_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  size, runlocal = _parse_train_dit_arg(arg)
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 100_000
+
+  # Model: J-DiT architecture; bf16 compute, float32 master weights.
+  c.model = jdit(size)
+  c.model.dtype = "bfloat16"
+  c.model.param_dtype = "float32"
+  c.init_from = ""  # optional released J-DiT safetensors to start from
+
+  # Frozen ST-VAE: training encodes pixel batches inside the step ('pixels'), or
+  # encodes every example's task pairs once up front and draws episodes of latents
+  # ('latents'; deterministic tasks and centred crops: lavin_jax.data.latents).
+  c.input = "pixels"
+  c.vae = stvae("released")
+  c.vae_checkpoint = ""  # released stvae.pt, or an inference bundle directory
+  c.vae_random_init = False  # smoke tests only: an untrained ST-VAE
+
+  # Data: episodes of 1..k_max context pairs + a query, padded to k_max
+  # (lavin_jax.data.pipeline). The source is a lavin_jax.data.sources spec:
+  # 'synthetic' (built-in rendered scenes with every annotation), 'tfds:NAME', ...
+  c.source = "synthetic"
+  c.data = pipeline.pipeline_config("image")
+  c.data.batch_size = 640  # global, over all processes
+  c.data.resolution = 256
+  c.data.k_min, c.data.k_max = 1, 8  # released training: 1 to 8 pairs
+  c.data.worker_count = 4
+
+  # Mesh: sizes of ('data', 'fsdp', 'tensor'); -1 takes the remaining devices.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+  # Optimizer (paper): AdamW, no warmup, clip 1.0, EMA 0.9999.
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.lr = 1e-4
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.95
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.01
+  c.optimizer.schedule = "constant"  # constant | cosine
+  c.optimizer.warmup_steps = 0
+  c.optimizer.decay_steps = c.get_ref("total_steps")  # cosine only
+  c.optimizer.end_lr_factor = 0.0  # cosine only
+  c.optimizer.clip_norm = 1.0
+  c.optimizer.ema_decay = 0.9999
+
+  # Flow (time sampling, loss weights, uncond ratio): lavin_jax.flow.
+  c.flow = flow.flow_config()
+
+  # Checkpoints and logging.
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+
+  if runlocal:
+    c.total_steps = 10
+    c.vae = stvae("tiny")
+    c.vae_random_init = True
+    c.model.dtype = "float32"
+    c.model.remat_policy = "none"
+    c.data.batch_size = 2
+    c.data.resolution = 64
+    c.data.k_max = 2
+    c.data.worker_count = 0
+    # scikit-image's photographs (no download) and the tasks that need only images.
+    c.source = "photos"
+    for name in c.data.task_weights:
+      c.data.task_weights[name] = float(name in IMAGE_ONLY_TASKS)
+    c.checkpoint_every = 5
+  return c
+
+
 def vae_training(size: str = "small") -> ml_collections.ConfigDict:
   """ST-VAE training (lavin_jax.train.vae): MSE + KL by default, LPIPS and GAN optional."""
   c = ml_collections.ConfigDict()

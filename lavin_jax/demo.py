@@ -74,16 +74,14 @@ def train_vae_stage(config, workdir: pathlib.Path) -> pathlib.Path:
 
 def dit_config(config, vae_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The lavin_jax.train.dit config of the demo's J-DiT run (on precomputed latents)."""
+  from lavin_jax import configs  # pylint: disable=g-import-not-at-top
   d = config.dit
-  c = ml_collections.ConfigDict()
+  c = configs.train_dit("tiny")
   c.seed = config.seed
   c.total_steps = _steps(config, d.steps)
   c.model = d.model
-  c.init_from = ""
   c.input = "latents"
   c.vae = vae_config
-  c.vae_checkpoint = ""
-  c.vae_random_init = False
   c.source = ""
   c.data = d.data
   c.data.resolution = config.resolution
@@ -92,11 +90,8 @@ def dit_config(config, vae_config: ml_collections.ConfigDict) -> ml_collections.
   c.data.seed = config.seed
   for name in c.data.task_weights:
     c.data.task_weights[name] = float(name in config.tasks)
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      lr=d.lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01, schedule="constant",
-      warmup_steps=0, decay_steps=c.total_steps, end_lr_factor=0.0, clip_norm=1.0,
-      ema_decay=d.ema_decay))
+  c.optimizer.lr = d.lr
+  c.optimizer.ema_decay = d.ema_decay
   c.flow = d.flow
   c.checkpoint_every = d.checkpoint_every
   c.keep_checkpoints = 2
