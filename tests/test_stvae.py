@@ -74,12 +74,12 @@ def test_causal_conv_is_conv3d_with_first_frame_replicated(frames):
   """Independent check: lax.conv3d on the explicitly padded clip."""
   x = jax.random.normal(jax.random.key(1), (2, frames, 6, 5, 4))
   conv = stvae.CausalConv3d(features=3)
-  params = conv.init(jax.random.key(2), x)["params"]
+  params = nn.unbox(jax.jit(conv.init)(jax.random.key(2), x)["params"])
   padded = jnp.concatenate([x[:, :1], x[:, :1], x], axis=1)
   want = jax.lax.conv_general_dilated(
-      padded, params["kernel"].value, (1, 1, 1), ((0, 0), (1, 1), (1, 1)),
-      dimension_numbers=("NDHWC", "DHWIO", "NDHWC")) + params["bias"].value
-  got = conv.apply({"params": nn.unbox(params)}, x)
+      padded, params["kernel"], (1, 1, 1), ((0, 0), (1, 1), (1, 1)),
+      dimension_numbers=("NDHWC", "DHWIO", "NDHWC")) + params["bias"]
+  got = jax.jit(conv.apply)({"params": params}, x)
   np.testing.assert_allclose(got, want, atol=1e-5)
 
 
@@ -112,7 +112,7 @@ def test_released_norm_shares_statistics_across_frames(released):
 def test_image_is_first_frame_of_video(causal):
   """An image is a 1-frame video: with causal norms it codes like a clip's first frame."""
   module, params = causal
-  video = _video(jax.random.key(5), 5)
+  video = _video(jax.random.key(3), 9)
   mean_video = _encode(module, params, video)[0]
   mean_image = _encode(module, params, video[:, :1])[0]
   assert mean_image.shape == (1, 1, 2, 2, 16)
@@ -172,17 +172,17 @@ def test_remat_wraps_each_resnet_block(remat):
 
 
 def test_remat_block_gives_same_gradients():
-  x = jax.random.normal(jax.random.key(6), (1, 3, 8, 8, 32))
-  z = jax.random.normal(jax.random.key(7), (1, 2, 2, 2, 16))
+  x = jax.random.normal(jax.random.key(6), (1, 3, 4, 4, 32))
+  z = jax.random.normal(jax.random.key(7), (1, 2, 1, 1, 16))
+  blocks = [stvae._layer_factories(_tiny(remat=r))[2](features=64) for r in (False, True)]
+  params = nn.unbox(jax.jit(blocks[0].init)(jax.random.key(0), x, z)["params"])
 
-  def grads(remat):
-    block = stvae._layer_factories(_tiny(remat=remat))[2](features=64)  # decoder-style block
-    params = jax.jit(block.init)(jax.random.key(0), x, z)["params"]
+  def grads(block):  # a decoder-style block (SpatialNorms) with a shortcut conv
     loss = lambda p, x: jnp.sum(jnp.sin(block.apply({"params": p}, x, z)))
-    return jax.jit(jax.grad(loss, argnums=(0, 1)))(nn.unbox(params), x)
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
 
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
-               grads(True), grads(False))  # gradients of size ~1-10: float32 rounding
+               grads(blocks[1]), grads(blocks[0]))  # gradients of size ~1-10: f32 rounding
 
 
 def test_params_carry_logical_axis_names():
@@ -198,9 +198,10 @@ def test_bfloat16_compute_stays_close(released):
   module, params = released
   config = ml_collections.ConfigDict(module.config)
   config.dtype = "bfloat16"
-  video = _video(jax.random.key(7), 1)
-  mean = _encode(module, params, video)[0]
-  mean_bf16 = _encode(stvae.STVAE(config), params, video)[0]
+  io = np.load(FIXTURES / "vae_io.npz")
+  to_ours = lambda a: einops.rearrange(a, "b c t h w -> b t h w c")
+  mean = to_ours(io["img_mean"])
+  mean_bf16 = _encode(stvae.STVAE(config), params, to_ours(io["img"]))[0]
   assert mean_bf16.dtype == jnp.float32
   assert np.max(np.abs(mean_bf16 - mean)) < 0.1 * np.max(np.abs(mean))
 
@@ -233,12 +234,12 @@ def test_latent_normalisation():
       stvae.denormalize_latents(stvae.normalize_latents(z, config), config), z, atol=1e-6)
 
 
-@pytest.mark.parametrize("compress_time, frames", [(False, 3), (True, 1), (True, 3)])
+@pytest.mark.parametrize("compress_time, frames", [(False, 3), (True, 3)])
 def test_upsample_is_nearest_then_conv(compress_time, frames):
   """Independent check of the phase-wise upsampling conv: repeat, then a 3x3 conv."""
   x = jax.random.normal(jax.random.key(9), (2, frames, 3, 4, 5))
   up = stvae.Upsample(features=6, compress_time=compress_time)
-  params = nn.unbox(up.init(jax.random.key(10), x)["params"])
+  params = nn.unbox(jax.jit(up.init)(jax.random.key(10), x)["params"])
   big = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
   if compress_time and frames > 1:
     big = jnp.concatenate([big[:, :1], jnp.repeat(big[:, 1:], 2, axis=1)], axis=1)
@@ -246,4 +247,4 @@ def test_upsample_is_nearest_then_conv(compress_time, frames):
   want = jax.lax.conv_general_dilated(
       big.reshape(-1, 6, 8, 5), params["kernel"], (1, 1), ((1, 1), (1, 1)),
       dimension_numbers=("NHWC", "HWIO", "NHWC")).reshape(2, t, 6, 8, 6) + params["bias"]
-  np.testing.assert_allclose(up.apply({"params": params}, x), want, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(up.apply)({"params": params}, x), want, atol=1e-5)

@@ -28,7 +28,7 @@ def start():
 
 def _config(**fields):
   c = configs.vae_training("tiny")
-  c.resolution = 32
+  c.resolution = 16
   c.batch_size = 2
   c.lr = 2e-3
   c.kl_weight = 1e-3
@@ -36,7 +36,7 @@ def _config(**fields):
   return c
 
 
-def _smooth_batch(batch=2, size=32):
+def _smooth_batch(batch=2, size=16):
   """Images of a few soft blobs in [-1, 1]: easy to reconstruct, not constant."""
   yy, xx = np.mgrid[:size, :size] / size
   rng = np.random.default_rng(0)
