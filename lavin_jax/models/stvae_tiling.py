@@ -8,8 +8,11 @@ output and cropped to the stride. Time: chunks of `tile_frames` frames
 first drops its first output frame, which only repeats the previous chunk's last.
 Released defaults: 512 px tiles, 25% overlap, 129-frame chunks.
 
-Each tile is normalised (GroupNorm) on its own, so tiled output is close to, not equal
-to, untiled output: on inputs that fit one tile and one chunk the two are identical.
+Each tile is normalised (GroupNorm) on its own and sees zero padding at its borders, so
+tiled output is close to, not equal to, untiled output; on inputs that fit one tile and
+one chunk the two are identical. Measured on the random-weight test model
+(tests/test_stvae_tiling.py): mean |tiled - untiled| ~0.15 for encoder means and ~0.03
+for decoded pixels, against ~0.3 between the outputs of unrelated inputs.
 `encode` and `decode` pick tiling by size (`tiled=None`) or by flag.
 """
 
