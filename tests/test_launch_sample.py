@@ -17,15 +17,28 @@ ROOT = pathlib.Path(__file__).parent.parent
 SIZE = 32
 
 
+SHARED_FLAGS = ("query", "output", "task_dir", "vae_path", "dit_path", "bundle", "dit_size",
+                "timesteps", "height", "width", "num_prompt", "cfg_scale", "seed", "sampler")
+
+
 def _import_launch():
+  """Imports launch/sample.py, replacing flags of the same names other launch tests made.
+
+  absl flags are process-global; launch scripts tested in one process share names.
+  """
+  for name in SHARED_FLAGS:
+    if name in flags.FLAGS:
+      delattr(flags.FLAGS, name)
   spec = importlib.util.spec_from_file_location("launch_sample", ROOT / "launch" / "sample.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  flags.FLAGS.mark_as_parsed()
   return module
 
 
-sample = _import_launch()
-flags.FLAGS.mark_as_parsed()
+@pytest.fixture(scope="module")
+def sample():
+  return _import_launch()
 
 
 def _png(path, seed, size=(40, 48)):
@@ -56,7 +69,7 @@ def _flags(files, **overrides):
   return values
 
 
-def test_one_query_writes_the_released_layout(files):
+def test_one_query_writes_the_released_layout(sample, files):
   with flagsaver.flagsaver(**_flags(files, seed=1)):
     sample.main(["sample"])
   grid = np.asarray(Image.open(files / "out.png"))
@@ -72,7 +85,7 @@ def test_one_query_writes_the_released_layout(files):
   np.testing.assert_array_equal(grid, np.asarray(Image.open(files / "again.png")))
 
 
-def test_folder_mode_writes_one_png_per_query(files):
+def test_folder_mode_writes_one_png_per_query(sample, files):
   out = files / "many"
   with flagsaver.flagsaver(**_flags(files, query=str(files / "queries"), output=str(out))):
     sample.main(["sample"])
@@ -89,14 +102,14 @@ def test_folder_mode_writes_one_png_per_query(files):
     (dict(timesteps=1), ValueError, "timesteps"),
     (dict(num_prompt=0), ValueError, "num_prompt"),
 ])
-def test_bad_flags_fail_before_loading(files, monkeypatch, overrides, error, match):
+def test_bad_flags_fail_before_loading(sample, files, monkeypatch, overrides, error, match):
   monkeypatch.setattr(sample, "_load_pipeline", lambda: pytest.fail("model loaded"))
   with flagsaver.flagsaver(**_flags(files, **overrides)):
     with pytest.raises(error, match=match):
       sample.main(["sample"])
 
 
-def test_template_folder_without_pairs(files, tmp_path, monkeypatch):
+def test_template_folder_without_pairs(sample, files, tmp_path, monkeypatch):
   monkeypatch.setattr(sample, "_load_pipeline", lambda: pytest.fail("model loaded"))
   _png(tmp_path / "lonely_input.png", 0)
   with flagsaver.flagsaver(**_flags(files, task_dir=str(tmp_path))):
