@@ -1,6 +1,6 @@
 r"""The end-to-end demo: a small LaVin-DiT trained and evaluated on one CPU machine.
 
-  lavin-demo --workdir=/tmp/lavin_demo                        # ~20 min on 2 cores
+  lavin-demo --workdir=/tmp/lavin_demo                        # stage times: metrics.json
   lavin-demo --workdir=/tmp/lavin_demo --config.scale=0.25    # shorter, weaker
   python launch/demo.py --config=configs/demo.py:smoke --workdir=/tmp/lavin_smoke
 
