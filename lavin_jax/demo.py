@@ -19,7 +19,6 @@ Stages, each skipped when its output exists (an interrupted run resumes):
 
 import functools
 import json
-import os
 import pathlib
 import time
 
