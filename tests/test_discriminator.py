@@ -25,9 +25,9 @@ def test_shapes(temporal, frames, size, layers):
 def test_frames_are_judged_alone_unless_temporal(temporal):
   disc = PatchDiscriminator(channels=8, num_layers=2, temporal=temporal)
   x = jax.random.uniform(jax.random.key(1), (1, 4, 32, 32, 3), minval=-1, maxval=1)
-  params = disc.init(jax.random.key(2), x)
-  before = disc.apply(params, x)
-  after = disc.apply(params, x.at[:, 1].multiply(0.5))
+  params = jax.jit(disc.init)(jax.random.key(2), x)
+  apply = jax.jit(disc.apply)
+  before, after = apply(params, x), apply(params, x.at[:, 1].multiply(0.5))
   changed = np.abs(np.asarray(after - before)).max(axis=(0, 2, 3, 4)) > 1e-6  # per frame
   # Temporal: four 3-frame conv layers reach 4 frames either way.
   np.testing.assert_array_equal(changed, [temporal, True, temporal, temporal])
