@@ -6,13 +6,15 @@ r"""The end-to-end demo: a small LaVin-DiT trained and evaluated on this machine
 
 Stages, each skipped when its output exists (an interrupted run resumes):
   1. data   build the built-in rendered scenes (lavin_jax.data.synthetic)
-  2. vae    train a small ST-VAE on the training stills (MSE + KL) -> vae_bundle/
+  2. vae    train a small ST-VAE (MSE + KL) on the stills of every demo task's training
+            pairs, inputs and targets -> vae_bundle/
   3. dit    encode every demo task's training pairs once with the frozen ST-VAE, then
             train a small J-DiT on in-context episodes drawn from them
             (lavin_jax.data.latents; orbax checkpoints in dit/checkpoints)
             -> bundle/ (EMA J-DiT + ST-VAE)
   4. eval   in-context predictions on held-out scenes for every demo task, and two
-            baselines: the mean training target, and a copy of the query
+            baselines: the mean training target, and a copy of the query (a report
+            written for the current bundle with the same settings is reused)
   5. report eval/<task>.png grids (context | query | prediction | ground truth),
             metrics.json, loss_curves.png, and the learning check printed as a table
 """
@@ -53,15 +55,33 @@ def _steps(config, steps):
 # Stage 2: the ST-VAE.
 
 
+def render_pairs(config, source) -> dict:
+  """{task: (inputs, targets)}: every demo task's centred pairs of `source`, each
+  (N, 1, H, W, 3) pixels in [-1, 1]."""
+  return {name: latents.render_task_pairs(source, tasks_lib.get_task(name, config.dit.data.task),
+                                          config.resolution)
+          for name in config.tasks}
+
+
+def distinct_stills(pairs: dict) -> list[dict]:
+  """The distinct stills among the pairs' inputs and targets, as a source of uint8
+  images: the ST-VAE learns to code the target renderings (depth, normals, masks) as
+  well as the photographs."""
+  stills = np.concatenate([clips[:, 0] for pair in pairs.values() for clips in pair])
+  pixels = np.unique(np.round((stills + 1.0) * 127.5).astype(np.uint8), axis=0)
+  return [{"image": image} for image in pixels]
+
+
 def train_vae_stage(config, workdir: pathlib.Path) -> pathlib.Path:
-  """Trains the small ST-VAE on the training stills; returns its bundle directory."""
+  """Trains the small ST-VAE on the training pairs' stills; returns its bundle directory."""
   out = workdir / "vae_bundle"
   if (out / bundle_lib.CONFIG_FILE).exists():
     return out
   from lavin_jax.train import vae as vae_train  # pylint: disable=g-import-not-at-top
   vae_config = ml_collections.ConfigDict(config.vae.to_dict())
   vae_config.total_steps = _steps(config, config.vae.total_steps)
-  params = vae_train.train(vae_config, str(workdir / "vae"), _source(config, workdir, "train"))
+  stills = distinct_stills(render_pairs(config, _source(config, workdir, "train")))
+  params = vae_train.train(vae_config, str(workdir / "vae"), stills)
   bundle_lib.save_bundle(out, ml_collections.ConfigDict({"stvae": vae_config.model}),
                          stvae_params=params)
   return out
@@ -89,8 +109,7 @@ def dit_config(config, vae_config: ml_collections.ConfigDict) -> ml_collections.
   c.data.seed = config.seed
   for name in c.data.task_weights:
     c.data.task_weights[name] = float(name in config.tasks)
-  c.optimizer.lr = d.lr
-  c.optimizer.ema_decay = d.ema_decay
+  c.optimizer.update(d.optimizer)
   c.flow = d.flow
   c.checkpoint_every = d.checkpoint_every
   c.keep_checkpoints = 2
@@ -103,8 +122,7 @@ def encode_training_pairs(config, workdir: pathlib.Path, vae_bundle: pathlib.Pat
   bundle_config, params = bundle_lib.load_bundle(vae_bundle)
   vae = stvae.STVAE(bundle_config.stvae)
   encode = jax.jit(lambda x: vae.apply({"params": params["stvae"]}, x, method="encode"))
-  tables = latents.encode_task_pairs(_source(config, workdir, "train"), list(config.tasks),
-                                     config.resolution, encode, config.dit.data.task)
+  tables = latents.encode_pairs(render_pairs(config, _source(config, workdir, "train")), encode)
   means = np.concatenate([t[k].ravel() for t in tables.values()
                           for k in ("input_mean", "target_mean")])
   vae_config = bundle_config.stvae
@@ -132,11 +150,6 @@ def train_dit_stage(config, workdir: pathlib.Path, vae_bundle: pathlib.Path) -> 
 # Stage 4: evaluation against two baselines.
 
 
-def mean_target(task, source, config) -> np.ndarray:
-  """The mean rendered target of a task over the training examples: (T, H, W, 3)."""
-  return latents.render_task_pairs(source, task, config.resolution)[1].mean(axis=0)
-
-
 def _baseline_fn(kind, mean):
   def predict(context_inputs, context_targets, query, *, seed):
     del context_inputs, context_targets, seed
@@ -144,29 +157,47 @@ def _baseline_fn(kind, mean):
   return predict
 
 
+def finished_report(path: pathlib.Path, run: ml_collections.ConfigDict, run_info: dict,
+                    bundle: pathlib.Path):
+  """The evaluation report at `path` if it was written after the bundle with the same
+  settings, else None (the evaluation is redone)."""
+  if not path.exists() or path.stat().st_mtime < (bundle / bundle_lib.CONFIG_FILE).stat().st_mtime:
+    return None
+  report = json.loads(path.read_text())
+  settings = json.loads(json.dumps({"config": run.to_dict(), "run": run_info}))
+  return report if {k: report.get(k) for k in settings} == settings else None
+
+
 def evaluate_stage(config, workdir: pathlib.Path, bundle: pathlib.Path) -> dict:
-  """Scores the model and both baselines on the held-out scenes; returns the results."""
+  """Scores the model and both baselines on the held-out scenes; returns the results.
+
+  Reports already written for this bundle with the same settings are reused.
+  """
   pipe = inference.Pipeline.from_bundle(bundle)
   train_source = _source(config, workdir, "train")
   test_source = _source(config, workdir, "validation")
   e = config.eval
-  model_fn = functools.partial(pipe, num_steps=e.num_steps, cfg_scale=e.cfg_scale)
+  train_pairs = render_pairs(config, train_source)
   results = {}
   for name, metric in config.tasks.items():
-    task = tasks_lib.get_task(name, config.dit.data.task)
     run = runner.runner_config()
     run.task, run.seed, run.resolution = name, config.seed, config.resolution
     run.num_examples, run.num_pairs, run.batch_size = e.num_examples, e.num_pairs, e.batch_size
     run.task_options = config.dit.data.task
-    predictors = {"model": model_fn,
-                  "mean_target": _baseline_fn("mean_target",
-                                              mean_target(task, train_source, config)),
-                  "copy_query": _baseline_fn("copy_query", None)}
+    predictors = {
+        "model": (functools.partial(pipe, num_steps=e.num_steps, cfg_scale=e.cfg_scale),
+                  {"predictor": "model", "num_steps": e.num_steps, "cfg_scale": e.cfg_scale}),
+        "mean_target": (_baseline_fn("mean_target", train_pairs[name][1].mean(axis=0)),
+                        {"predictor": "mean_target"}),
+        "copy_query": (_baseline_fn("copy_query", None), {"predictor": "copy_query"}),
+    }
     results[name] = {}
-    for who, fn in predictors.items():
+    for who, (fn, run_info) in predictors.items():
       out_dir = workdir / "eval" / ("" if who == "model" else who)
-      report = runner.evaluate(fn, test_source, run, out_dir, context_source=train_source,
-                               run_info={"predictor": who})
+      report = finished_report(out_dir / f"{name}.json", run, run_info, bundle)
+      if report is None:
+        report = runner.evaluate(fn, test_source, run, out_dir, context_source=train_source,
+                                 run_info=run_info)
       results[name][who] = report["metrics"][metric]
   return results
 

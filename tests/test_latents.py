@@ -51,6 +51,28 @@ def test_table_holds_each_task_pair_encoded(tables):
   assert tables["colorization"]["input_mean"].shape == (N, 1, 4, 4, 16)
 
 
+def test_tasks_sharing_their_inputs_encode_them_once():
+  source = _source()
+  pairs = {name: latents.render_task_pairs(source, tasks.get_task(name), RES)
+           for name in ("depth_estimation", "colorization")}
+  calls = []
+
+  def encode(pixels):
+    calls.append(pixels.shape)
+    return _encode(pixels)
+
+  shared = dict(pairs, depth_copy=pairs["depth_estimation"])
+  tables = latents.encode_pairs(shared, encode, batch_size=N)
+  # The photograph (depth input, colorization target), the depth map, the grey input.
+  assert len(calls) == 3
+  np.testing.assert_array_equal(tables["depth_copy"]["input_mean"],
+                                tables["depth_estimation"]["input_mean"])
+  np.testing.assert_array_equal(tables["colorization"]["target_mean"],
+                                tables["depth_estimation"]["input_mean"])
+  np.testing.assert_allclose(tables["colorization"]["input_mean"],
+                             _encode(pairs["colorization"][0])[0], rtol=1e-6)
+
+
 def test_episodes_layout_padding_and_normalisation(tables):
   shift, scale = 0.1, 2.0
   batches = iter(latents.make_latent_pipeline(tables, _config(), shift, scale))

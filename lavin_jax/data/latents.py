@@ -39,16 +39,32 @@ def encode_task_pairs(source, task_names, resolution: int, encode_fn: Callable,
 
   encode_fn maps pixels (B, T, H, W, 3) to the ST-VAE posterior (mean, logvar).
   """
+  pairs = {name: render_task_pairs(source, tasks_lib.get_task(name, task_config), resolution)
+           for name in task_names}
+  return encode_pairs(pairs, encode_fn, batch_size)
+
+
+def encode_pairs(pairs: dict, encode_fn: Callable, batch_size: int = 32) -> dict:
+  """`encode_task_pairs` of rendered pairs {task: (inputs, targets)}, each (N, T, H, W, 3).
+
+  Equal clip arrays (tasks that share their inputs) are encoded once.
+  """
+  encoded = []  # (clips, (mean, logvar)) of every distinct array so far
+
+  def moments(clips):
+    for done, result in encoded:
+      if done.shape == clips.shape and np.array_equal(done, clips):
+        return result
+    batches = [encode_fn(clips[i:i + batch_size]) for i in range(0, len(clips), batch_size)]
+    result = tuple(np.concatenate([np.asarray(b[j]) for b in batches]) for j in range(2))
+    encoded.append((clips, result))
+    return result
+
   tables = {}
-  for name in task_names:
-    inputs, targets = render_task_pairs(source, tasks_lib.get_task(name, task_config),
-                                        resolution)
-    table = {}
-    for prefix, clips in (("input", inputs), ("target", targets)):
-      moments = [encode_fn(clips[i:i + batch_size]) for i in range(0, len(clips), batch_size)]
-      table[f"{prefix}_mean"] = np.concatenate([np.asarray(m) for m, _ in moments])
-      table[f"{prefix}_logvar"] = np.concatenate([np.asarray(v) for _, v in moments])
-    tables[name] = table
+  for name, (inputs, targets) in pairs.items():
+    (input_mean, input_logvar), (target_mean, target_logvar) = moments(inputs), moments(targets)
+    tables[name] = dict(input_mean=input_mean, input_logvar=input_logvar,
+                        target_mean=target_mean, target_logvar=target_logvar)
   return tables
 
 

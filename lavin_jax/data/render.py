@@ -43,6 +43,7 @@ class SceneSpec:
   sphere_radius: tuple[float, float] = (0.3, 0.9)
   box_half_extent: tuple[float, float] = (0.25, 0.8)
   field_of_view_degrees: tuple[float, float] = (45.0, 70.0)
+  object_distance: tuple[float, float] = (3.0, 8.0)  # Along the view axis.
   wall_distance: tuple[float, float] = (9.0, 13.0)
   camera_speed: float = 0.12  # Per frame, for the eye and the look-at point.
   object_speed: float = 0.1  # Per frame, along the ground.
@@ -383,7 +384,7 @@ def sample_scene(rng: np.random.Generator, num_frames: int, height: int, width: 
       size = _ranged(rng, spec.box_half_extent, 3)
       height_above = size[1]
     for _ in range(20):  # Avoid starting inside another object.
-      centre = np.array([rng.uniform(-2.5, 2.5), height_above, rng.uniform(3.0, 8.0)])
+      centre = np.array([rng.uniform(-2.5, 2.5), height_above, _ranged(rng, spec.object_distance)])
       if all(np.linalg.norm((centre - c)[[0, 2]]) > 1.6 for c in centres):
         break
     centres.append(centre)

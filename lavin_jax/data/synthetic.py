@@ -44,6 +44,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     images: number of stills per split.
     clips: number of clips per split.
     seed: base seed of the scenes.
+    scene: the ranges scenes are drawn from.
   """
   image_size: int = 128
   clip_size: int = 64
@@ -51,6 +52,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   images: dict[str, int] = dataclasses.field(default_factory=dict)
   clips: dict[str, int] = dataclasses.field(default_factory=dict)
   seed: int = 0
+  scene: render.SceneSpec = render.SceneSpec()
 
 
 CONFIGS = (
@@ -62,6 +64,14 @@ CONFIGS = (
         name='small', description='A few hundred examples; builds in well under a '
         'minute.', image_size=128, clip_size=64, clip_frames=9,
         images={'train': 256, 'validation': 32}, clips={'train': 64, 'validation': 16}),
+    SyntheticConfig(
+        name='demo', description='A thousand stills at 64 px with fewer, larger and '
+        'nearer objects, for the end-to-end demo.',
+        image_size=64, clip_size=32, clip_frames=5,
+        images={'train': 1024, 'validation': 64}, clips={'train': 8, 'validation': 2},
+        scene=render.SceneSpec(min_objects=1, max_objects=3, sphere_radius=(0.6, 1.1),
+                               box_half_extent=(0.5, 1.0), field_of_view_degrees=(40.0, 55.0),
+                               object_distance=(2.5, 5.5))),
     SyntheticConfig(
         name='medium', description='Enough stills and clips at 256 / 128 px to train '
         'small models.', image_size=256, clip_size=128, clip_frames=9,
@@ -133,8 +143,9 @@ class LavinSyntheticImages(_SyntheticBuilder):
     }))
 
   def _render_fn(self):
-    s = self.builder_config.image_size
-    return functools.partial(render.render_image, height=s, width=s)
+    c = self.builder_config
+    return functools.partial(render.render_image, height=c.image_size, width=c.image_size,
+                             spec=c.scene)
 
   def _encode(self, example):
     return example | {'image': _png(example['image'])}
@@ -159,7 +170,7 @@ class LavinSyntheticClips(_SyntheticBuilder):
   def _render_fn(self):
     c = self.builder_config
     return functools.partial(render.render_clip, num_frames=c.clip_frames,
-                             height=c.clip_size, width=c.clip_size)
+                             height=c.clip_size, width=c.clip_size, spec=c.scene)
 
   def _encode(self, example):
     return example | {'video': [_png(frame) for frame in example['video']]}
@@ -216,7 +227,7 @@ def load_synthetic(data_dir: str | os.PathLike | None = None,
 
   Args:
     data_dir: TFDS data directory (None: TFDS's default).
-    config_name: a `CONFIGS` name ('tiny', 'small', 'medium').
+    config_name: a `CONFIGS` name ('tiny', 'small', 'demo', 'medium').
     content: 'images' or 'clips'.
     split: 'train' or 'validation' (TFDS slicing such as 'train[:50%]' works).
     min_size: requested resolution; an error if the config renders smaller.
