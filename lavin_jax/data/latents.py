@@ -17,6 +17,7 @@ from typing import Callable
 import grain
 import ml_collections
 import numpy as np
+import tqdm
 
 from lavin_jax.data import pipeline as pipeline_lib
 from lavin_jax.data import tasks as tasks_lib
@@ -55,7 +56,9 @@ def encode_pairs(pairs: dict, encode_fn: Callable, batch_size: int = 32) -> dict
     for done, result in encoded:
       if done.shape == clips.shape and np.array_equal(done, clips):
         return result
-    batches = [encode_fn(clips[i:i + batch_size]) for i in range(0, len(clips), batch_size)]
+    starts = tqdm.tqdm(range(0, len(clips), batch_size), desc="encode pairs",
+                       unit="batch", leave=False)
+    batches = [encode_fn(clips[i:i + batch_size]) for i in starts]
     result = tuple(np.concatenate([np.asarray(b[j]) for b in batches]) for j in range(2))
     encoded.append((clips, result))
     return result
