@@ -80,7 +80,7 @@ def test_hinge_discriminator_loss_matches_numpy():
 def test_tiny_vae_learns_a_fixed_batch(start):
   config = _config()
   model = stvae.STVAE(config.model)
-  tx = vae._optimizer(config)
+  tx = vae.create_optimizer(config)
   video = _smooth_batch()
   state = vae.VAEState(step=jnp.zeros((), jnp.int32), params=start, opt_state=tx.init(start),
                        disc_params={}, disc_opt_state={}, rng=jax.random.key(2))

@@ -129,7 +129,9 @@ def train_step(state, video, *, model, disc, lpips, tx, disc_tx, config):
 # The trainer.
 
 
-def _optimizer(config):
+def create_optimizer(config) -> optax.GradientTransformation:
+  """AdamW after global-norm clipping, as configured (used for the ST-VAE and the
+  discriminator alike)."""
   return optax.chain(optax.clip_by_global_norm(config.clip_norm),
                      optax.adamw(config.lr, b1=config.b1, b2=config.b2,
                                  weight_decay=config.weight_decay))
@@ -177,7 +179,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, source) -> dict:
   if config.lpips_weight > 0:
     from lavin_jax.eval import lpips as lpips_lib  # pylint: disable=g-import-not-at-top
     lpips = lpips_lib.load_lpips(config.lpips_vgg, config.lpips_lin)
-  tx, disc_tx = _optimizer(config), _optimizer(config)
+  tx, disc_tx = create_optimizer(config), create_optimizer(config)
   shape = (config.batch_size, 1, config.resolution, config.resolution, 3)
   state = init_state(model, disc, tx, disc_tx, config, shape)
   step_fn = jax.jit(functools.partial(train_step, model=model, disc=disc, lpips=lpips, tx=tx,
