@@ -6,9 +6,8 @@ r"""ST-VAE training (lavin_jax.train.vae.train) on a source (lavin_jax.data.sour
 
 Arguments:
   demo      the `small` ST-VAE on the built-in rendered stills at 64 px, MSE + KL,
-            300 steps of 8: blurry but recognisable reconstructions (held-out MSE
-            ~0.05) in about 4 minutes on 2 CPU cores; --config.batch_size=16 takes
-            twice as long for MSE ~0.04 (default)
+            300 steps of 8: blurry but recognisable reconstructions in minutes on a
+            CPU (the loss per step is in <workdir>/metrics.jsonl) (default)
   tiny      a smoke run: the tiny ST-VAE at 32 px for a few steps
   small     the `small` ST-VAE, longer, at 64 px
   released  the released architecture at 256 px with the paper's four terms (LPIPS

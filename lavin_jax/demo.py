@@ -5,7 +5,8 @@ r"""The end-to-end demo: a small LaVin-DiT trained and evaluated on this machine
   python launch/demo.py --config=configs/demo.py:smoke --workdir=/tmp/lavin_smoke
 
 Stages, each skipped when its output exists (an interrupted run resumes):
-  1. data   build the built-in rendered scenes (lavin_jax.data.synthetic)
+  1. data   build the built-in rendered scenes (lavin_jax.data.synthetic) and render
+            every demo task's training pairs once (all later stages use them)
   2. vae    train a small ST-VAE (MSE + KL) on the stills of every demo task's training
             pairs, inputs and targets -> vae_bundle/
   3. dit    encode every demo task's training pairs once with the frozen ST-VAE, then
@@ -29,6 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from lavin_jax import configs
 from lavin_jax.data import latents
 from lavin_jax.data import sources
 from lavin_jax.data import tasks as tasks_lib
@@ -52,7 +54,7 @@ def _steps(config, steps):
 
 
 # ---------------------------------------------------------------------------------------
-# Stage 2: the ST-VAE.
+# Stage 1: data.
 
 
 def render_pairs(config, source) -> dict:
@@ -61,6 +63,18 @@ def render_pairs(config, source) -> dict:
   return {name: latents.render_task_pairs(source, tasks_lib.get_task(name, config.dit.data.task),
                                           config.resolution)
           for name in config.tasks}
+
+
+def data_stage(config, workdir: pathlib.Path) -> dict:
+  """Builds the synthetic data set unless built; returns `render_pairs` of its training
+  split."""
+  from lavin_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  synthetic.build_synthetic(workdir / "data", config.synthetic, 1, ("images",))
+  return render_pairs(config, _source(config, workdir, "train"))
+
+
+# ---------------------------------------------------------------------------------------
+# Stage 2: the ST-VAE.
 
 
 def distinct_stills(pairs: dict) -> list[dict]:
@@ -72,7 +86,7 @@ def distinct_stills(pairs: dict) -> list[dict]:
   return [{"image": image} for image in pixels]
 
 
-def train_vae_stage(config, workdir: pathlib.Path) -> pathlib.Path:
+def train_vae_stage(config, workdir: pathlib.Path, train_pairs: dict) -> pathlib.Path:
   """Trains the small ST-VAE on the training pairs' stills; returns its bundle directory."""
   out = workdir / "vae_bundle"
   if (out / bundle_lib.CONFIG_FILE).exists():
@@ -80,8 +94,7 @@ def train_vae_stage(config, workdir: pathlib.Path) -> pathlib.Path:
   from lavin_jax.train import vae as vae_train  # pylint: disable=g-import-not-at-top
   vae_config = ml_collections.ConfigDict(config.vae.to_dict())
   vae_config.total_steps = _steps(config, config.vae.total_steps)
-  stills = distinct_stills(render_pairs(config, _source(config, workdir, "train")))
-  params = vae_train.train(vae_config, str(workdir / "vae"), stills)
+  params = vae_train.train(vae_config, str(workdir / "vae"), distinct_stills(train_pairs))
   bundle_lib.save_bundle(out, ml_collections.ConfigDict({"stvae": vae_config.model}),
                          stvae_params=params)
   return out
@@ -93,7 +106,6 @@ def train_vae_stage(config, workdir: pathlib.Path) -> pathlib.Path:
 
 def dit_config(config, vae_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The lavin_jax.train.dit config of the demo's J-DiT run (on precomputed latents)."""
-  from lavin_jax import configs  # pylint: disable=g-import-not-at-top
   d = config.dit
   c = configs.train_dit("tiny")
   c.seed = config.seed
@@ -116,13 +128,13 @@ def dit_config(config, vae_config: ml_collections.ConfigDict) -> ml_collections.
   return c
 
 
-def encode_training_pairs(config, workdir: pathlib.Path, vae_bundle: pathlib.Path):
-  """Posterior moments of every demo task's training pairs, and the ST-VAE config with
-  latent normalisation constants fitted to them (zero mean, unit variance)."""
+def encode_training_pairs(train_pairs: dict, vae_bundle: pathlib.Path):
+  """Posterior moments of the training pairs, and the ST-VAE config with latent
+  normalisation constants fitted to them (zero mean, unit variance)."""
   bundle_config, params = bundle_lib.load_bundle(vae_bundle)
   vae = stvae.STVAE(bundle_config.stvae)
   encode = jax.jit(lambda x: vae.apply({"params": params["stvae"]}, x, method="encode"))
-  tables = latents.encode_pairs(render_pairs(config, _source(config, workdir, "train")), encode)
+  tables = latents.encode_pairs(train_pairs, encode)
   means = np.concatenate([t[k].ravel() for t in tables.values()
                           for k in ("input_mean", "target_mean")])
   vae_config = bundle_config.stvae
@@ -131,13 +143,14 @@ def encode_training_pairs(config, workdir: pathlib.Path, vae_bundle: pathlib.Pat
   return tables, vae_config, params["stvae"]
 
 
-def train_dit_stage(config, workdir: pathlib.Path, vae_bundle: pathlib.Path) -> pathlib.Path:
+def train_dit_stage(config, workdir: pathlib.Path, train_pairs: dict,
+                    vae_bundle: pathlib.Path) -> pathlib.Path:
   """Trains J-DiT on in-context episodes of precomputed latents (resuming from its
   checkpoints); returns the inference bundle (EMA J-DiT + the ST-VAE)."""
   out = workdir / "bundle"
   if (out / bundle_lib.CONFIG_FILE).exists():
     return out
-  tables, vae_config, vae_params = encode_training_pairs(config, workdir, vae_bundle)
+  tables, vae_config, vae_params = encode_training_pairs(train_pairs, vae_bundle)
   c = dit_config(config, vae_config)
   batches = iter(latents.make_latent_pipeline(tables, c.data, vae_config.latent_shift,
                                               vae_config.latent_scale))
@@ -168,16 +181,17 @@ def finished_report(path: pathlib.Path, run: ml_collections.ConfigDict, run_info
   return report if {k: report.get(k) for k in settings} == settings else None
 
 
-def evaluate_stage(config, workdir: pathlib.Path, bundle: pathlib.Path) -> dict:
+def evaluate_stage(config, workdir: pathlib.Path, train_pairs: dict, bundle: pathlib.Path,
+                   eval_dir: str = "eval") -> dict:
   """Scores the model and both baselines on the held-out scenes; returns the results.
 
-  Reports already written for this bundle with the same settings are reused.
+  Reports go to workdir/eval_dir; those already written for this bundle with the same
+  settings are reused.
   """
   pipe = inference.Pipeline.from_bundle(bundle)
   train_source = _source(config, workdir, "train")
   test_source = _source(config, workdir, "validation")
   e = config.eval
-  train_pairs = render_pairs(config, train_source)
   results = {}
   for name, metric in config.tasks.items():
     run = runner.runner_config()
@@ -193,7 +207,7 @@ def evaluate_stage(config, workdir: pathlib.Path, bundle: pathlib.Path) -> dict:
     }
     results[name] = {}
     for who, (fn, run_info) in predictors.items():
-      out_dir = workdir / "eval" / ("" if who == "model" else who)
+      out_dir = workdir / eval_dir / ("" if who == "model" else who)
       report = finished_report(out_dir / f"{name}.json", run, run_info, bundle)
       if report is None:
         report = runner.evaluate(fn, test_source, run, out_dir, context_source=train_source,
@@ -206,14 +220,19 @@ def evaluate_stage(config, workdir: pathlib.Path, bundle: pathlib.Path) -> dict:
 # Stage 5: report.
 
 
+def beats_both(config, name: str, scores: dict) -> bool:
+  """Whether the model's score on task `name` is better than both baselines'."""
+  sign = 1.0 if config.higher_is_better[name] else -1.0
+  return all(sign * scores["model"] > sign * scores[b] for b in BASELINES)
+
+
 def learning_check(config, results: dict) -> tuple[str, int]:
   """The table of model vs baselines per task, and how many tasks beat both."""
   lines = [f"{'task':26s} {'metric':13s} {'model':>9s} {'mean tgt':>9s} {'copy qry':>9s}  beats both"]
   wins = 0
   for name, metric in config.tasks.items():
     r = results[name]
-    sign = 1.0 if config.higher_is_better[name] else -1.0
-    better = all(sign * r["model"] > sign * r[b] for b in BASELINES)
+    better = beats_both(config, name, r)
     wins += better
     lines.append(f"{name:26s} {metric:13s} {r['model']:9.4f} {r['mean_target']:9.4f} "
                  f"{r['copy_query']:9.4f}  {'yes' if better else 'no'}")
@@ -241,7 +260,6 @@ def plot_losses(workdir: pathlib.Path) -> pathlib.Path:
 
 def run(config: ml_collections.ConfigDict, workdir) -> dict:
   """Runs every stage in `workdir`; returns {'results', 'wins', 'table', 'seconds'}."""
-  from lavin_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   seconds = {}
@@ -253,10 +271,10 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
     seconds[name] = round(time.perf_counter() - start, 1)
     return out
 
-  stage("data", synthetic.build_synthetic, workdir / "data", config.synthetic, 1, ("images",))
-  vae_bundle = stage("vae", train_vae_stage, config, workdir)
-  bundle = stage("dit", train_dit_stage, config, workdir, vae_bundle)
-  results = stage("eval", evaluate_stage, config, workdir, bundle)
+  train_pairs = stage("data", data_stage, config, workdir)
+  vae_bundle = stage("vae", train_vae_stage, config, workdir, train_pairs)
+  bundle = stage("dit", train_dit_stage, config, workdir, train_pairs, vae_bundle)
+  results = stage("eval", evaluate_stage, config, workdir, train_pairs, bundle)
   table, wins = stage("report", learning_check, config, results)
   plot_losses(workdir)
   summary = {"results": results, "wins": wins, "table": table, "seconds": seconds}
@@ -270,7 +288,6 @@ def cli():
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from lavin_jax import configs  # pylint: disable=g-import-not-at-top
   config_flag = config_flags.DEFINE_config_dict("config", configs.demo("default"),
                                                 "Demo settings (lavin_jax.configs.demo).")
   workdir = flags.DEFINE_string("workdir", "lavin_demo", "Output directory; resumes.")

@@ -2,7 +2,7 @@
 
 The smoke run is almost all XLA compilation, so it runs as the command line in a
 subprocess with LLVM optimisation off (`--xla_backend_optimization_level=0`): the same
-computation, compiled about a third faster.
+computation, compiled faster.
 """
 
 import json

@@ -22,9 +22,6 @@ import tqdm
 from lavin_jax.data import pipeline as pipeline_lib
 from lavin_jax.data import tasks as tasks_lib
 
-MOMENTS = ("input_mean", "input_logvar", "target_mean", "target_logvar")
-
-
 def render_task_pairs(source, task: tasks_lib.Task, resolution: int, seed: int = 0):
   """Every example's centred (input, target) pixels for `task`: two (N, T, H, W, 3)."""
   pairs = []
