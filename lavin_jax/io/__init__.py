@@ -1,0 +1,1 @@
+"""lavin_jax.io: file formats, safe writes and pixel coding; imports only configs."""
