@@ -13,7 +13,8 @@ import os
 import time
 
 from lavin_jax.data import pipeline
-from lavin_jax.data import sources
+from lavin_jax.data import specs
+from lavin_jax.configs import data as data_configs
 
 TASKS = ('colorization', 'inpainting', 'canny_edges', 'de_motion_blur', 'de_glass_blur',
          'de_raining')
@@ -24,11 +25,11 @@ def main():
   parser.add_argument('--workers', type=int, default=0)
   parser.add_argument('--batches', type=int, default=20)
   parser.add_argument('--batch_size', type=int, default=8)
-  parser.add_argument('--source', default='photos', help='a `sources.get_source` spec')
+  parser.add_argument('--source', default='photos', help='a `specs.get_source` spec')
   args = parser.parse_args()
 
-  source = sources.get_source(args.source)
-  config = pipeline.pipeline_config('image')
+  source = specs.get_source(args.source)
+  config = data_configs.pipeline('image')
   config.resolution = 256
   config.k_min = config.k_max = 4
   config.batch_size = args.batch_size

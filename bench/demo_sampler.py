@@ -14,6 +14,7 @@ import pathlib
 
 from lavin_jax import configs
 from lavin_jax import demo
+from lavin_jax.configs import demo as demo_configs
 
 
 def main():
@@ -26,7 +27,7 @@ def main():
   bundle = workdir / "bundle"
   if not bundle.is_dir():
     raise SystemExit(f"{bundle} does not exist: run lavin-demo --workdir={workdir} first.")
-  config = configs.demo("default")
+  config = demo_configs.get_config("default")
   config.eval.num_steps, config.eval.cfg_scale = args.num_steps, args.cfg_scale
   train_pairs = demo.data_stage(config, workdir)
   results = demo.evaluate_stage(config, workdir, train_pairs, bundle,

@@ -35,7 +35,7 @@ cd "$(dirname "$0")/.."
 # SIGTERM (sent 300 s before the time limit, or on preemption) saves a checkpoint and
 # exits; resubmitting the same command resumes from it.
 srun --kill-on-bad-exit=1 python launch/train_dit.py \
-  --config="configs/train_dit.py:${size}" \
+  --config="lavin_jax/configs/train_dit.py:${size}" \
   --config.model.attention_impl=cudnn \
   --config.mesh.data=-1 --config.mesh.fsdp=8 --config.mesh.tensor=1 \
   --workdir="${workdir}" \

@@ -21,7 +21,7 @@ shift 4
 overrides="$*"
 gcloud compute tpus tpu-vm ssh "${tpu}" --zone="${zone}" --worker=all --command="
   cd ~/lavin_jax && python launch/train_dit.py \
-    --config=configs/train_dit.py:${size} \
+    --config=lavin_jax/configs/train_dit.py:${size} \
     --config.model.attention_impl=xla \
     --config.mesh.data=-1 --config.mesh.fsdp=4 --config.mesh.tensor=1 \
     --workdir=${workdir} \

@@ -1,6 +1,6 @@
 r"""Trains J-DiT with rectified flow (lavin_jax.train.dit.train).
 
-  python launch/train_dit.py --config=configs/train_dit.py:0.1b \
+  python launch/train_dit.py --config=lavin_jax/configs/train_dit.py:0.1b \
       --config.vae_checkpoint=/path/to/stvae.pt --workdir=/tmp/lavin_dit
 
 Any config field can be overridden with --config.<field>=<value>; a workdir with
@@ -21,7 +21,7 @@ from ml_collections import config_flags
 from lavin_jax.parallel import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training config file, e.g. configs/train_dit.py:0.1b.",
+    "config", None, "Training config, e.g. lavin_jax/configs/train_dit.py:0.1b.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl; resumes.")
 _COORDINATOR = flags.DEFINE_string(

@@ -32,10 +32,10 @@ import numpy as np
 
 from lavin_jax import configs
 from lavin_jax.data import latents
-from lavin_jax.data import sources
+from lavin_jax.data import specs
 from lavin_jax.data import tasks as tasks_lib
 from lavin_jax.eval import runner
-from lavin_jax.inference import bundle as bundle_lib
+from lavin_jax.io import bundle as bundle_lib
 from lavin_jax.inference import pipeline as inference
 from lavin_jax.models import stvae
 from lavin_jax.train import checkpoint
@@ -45,7 +45,7 @@ BASELINES = ("mean_target", "copy_query")
 
 
 def _source(config, workdir, split):
-  return sources.get_source({"kind": "synthetic", "name": config.synthetic, "split": split,
+  return specs.get_source({"kind": "synthetic", "name": config.synthetic, "split": split,
                              "content": "images", "data_dir": str(workdir / "data")})
 
 
@@ -93,7 +93,7 @@ def train_vae_stage(config, workdir: pathlib.Path, train_pairs: dict) -> pathlib
     return out
   from lavin_jax.train import vae as vae_train  # pylint: disable=g-import-not-at-top
   vae_config = ml_collections.ConfigDict(config.vae.to_dict())
-  vae_config.total_steps = _steps(config, config.vae.total_steps)
+  vae_config.total_steps = _steps(config, vae_config.total_steps)
   params = vae_train.train(vae_config, str(workdir / "vae"), distinct_stills(train_pairs))
   bundle_lib.save_bundle(out, ml_collections.ConfigDict({"stvae": vae_config.model}),
                          stvae_params=params)
@@ -102,30 +102,6 @@ def train_vae_stage(config, workdir: pathlib.Path, train_pairs: dict) -> pathlib
 
 # ---------------------------------------------------------------------------------------
 # Stage 3: the J-DiT.
-
-
-def dit_config(config, vae_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The lavin_jax.train.dit config of the demo's J-DiT run (on precomputed latents)."""
-  d = config.dit
-  c = configs.train_dit("tiny")
-  c.seed = config.seed
-  c.total_steps = _steps(config, d.steps)
-  c.model = d.model
-  c.input = "latents"
-  c.vae = vae_config
-  c.source = ""
-  c.data = d.data
-  c.data.resolution = config.resolution
-  c.data.batch_size = d.batch_size
-  c.data.k_min, c.data.k_max = d.k_min, d.k_max
-  c.data.seed = config.seed
-  for name in c.data.task_weights:
-    c.data.task_weights[name] = float(name in config.tasks)
-  c.optimizer.update(d.optimizer)
-  c.flow = d.flow
-  c.checkpoint_every = d.checkpoint_every
-  c.keep_checkpoints = 2
-  return c
 
 
 def encode_training_pairs(train_pairs: dict, vae_bundle: pathlib.Path):
@@ -151,7 +127,9 @@ def train_dit_stage(config, workdir: pathlib.Path, train_pairs: dict,
   if (out / bundle_lib.CONFIG_FILE).exists():
     return out
   tables, vae_config, vae_params = encode_training_pairs(train_pairs, vae_bundle)
-  c = dit_config(config, vae_config)
+  c = ml_collections.ConfigDict(config.dit.to_dict())
+  c.total_steps = _steps(config, c.total_steps)
+  c.vae = vae_config
   batches = iter(latents.make_latent_pipeline(tables, c.data, vae_config.latent_shift,
                                               vae_config.latent_scale))
   state = dit_train.train(c, str(workdir / "dit"), batches=batches)
@@ -194,13 +172,11 @@ def evaluate_stage(config, workdir: pathlib.Path, train_pairs: dict, bundle: pat
   e = config.eval
   results = {}
   for name, metric in config.tasks.items():
-    run = runner.runner_config()
-    run.task, run.seed, run.resolution = name, config.seed, config.resolution
-    run.num_examples, run.num_pairs, run.batch_size = e.num_examples, e.num_pairs, e.batch_size
-    run.task_options = config.dit.data.task
+    run = ml_collections.ConfigDict(e.to_dict())
+    run.task = name
+    sampling = run.sampling.to_dict()
     predictors = {
-        "model": (functools.partial(pipe, num_steps=e.num_steps, cfg_scale=e.cfg_scale),
-                  {"predictor": "model", "num_steps": e.num_steps, "cfg_scale": e.cfg_scale}),
+        "model": (functools.partial(pipe, **sampling), {"predictor": "model", **sampling}),
         "mean_target": (_baseline_fn("mean_target", train_pairs[name][1].mean(axis=0)),
                         {"predictor": "mean_target"}),
         "copy_query": (_baseline_fn("copy_query", None), {"predictor": "copy_query"}),
@@ -288,8 +264,8 @@ def cli():
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flag = config_flags.DEFINE_config_dict("config", configs.demo("default"),
-                                                "Demo settings (lavin_jax.configs.demo).")
+  config_flag = config_flags.DEFINE_config_file(
+      "config", configs.path("demo"), "Demo settings, e.g. lavin_jax/configs/demo.py:smoke.")
   workdir = flags.DEFINE_string("workdir", "lavin_demo", "Output directory; resumes.")
 
   def main(argv):

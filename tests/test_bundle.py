@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lavin_jax import configs
-from lavin_jax.inference import bundle
+from lavin_jax.io import bundle
 
 
 def _config():

@@ -14,7 +14,7 @@ from safetensors.numpy import save_file
 
 from lavin_jax.convert import load_released_jdit
 from lavin_jax.convert import jdit as convert_jdit
-from lavin_jax.inference import bundle
+from lavin_jax.io import bundle
 from lavin_jax.models import jdit
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "jdit"

@@ -15,6 +15,8 @@ from lavin_jax.eval import fid
 from lavin_jax.eval import lpips
 from lavin_jax.eval import runner
 from lavin_jax.inference import pipeline as inference
+from lavin_jax.configs import evaluate as evaluate_configs
+from lavin_jax.configs import tasks as task_table
 import splitmix_weights
 import tiny_model
 
@@ -53,7 +55,7 @@ def video_source():
 
 
 def _config(task, num_examples=3, num_pairs=2, batch_size=2, **kw):
-  c = runner.runner_config()
+  c = evaluate_configs.get_config()
   c.task = task
   c.num_examples = num_examples
   c.num_pairs = num_pairs
@@ -64,7 +66,7 @@ def _config(task, num_examples=3, num_pairs=2, batch_size=2, **kw):
 
 
 def _source(name, image_source, video_source):
-  return image_source if tasks.REGISTRY[name].media == 'image' else video_source
+  return image_source if task_table.TASKS[name].media == 'image' else video_source
 
 
 def _episodes(config, source, context_source=None):
@@ -98,8 +100,9 @@ def must_not_run(*args, **kwargs):
 
 
 def test_every_task_has_metrics():
-  assert set(runner.TASK_METRICS) == set(tasks.TASK_NAMES)
-  for name, families in runner.TASK_METRICS.items():
+  assert tuple(tasks.REGISTRY) == task_table.TASK_NAMES
+  for name, info in task_table.TASKS.items():
+    families = info.metrics
     assert families and set(families) <= set(runner.METRIC_FAMILIES), name
     if set(families) & set(runner.DECODED_FAMILIES):
       assert tasks.REGISTRY[name].decode_fn is not None, name

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from lavin_jax import flow
+from lavin_jax.configs import flow as flow_configs
+from lavin_jax.configs import sampling as sampling_configs
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "jdit" / "dit_io.npz"
 
@@ -23,14 +25,16 @@ def ref():
 
 
 def test_released_defaults():
-  c = flow.flow_config()
+  c = flow_configs.training()
   assert (c.time_sampling, c.logit_mean, c.logit_std, c.time_shift) == (
       "logit_normal", 0.0, 1.0, 1.0)
-  assert (c.l1_weight, c.uncond_ratio, c.num_time_points, c.cfg_scale) == (0.1, 0.1, 20, 1.5)
+  assert (c.l1_weight, c.uncond_ratio) == (0.1, 0.1)
+  s = sampling_configs.released()
+  assert (s.num_steps, s.cfg_scale, s.sampler, s.posterior) == (20, 1.5, "euler", "sample")
 
 
 def test_logit_normal_times():
-  t = np.asarray(flow.sample_time(jax.random.key(0), (20000,), flow.flow_config()))
+  t = np.asarray(flow.sample_time(jax.random.key(0), (20000,), flow_configs.training()))
   assert t.dtype == np.float32 and np.all((t > 0) & (t < 1))
   logit = np.log(t) - np.log1p(-t)
   # N(0, 1) in logit space: mean and std within ~4 standard errors.
@@ -40,8 +44,8 @@ def test_logit_normal_times():
 
 def test_time_shift():
   key = jax.random.key(1)
-  base = np.asarray(flow.sample_time(key, (5000,), flow.flow_config()), np.float64)
-  config = flow.flow_config()
+  base = np.asarray(flow.sample_time(key, (5000,), flow_configs.training()), np.float64)
+  config = flow_configs.training()
   config.time_shift = 3.0
   shifted = np.asarray(flow.sample_time(key, (5000,), config))
   np.testing.assert_allclose(shifted, base / (base + 3.0 * (1 - base)), rtol=1e-5)
@@ -50,7 +54,7 @@ def test_time_shift():
 
 
 def test_uniform_times():
-  config = flow.flow_config()
+  config = flow_configs.training()
   config.time_sampling = "uniform"
   t = np.asarray(flow.sample_time(jax.random.key(2), (20000,), config))
   assert np.all((t >= 0) & (t < 1))
@@ -62,7 +66,7 @@ def test_uniform_times():
 @pytest.mark.parametrize("field,value", [("time_sampling", "cosine"),
                                          ("time_shift", 0.0), ("logit_std", -1.0)])
 def test_bad_time_config(field, value):
-  config = flow.flow_config()
+  config = flow_configs.training()
   config[field] = value
   with pytest.raises(ValueError, match=field):
     flow.sample_time(jax.random.key(0), (4,), config)

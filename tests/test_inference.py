@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lavin_jax import flow
-from lavin_jax.inference import bundle
+from lavin_jax.io import bundle
 from lavin_jax.inference import pipeline as pipeline_lib
 from lavin_jax.models import stvae
 import tiny_model

@@ -6,6 +6,8 @@ import pytest
 from lavin_jax.data import latents
 from lavin_jax.data import pipeline as pipeline_lib
 from lavin_jax.data import tasks
+from lavin_jax.configs import tasks as task_table
+from lavin_jax.configs import data as data_configs
 
 N, RES = 6, 32
 
@@ -25,7 +27,7 @@ def _encode(pixels):
 
 
 def _config(**overrides):
-  c = pipeline_lib.pipeline_config("image")
+  c = data_configs.pipeline("image")
   for name in c.task_weights:
     c.task_weights[name] = float(name in ("depth_estimation", "colorization"))
   c.batch_size, c.k_min, c.k_max = 4, 1, 3
@@ -36,7 +38,7 @@ def _config(**overrides):
 @pytest.fixture(scope="module")
 def tables():
   return latents.encode_task_pairs(_source(), ["depth_estimation", "colorization"], RES,
-                                   _encode, tasks.tasks_config(), batch_size=4)
+                                   _encode, task_table.options(), batch_size=4)
 
 
 def test_table_holds_each_task_pair_encoded(tables):

@@ -1,44 +1,16 @@
-"""launch/sample.py: template folder + query in, the released [query | prediction] PNG out."""
+"""Template folder + query in, the released [query | prediction] PNG out (launch/sample.py)."""
 
-import importlib.util
-import pathlib
-
-from absl import app
-from absl import flags
-from absl.testing import flagsaver
 import numpy as np
 from PIL import Image
 import pytest
 
-from lavin_jax.inference import bundle
+from lavin_jax.configs import sampling
+from lavin_jax.inference import loading
+from lavin_jax.inference import templates
+from lavin_jax.io import bundle
 import tiny_model
 
-ROOT = pathlib.Path(__file__).parent.parent
 SIZE = 32
-
-
-SHARED_FLAGS = ("query", "output", "task_dir", "vae_path", "dit_path", "bundle", "dit_size",
-                "timesteps", "height", "width", "num_prompt", "cfg_scale", "seed", "sampler")
-
-
-def _import_launch():
-  """Imports launch/sample.py, replacing flags of the same names other launch tests made.
-
-  absl flags are process-global; launch scripts tested in one process share names.
-  """
-  for name in SHARED_FLAGS:
-    if name in flags.FLAGS:
-      delattr(flags.FLAGS, name)
-  spec = importlib.util.spec_from_file_location("launch_sample", ROOT / "launch" / "sample.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  flags.FLAGS.mark_as_parsed()
-  return module
-
-
-@pytest.fixture(scope="module")
-def sample():
-  return _import_launch()
 
 
 def _png(path, seed, size=(40, 48)):
@@ -61,17 +33,20 @@ def files(tmp_path_factory):
   return root
 
 
-def _flags(files, **overrides):
-  values = dict(bundle=str(files / "bundle"), task_dir=str(files / "task"),
-                query=str(files / "queries" / "q0.png"), output=str(files / "out.png"),
-                height=SIZE, width=SIZE, timesteps=3, num_prompt=2)
-  values.update(overrides)
-  return values
+def _predict(files, model=None, seed=0, timesteps=3, cfg_scale=1.5, **overrides):
+  args = dict(task_dir=files / "task", query=files / "queries" / "q0.png",
+              output=files / "out.png", height=SIZE, width=SIZE, num_prompt=2)
+  args.update(overrides)
+  settings = sampling.released()
+  settings.update(num_steps=timesteps, cfg_scale=cfg_scale)
+  model = model or loading.ModelFiles(bundle=str(files / "bundle"))
+  return templates.predict_templates(model, args.pop("task_dir"), args.pop("query"),
+                                     args.pop("output"), seed=seed, sampling=settings,
+                                     **args)
 
 
-def test_one_query_writes_the_released_layout(sample, files):
-  with flagsaver.flagsaver(**_flags(files, seed=1)):
-    sample.main(["sample"])
+def test_one_query_writes_the_released_layout(files):
+  _predict(files, seed=1)
   grid = np.asarray(Image.open(files / "out.png"))
   pad = 4
   assert grid.shape == (SIZE + 2 * pad, 2 * SIZE + 3 * pad, 3)
@@ -79,39 +54,40 @@ def test_one_query_writes_the_released_layout(sample, files):
   # The left cell is the query, resized bicubically to SIZE x SIZE.
   query = Image.open(files / "queries" / "q0.png").resize((SIZE, SIZE), Image.Resampling.BICUBIC)
   np.testing.assert_allclose(grid[pad:pad + SIZE, pad:pad + SIZE], np.asarray(query), atol=1)
-  # Seeded: the same flags give the same picture.
-  with flagsaver.flagsaver(**_flags(files, seed=1, output=str(files / "again.png"))):
-    sample.main(["sample"])
+  # Seeded: the same settings give the same picture.
+  _predict(files, seed=1, output=files / "again.png")
   np.testing.assert_array_equal(grid, np.asarray(Image.open(files / "again.png")))
 
 
-def test_folder_mode_writes_one_png_per_query(sample, files):
+def test_folder_mode_writes_one_png_per_query(files):
   out = files / "many"
-  with flagsaver.flagsaver(**_flags(files, query=str(files / "queries"), output=str(out))):
-    sample.main(["sample"])
-  assert sorted(p.name for p in out.iterdir()) == ["q0.png", "q1.png"]
+  written = _predict(files, query=files / "queries", output=out)
+  assert sorted(p.name for p in out.iterdir()) == ["q0.png", "q1.png"] == [p.name for p in written]
 
 
 @pytest.mark.parametrize("overrides, error, match", [
     (dict(height=40), ValueError, "multiples of 16"),
+    (dict(width=0), ValueError, "multiples of 16"),
     (dict(task_dir="missing"), FileNotFoundError, "does not exist"),
     (dict(query="missing.png"), FileNotFoundError, "No query"),
-    (dict(bundle="missing"), FileNotFoundError, "--bundle"),
-    (dict(bundle=None, dit_path="x.safetensors", vae_path="y.pt"), FileNotFoundError, "--vae_path"),
-    (dict(bundle=None), app.UsageError, "--bundle"),
+    (dict(model=loading.ModelFiles(bundle="missing")), FileNotFoundError, "--bundle"),
+    (dict(model=loading.ModelFiles(dit_path="x.safetensors", vae_path="y.pt")),
+     FileNotFoundError, "--vae_path"),
+    (dict(model=loading.ModelFiles()), ValueError, "--bundle"),
     (dict(timesteps=1), ValueError, "timesteps"),
+    (dict(cfg_scale=float("nan")), ValueError, "cfg_scale"),
+    (dict(cfg_scale=float("inf")), ValueError, "cfg_scale"),
     (dict(num_prompt=0), ValueError, "num_prompt"),
 ])
-def test_bad_flags_fail_before_loading(sample, files, monkeypatch, overrides, error, match):
-  monkeypatch.setattr(sample, "_load_pipeline", lambda: pytest.fail("model loaded"))
-  with flagsaver.flagsaver(**_flags(files, **overrides)):
-    with pytest.raises(error, match=match):
-      sample.main(["sample"])
+def test_bad_input_fails_before_loading(files, monkeypatch, overrides, error, match, tmp_path):
+  monkeypatch.setattr(loading.ModelFiles, "load", lambda self: pytest.fail("model loaded"))
+  with pytest.raises(error, match=match):
+    _predict(files, output=tmp_path / "out.png", **overrides)
+  assert not (tmp_path / "out.png").exists()
 
 
-def test_template_folder_without_pairs(sample, files, tmp_path, monkeypatch):
-  monkeypatch.setattr(sample, "_load_pipeline", lambda: pytest.fail("model loaded"))
+def test_template_folder_without_pairs(files, tmp_path, monkeypatch):
+  monkeypatch.setattr(loading.ModelFiles, "load", lambda self: pytest.fail("model loaded"))
   _png(tmp_path / "lonely_input.png", 0)
-  with flagsaver.flagsaver(**_flags(files, task_dir=str(tmp_path))):
-    with pytest.raises(ValueError, match="unmatched"):
-      sample.main(["sample"])
+  with pytest.raises(ValueError, match="unmatched"):
+    _predict(files, task_dir=tmp_path)

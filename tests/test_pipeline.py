@@ -8,6 +8,8 @@ import pytest
 from lavin_jax.data import pipeline
 from lavin_jax.data import synthetic
 from lavin_jax.data import tasks
+from lavin_jax.configs import tasks as task_table
+from lavin_jax.configs import data as data_configs
 
 N = 12  # Source examples; example i is the constant colour value(i).
 
@@ -28,7 +30,7 @@ def _index_of(pixels):
 
 
 def _config(weights=('colorization',), k_min=1, k_max=3, batch_size=4, media='image'):
-  c = pipeline.pipeline_config(media)
+  c = data_configs.pipeline(media)
   c.resolution = 32
   c.batch_size = batch_size
   c.k_min, c.k_max = k_min, k_max
@@ -222,7 +224,7 @@ def synthetic_dir(tmp_path_factory):
 
 
 def _media_tasks(media):
-  return [n for n in tasks.TASK_NAMES if tasks.REGISTRY[n].media == media]
+  return [n for n in tasks.TASK_NAMES if task_table.TASKS[n].media == media]
 
 
 @pytest.mark.parametrize('media', ['image', 'video'])
@@ -267,7 +269,7 @@ def test_synthetic_targets_decode_to_the_annotations(synthetic_dir):
     extent[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
     np.testing.assert_array_equal(decoded['detection'], extent)
   clips = synthetic.load_synthetic(synthetic_dir, 'tiny', 'clips')
-  config = tasks.tasks_config()
+  config = task_table.options()
   config.flow_max = 64.0
   task = tasks.get_task('optical_flow', config)
   clip = pipeline.fit_example(clips[0], 32)

@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from lavin_jax.data import sources
+from lavin_jax.data import specs
 
 
 def _save(path, array):
@@ -142,7 +143,7 @@ def test_template_folder_bad_images(tmp_path):
 # ----------------------------------------------------------------------------------
 def test_skimage_photographs():
   import skimage.data  # pylint: disable=g-import-not-at-top
-  source = sources.get_source('photos')
+  source = specs.get_source('photos')
   assert len(source) == len(sources.SKIMAGE_PHOTOGRAPHS) >= 8
   np.testing.assert_array_equal(source[0]['image'], skimage.data.astronaut())
   for i in range(len(source)):
@@ -152,7 +153,7 @@ def test_skimage_photographs():
     # Photographs in colour: the channels differ.
     assert np.abs(image[..., 0].astype(int) - image[..., 2]).mean() > 5
   with pytest.raises(ValueError, match='smaller than the requested resolution'):
-    sources.get_source('photos,min_size=512')
+    specs.get_source('photos,min_size=512')
 
 
 # ----------------------------------------------------------------------------------
@@ -211,7 +212,7 @@ def test_tfds_source_by_spec(tfds_dir):
   spec = ml_collections.ConfigDict({'kind': 'tfds', 'name': 'lavin_test_photos',
                                     'split': 'train[:4]', 'data_dir': tfds_dir})
   with pytest.raises(ValueError, match='no feature is mapped to "image"'):
-    sources.get_source(spec)  # 'photo' is not a schema name.
+    specs.get_source(spec)  # 'photo' is not a schema name.
 
 
 def test_tfds_bad_inputs(tfds_dir, tmp_path):
@@ -221,7 +222,7 @@ def test_tfds_bad_inputs(tfds_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match='not prepared in'):
     sources.TfdsSource('lavin_test_photos', 'train', str(tmp_path))
   with pytest.raises(FileNotFoundError, match='neither registered nor prepared'):
-    sources.get_source(f'tfds:no_such_data_set_here,data_dir={tmp_path}')
+    specs.get_source(f'tfds:no_such_data_set_here,data_dir={tmp_path}')
   with pytest.raises(ValueError, match='smaller than the requested resolution'):
     sources.TfdsSource('lavin_test_photos', 'train', tfds_dir,
                        features={'image': 'photo'}, min_size=32)[0]
@@ -231,32 +232,32 @@ def test_tfds_bad_inputs(tfds_dir, tmp_path):
 # Factory.
 # ----------------------------------------------------------------------------------
 def test_parse_spec():
-  assert sources.parse_spec('tfds:coco/2017,split=validation,min_size=64') == {
+  assert specs.parse_spec('tfds:coco/2017,split=validation,min_size=64') == {
       'kind': 'tfds', 'name': 'coco/2017', 'split': 'validation', 'min_size': 64}
-  assert sources.parse_spec('folder:/data/x') == {'kind': 'folder', 'folder': '/data/x'}
-  assert sources.parse_spec('photos') == {'kind': 'photos'}
-  assert sources.parse_spec('synthetic:tiny,content=clips') == {
+  assert specs.parse_spec('folder:/data/x') == {'kind': 'folder', 'folder': '/data/x'}
+  assert specs.parse_spec('photos') == {'kind': 'photos'}
+  assert specs.parse_spec('synthetic:tiny,content=clips') == {
       'kind': 'synthetic', 'name': 'tiny', 'content': 'clips'}
 
 
 def test_get_source_folder_forms(tmp_path):
   _save(tmp_path / 'a_input.png', np.zeros((8, 8, 3), np.uint8))
   _save(tmp_path / 'a_target.png', np.zeros((8, 8, 3), np.uint8))
-  assert len(sources.get_source(f'folder:{tmp_path}')) == 2
-  assert len(sources.get_source({'kind': 'folder', 'path': str(tmp_path)})) == 2
-  assert len(sources.get_source(f'templates:{tmp_path}')) == 1
+  assert len(specs.get_source(f'folder:{tmp_path}')) == 2
+  assert len(specs.get_source({'kind': 'folder', 'path': str(tmp_path)})) == 2
+  assert len(specs.get_source(f'templates:{tmp_path}')) == 1
   config = ml_collections.ConfigDict({'kind': 'templates', 'folder': str(tmp_path)})
-  assert len(sources.get_source(config)) == 1
+  assert len(specs.get_source(config)) == 1
 
 
 def test_get_source_bad_specs(tmp_path):
   with pytest.raises(ValueError, match=r"Unknown source kind 'imagenet'.*folder"):
-    sources.get_source('imagenet:/x')
+    specs.get_source('imagenet:/x')
   with pytest.raises(ValueError, match='Unknown source kind None'):
-    sources.get_source({'path': '/x'})
+    specs.get_source({'path': '/x'})
   with pytest.raises(ValueError, match="takes no argument"):
-    sources.get_source('photos:astronaut')
+    specs.get_source('photos:astronaut')
   with pytest.raises(ValueError, match='not key=value'):
-    sources.get_source(f'folder:{tmp_path},sorted')
+    specs.get_source(f'folder:{tmp_path},sorted')
   with pytest.raises(ValueError, match=r"Bad options .*'colour'"):
-    sources.get_source(f'folder:{tmp_path},colour=red')
+    specs.get_source(f'folder:{tmp_path},colour=red')

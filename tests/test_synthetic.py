@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from lavin_jax.data import render
-from lavin_jax.data import sources
+from lavin_jax.data import specs
 from lavin_jax.data import synthetic
 
 TINY = synthetic.CONFIGS[0]
@@ -54,7 +54,7 @@ def test_stored_images_equal_the_renders(data_dir):
 
 
 def test_stored_clips_equal_the_renders(data_dir):
-  source = sources.get_source(
+  source = specs.get_source(
       f'synthetic:tiny,content=clips,split=train,data_dir={data_dir}')
   assert len(source) == TINY.clips['train']
   stored = _by_first_pixels(source, 'video')
@@ -65,7 +65,7 @@ def test_stored_clips_equal_the_renders(data_dir):
   assert example['flow'].shape == (t - 1, s, s, 2)
   for key, value in expected.items():
     np.testing.assert_array_equal(example[key], value, err_msg=key)
-  short = sources.get_source(f'synthetic:tiny,split=clips,data_dir={data_dir}')
+  short = specs.get_source(f'synthetic:tiny,split=clips,data_dir={data_dir}')
   assert short.keys == source.keys and len(short) == len(source)
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from lavin_jax.data import tasks
+from lavin_jax.configs import tasks as task_table
 
 H, W, FRAMES = 32, 40, 10
 
@@ -73,7 +74,7 @@ def test_every_required_task_is_registered():
             'video_instance_segmentation', 'depth_to_video', 'normal_to_video'}
   assert {n for n in tasks.TASK_NAMES if tasks.get_task(n).media == 'image'} >= images
   assert {n for n in tasks.TASK_NAMES if tasks.get_task(n).media == 'video'} >= videos
-  assert tasks.get_task('video_depth').num_frames == tasks.tasks_config().num_frames
+  assert tasks.get_task('video_depth').num_frames == task_table.options().num_frames
 
 
 # ---------------------------------------------------------------------------
@@ -102,13 +103,13 @@ def test_inpainting_hole_is_where_the_mask_says(image_example):
 
 
 def test_inpainting_hole_is_128_at_256():
-  mask = tasks.inpainting_mask(256, 256, _rng(), tasks.tasks_config())
+  mask = tasks.inpainting_mask(256, 256, _rng(), task_table.options())
   rows, cols = np.nonzero(mask)
   assert (rows.min(), rows.max(), cols.min(), cols.max()) == (64, 191, 64, 191)
 
 
 def test_random_inpainting_hole_follows_the_rng(image_example):
-  config = tasks.tasks_config()
+  config = task_table.options()
   config.inpaint_random = True
   task = tasks.get_task('inpainting', config)
   holes = set()
@@ -168,7 +169,7 @@ def test_rain_only_brightens(image_example):
 
 
 def test_depth_rendering_closed_form_and_round_trip(image_example):
-  config = tasks.tasks_config()
+  config = task_table.options()
   lo, hi = config.depth_min, config.depth_max
   special = np.array([[np.sqrt(lo * hi), lo, hi, lo / 10, hi * 10, 0.0, np.inf]],
                      np.float32)
@@ -203,7 +204,7 @@ def test_normals_are_half_shifted_rgb(image_example):
 
 
 def test_flow_colour_wheel_round_trips_and_is_a_hue_wheel():
-  config = tasks.tasks_config()
+  config = task_table.options()
   m = config.flow_max
   rng = _rng(4)
   angle = rng.uniform(0, 2 * np.pi, (2, 8, 8))
@@ -222,7 +223,7 @@ def test_flow_colour_wheel_round_trips_and_is_a_hue_wheel():
 
 
 def test_optical_flow_task_decodes_to_the_source_flow(video_example):
-  config = tasks.tasks_config()
+  config = task_table.options()
   config.flow_max = 100.0  # Above every sampled flow: no saturation.
   task = tasks.get_task('optical_flow', config)
   inputs, targets = task(video_example, _rng())
@@ -244,7 +245,7 @@ def test_instance_palette_round_trips(image_example):
 
 
 def test_panoptic_colours_classes_and_shades_instances(image_example):
-  config = tasks.tasks_config()
+  config = task_table.options()
   _, targets = tasks.get_task('panoptic_segmentation', config)(image_example, _rng())
   semantic, instances = image_example['semantic'], image_example['instances']
   stuff = instances == 0
@@ -305,7 +306,7 @@ def test_window_keeps_frames_and_annotations_aligned():
 
 
 def test_video_tasks_follow_num_frames(video_example):
-  config = tasks.tasks_config()
+  config = task_table.options()
   config.num_frames = 9
   inputs, targets = tasks.get_task('video_normals', config)(video_example, _rng())
   assert inputs.shape == targets.shape == (9, H, W, 3)
@@ -336,7 +337,7 @@ def test_short_clip_and_bad_frame_count(video_example):
   short = tasks.take_frames(video_example, 0, 7)
   with pytest.raises(ValueError, match="'frame_prediction' needs clips of at least 10"):
     tasks.get_task('frame_prediction')(short, _rng())
-  config = tasks.tasks_config()
+  config = task_table.options()
   config.num_frames = 6
   with pytest.raises(ValueError, match='1 \\+ 4k'):
     tasks.get_task('video_depth', config)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from lavin_jax import configs
+from lavin_jax.models import incontext
 from lavin_jax.models import jdit
 from lavin_jax.parallel import mesh as mesh_lib
 from lavin_jax.train import dit
@@ -149,7 +150,7 @@ def test_tiny_model_overfits_one_fixed_batch(overfit_run):
 def test_velocity_loss_matches_numpy():
   rng = np.random.default_rng(1)
   b = latent_batch(rng, batch=3)
-  cond, mask = dit.build_condition(b["context_inputs"], b["context_targets"], b["query"],
+  cond, mask = incontext.build_condition(b["context_inputs"], b["context_targets"], b["query"],
                                    b["num_pairs"], np.zeros(3, bool))
   x, noise = b["target"], rng.standard_normal(b["target"].shape, np.float32)
   t = np.array([0.1, 0.5, 0.93], np.float32)
@@ -250,7 +251,7 @@ def test_context_drop_rate_is_uncond_ratio():
 def test_dropped_context_gives_null_condition_velocity():
   rng = np.random.default_rng(5)
   b = latent_batch(rng, batch=2, pairs=3, frames=2)
-  cond, mask = dit.build_condition(b["context_inputs"], b["context_targets"], b["query"],
+  cond, mask = incontext.build_condition(b["context_inputs"], b["context_targets"], b["query"],
                                    b["num_pairs"], np.ones(2, bool))
   x, t = b["target"], np.array([0.3, 0.8], np.float32)
   params = init_params(x, t, cond, mask)
@@ -278,7 +279,7 @@ def test_padding_to_eight_pairs_matches_true_pairs():
   no_drop = np.zeros(1, bool)
 
   def run(b, params=None):
-    cond, mask = dit.build_condition(b["context_inputs"], b["context_targets"], b["query"],
+    cond, mask = incontext.build_condition(b["context_inputs"], b["context_targets"], b["query"],
                                      b["num_pairs"], no_drop)
     if params is None:
       params = init_params(b["target"], t, cond, mask)

@@ -15,6 +15,7 @@ from lavin_jax.convert import load_released_stvae
 from lavin_jax.models import discriminator
 from lavin_jax.models import stvae
 from lavin_jax.train import vae
+from lavin_jax.configs import train_vae as train_vae_configs
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -27,7 +28,7 @@ def start():
 
 
 def _config(**fields):
-  c = configs.vae_training("tiny")
+  c = train_vae_configs.get_config("tiny")
   c.resolution = 16
   c.batch_size = 2
   c.lr = 2e-3

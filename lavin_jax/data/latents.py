@@ -105,7 +105,7 @@ def make_latent_pipeline(tables: dict, config: ml_collections.ConfigDict, shift:
                          process_count: int = 1) -> grain.IterDataset:
   """Grain batches of latent episodes; `iter()` it for a checkpointable iterator.
 
-  config: a `lavin_jax.data.pipeline.pipeline_config()` (batch_size, k_min, k_max, seed;
+  config: a `lavin_jax.configs.data.pipeline()` (batch_size, k_min, k_max, seed;
   task weights over the tables' tasks). Process p of n takes every n-th episode.
   """
   names = list(tables)

@@ -38,28 +38,6 @@ _CHANNELS = {'depth': 0, 'instances': 0, 'semantic': 0, 'normals': 3, 'flow': 2,
              'image': 3, 'video': 3}
 
 
-def pipeline_config(media: str = 'image') -> ml_collections.ConfigDict:
-  """Defaults: every task of `media` ('image' or 'video') with weight 1."""
-  if media not in ('image', 'video'):
-    raise ValueError(f"media must be 'image' or 'video', got {media!r}.")
-  c = ml_collections.ConfigDict()
-  c.resolution = 256  # Square side in pixels, a multiple of 16.
-  c.batch_size = 8  # Global; each process gets batch_size / process_count.
-  c.k_min = 1  # Context pairs per episode, uniform in [k_min, k_max] (released: 1-8).
-  c.k_max = 8
-  c.task_weights = ml_collections.ConfigDict({
-      name: float(spec.media == media) for name, spec in tasks.REGISTRY.items()})
-  c.random_crop = True  # False: centred square crops.
-  c.allow_upscale = False  # False: an example smaller than the resolution is an error.
-  c.seed = 0
-  c.worker_count = 0  # Worker processes (0: the main process does the work).
-  c.worker_buffer_size = 2  # Batches each worker prepares ahead.
-  c.read_threads = 2  # Threads per process preparing elements in parallel.
-  c.read_buffer_size = 16  # Elements prepared ahead per process.
-  c.task = tasks.tasks_config()
-  return c
-
-
 # ---------------------------------------------------------------------------
 # Crop and resize.
 # ---------------------------------------------------------------------------
@@ -207,7 +185,7 @@ def make_pipeline(config: ml_collections.ConfigDict, source, process_index: int 
   """The Grain dataset of this process's batches; `iter()` it for a checkpointable iterator.
 
   Args:
-    config: a `pipeline_config()`.
+    config: a `lavin_jax.configs.data.pipeline()`.
     source: random-access source (len + getitem) of examples as in
       `lavin_jax.data.sources`; every example must carry what the weighted tasks need.
     process_index, process_count: this process's shard; default the JAX processes.

@@ -37,32 +37,12 @@ import cv2
 import ml_collections
 import numpy as np
 
+from lavin_jax.configs import tasks as task_table
+
 Array = np.ndarray
 Pair = tuple[Array, Array]
 # Per-frame annotation keys: (H, W[, C]) for images, (T, H, W[, C]) for videos.
 FRAME_KEYS = ('depth', 'normals', 'instances', 'semantic')
-
-
-def tasks_config() -> ml_collections.ConfigDict:
-  """Default options of the tasks (numbers at the pipeline resolution, in pixels)."""
-  c = ml_collections.ConfigDict()
-  c.num_frames = 5  # Frames of a video task's clips: 1 + 4k.
-  c.depth_min = 0.1  # Metres; the depth rendering's range.
-  c.depth_max = 100.0
-  c.flow_max = 32.0  # Pixels; flow of this length or more renders fully saturated.
-  c.inpaint_fraction = 0.5  # Hole side over image side: 128 px at 256 px.
-  c.inpaint_random = False  # False: centred hole; True: uniformly placed.
-  c.canny_low = 100.0
-  c.canny_high = 200.0
-  c.motion_blur_length = (9, 25)  # Kernel length range.
-  c.glass_sigma = 0.7  # Gaussian blur before and after the pixel jitter.
-  c.glass_jitter = 2  # Pixels move by up to this many in x and y.
-  c.rain_density = 0.004  # Fraction of pixels that start a streak.
-  c.rain_length = (15, 35)
-  c.rain_angle = 20.0  # Degrees either side of vertical.
-  c.rain_strength = 0.8
-  c.panoptic_shades = (1.0, 0.8, 0.6)
-  return c
 
 
 # ---------------------------------------------------------------------------
@@ -345,9 +325,7 @@ def _frame_prediction(clip, rng, config):
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-  """What a task reads, how it makes a pair and how its target decodes."""
-  media: str  # 'image' or 'video': the source key of the pixels.
-  annotations: tuple[str, ...]
+  """How a task makes a pair and how its target decodes (what it reads: TASKS)."""
   pair_fn: Callable[[dict, np.random.Generator, ml_collections.ConfigDict], Pair]
   decode_fn: Callable[[Array, ml_collections.ConfigDict], Array] | None = None
   frames_per_clip: int = 1  # Source frames consumed per output frame.
@@ -362,43 +340,39 @@ def _flow_decode(pixels, config):
   return decode_flow(pixels[1:], config)  # Frame 0 is the still frame.
 
 
-_DEPTH = dict(annotations=('depth',), pair_fn=partial(_annotation, _depth),
-              decode_fn=decode_depth)
-_NORMALS = dict(annotations=('normals',), pair_fn=partial(_annotation, _normals),
-                decode_fn=partial(_without_config, decode_normals))
-_INSTANCES = dict(annotations=('instances',), pair_fn=partial(_annotation, _instances),
-                  decode_fn=partial(_without_config, decode_palette))
-_MASK = dict(decode_fn=partial(_without_config, decode_mask))
+_DEPTH = TaskSpec(partial(_annotation, _depth), decode_depth)
+_NORMALS = TaskSpec(partial(_annotation, _normals), partial(_without_config, decode_normals))
+_INSTANCES = TaskSpec(partial(_annotation, _instances),
+                      partial(_without_config, decode_palette))
+_MASK_DECODE = partial(_without_config, decode_mask)
 
+# Pair functions of the tasks of lavin_jax.configs.tasks.TASKS, in the same order.
 REGISTRY: dict[str, TaskSpec] = {
     # Image tasks.
-    'colorization': TaskSpec('image', (), partial(_photometric, _grey_input)),
-    'inpainting': TaskSpec('image', (), _inpainting),
-    'canny_edges': TaskSpec('image', (), _canny, **_MASK),
-    'de_motion_blur': TaskSpec('image', (), partial(_photometric, _motion_blur)),
-    'de_glass_blur': TaskSpec('image', (), partial(_photometric, _glass_blur)),
-    'de_raining': TaskSpec('image', (), partial(_photometric, _rain)),
-    'depth_estimation': TaskSpec('image', **_DEPTH),
-    'depth_to_image': TaskSpec('image', ('depth',), partial(_swapped, _depth)),
-    'normal_estimation': TaskSpec('image', **_NORMALS),
-    'normal_to_image': TaskSpec('image', ('normals',), partial(_swapped, _normals)),
-    'instance_segmentation': TaskSpec('image', **_INSTANCES),
-    'panoptic_segmentation': TaskSpec('image', ('semantic', 'instances'),
-                                      partial(_annotation, _panoptic)),
-    'detection': TaskSpec('image', ('boxes',), partial(_annotation, _largest_box), **_MASK),
-    'foreground_segmentation': TaskSpec('image', ('instances',),
-                                        partial(_annotation, _foreground), **_MASK),
+    'colorization': TaskSpec(partial(_photometric, _grey_input)),
+    'inpainting': TaskSpec(_inpainting),
+    'canny_edges': TaskSpec(_canny, _MASK_DECODE),
+    'de_motion_blur': TaskSpec(partial(_photometric, _motion_blur)),
+    'de_glass_blur': TaskSpec(partial(_photometric, _glass_blur)),
+    'de_raining': TaskSpec(partial(_photometric, _rain)),
+    'depth_estimation': _DEPTH,
+    'depth_to_image': TaskSpec(partial(_swapped, _depth)),
+    'normal_estimation': _NORMALS,
+    'normal_to_image': TaskSpec(partial(_swapped, _normals)),
+    'instance_segmentation': _INSTANCES,
+    'panoptic_segmentation': TaskSpec(partial(_annotation, _panoptic)),
+    'detection': TaskSpec(partial(_annotation, _largest_box), _MASK_DECODE),
+    'foreground_segmentation': TaskSpec(partial(_annotation, _foreground), _MASK_DECODE),
     # Video tasks.
-    'frame_prediction': TaskSpec('video', (), _frame_prediction, frames_per_clip=2),
-    'video_depth': TaskSpec('video', **_DEPTH),
-    'video_normals': TaskSpec('video', **_NORMALS),
-    'optical_flow': TaskSpec('video', ('flow',), partial(_annotation, _flow),
-                             _flow_decode),
-    'video_instance_segmentation': TaskSpec('video', **_INSTANCES),
-    'depth_to_video': TaskSpec('video', ('depth',), partial(_swapped, _depth)),
-    'normal_to_video': TaskSpec('video', ('normals',), partial(_swapped, _normals)),
+    'frame_prediction': TaskSpec(_frame_prediction, frames_per_clip=2),
+    'video_depth': _DEPTH,
+    'video_normals': _NORMALS,
+    'optical_flow': TaskSpec(partial(_annotation, _flow), _flow_decode),
+    'video_instance_segmentation': _INSTANCES,
+    'depth_to_video': TaskSpec(partial(_swapped, _depth)),
+    'normal_to_video': TaskSpec(partial(_swapped, _normals)),
 }
-TASK_NAMES = tuple(REGISTRY)  # A task's id is its index here.
+TASK_NAMES = task_table.TASK_NAMES  # A task's id is its index here.
 
 
 def task_id(name: str) -> int:
@@ -443,23 +417,28 @@ class Task:
     return TASK_NAMES.index(self.name)
 
   @property
+  def info(self) -> task_table.TaskInfo:
+    """What the task reads and how it is scored (lavin_jax.configs.tasks.TASKS)."""
+    return task_table.TASKS[self.name]
+
+  @property
   def media(self) -> str:
-    return self.spec.media
+    return self.info.media
 
   @property
   def needs(self) -> tuple[str, ...]:
     """Source example keys this task reads."""
-    return (self.spec.media,) + self.spec.annotations
+    return (self.info.media,) + self.info.annotations
 
   @property
   def num_frames(self) -> int:
     """Frames T of the input and of the target clip."""
-    return 1 if self.spec.media == 'image' else self.config.num_frames
+    return 1 if self.media == 'image' else self.config.num_frames
 
   @property
   def source_frames(self) -> int:
     """Frames a video example must have (0 for image tasks)."""
-    return 0 if self.spec.media == 'image' else self.num_frames * self.spec.frames_per_clip
+    return 0 if self.media == 'image' else self.num_frames * self.spec.frames_per_clip
 
   def check(self, example: dict) -> None:
     """Raises a ValueError naming the task and what `example` lacks."""
@@ -486,7 +465,7 @@ class Task:
   def __call__(self, example: dict, rng: np.random.Generator) -> Pair:
     """(input, target), each float32 (T, H, W, 3) in [-1, 1]."""
     self.check(example)
-    if self.spec.media == 'image':
+    if self.media == 'image':
       clip = {k: v[None] if k in FRAME_KEYS else v for k, v in example.items()}
       clip['frames'] = example['image'][None]
     else:
@@ -504,8 +483,8 @@ class Task:
 
 
 def get_task(name: str, config: ml_collections.ConfigDict | None = None) -> Task:
-  """The task `name` with options `config` (default `tasks_config()`)."""
+  """The task `name` with options `config` (default `lavin_jax.configs.tasks.options()`)."""
   _check_name(name)
-  config = tasks_config() if config is None else config
+  config = task_table.options() if config is None else config
   check_num_frames(config.num_frames)
   return Task(name, REGISTRY[name], config)

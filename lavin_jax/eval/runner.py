@@ -7,7 +7,7 @@ score the same queries):
   2. every example is centre-cropped to a square, resized to `resolution` and rendered by
      the task (each rendering seeded by (seed, i, slot)) -> context pairs, query, target;
   3. `predict_fn` predicts the targets of a batch of queries from their context pairs;
-  4. predictions are scored against the targets with the task's metrics (`TASK_METRICS`),
+  4. predictions are scored against the targets with the task's metric families (`lavin_jax.configs.tasks.TASKS`),
      rendered annotations (depth, normals, masks, instance ids, flow) being decoded back
      to values with the task's decoder first. Video tasks are scored per frame.
 
@@ -29,7 +29,7 @@ per-example values and context indices) and `<out_dir>/<task>.png` (one row per 
 context pairs | query | prediction | ground truth; video cells stack the first, middle
 and last frames).
 
-  config = runner_config(); config.task = 'depth_estimation'
+  config = lavin_jax.configs.evaluate.get_config('depth_estimation')
   report = evaluate(predict_fn, source, config, out_dir='eval/')
 """
 
@@ -54,33 +54,6 @@ from lavin_jax.eval import lpips as lpips_lib
 from lavin_jax.eval import metrics
 from lavin_jax.eval import weights as weights_lib
 
-_GENERATION = ('mse', 'psnr', 'lpips', 'fid')
-_RESTORATION = ('psnr', 'ssim')
-# The metric families of each task (SPEC.md, Tasks and metrics; tasks the paper does not
-# score get the nearest fitting measure).
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    'colorization': ('mse', 'lpips'),
-    'inpainting': _GENERATION,
-    'canny_edges': ('mask_iou',),
-    'de_motion_blur': _RESTORATION,
-    'de_glass_blur': _RESTORATION,
-    'de_raining': _RESTORATION,
-    'depth_estimation': ('depth',),
-    'depth_to_image': _GENERATION,
-    'normal_estimation': ('normals',),
-    'normal_to_image': _GENERATION,
-    'instance_segmentation': ('segment_iou',),
-    'panoptic_segmentation': ('mse', 'psnr'),
-    'detection': ('mask_iou',),
-    'foreground_segmentation': ('mask_iou',),
-    'frame_prediction': _RESTORATION + ('lpips',),
-    'video_depth': ('depth',),
-    'video_normals': ('normals',),
-    'optical_flow': ('flow',),
-    'video_instance_segmentation': ('segment_iou',),
-    'depth_to_video': _GENERATION,
-    'normal_to_video': _GENERATION,
-}
 _NEEDS_WEIGHTS = ('lpips', 'fid')
 
 
@@ -90,22 +63,6 @@ class PredictFn(Protocol):
   def __call__(self, context_inputs: np.ndarray, context_targets: np.ndarray,
                query: np.ndarray, *, seed: int) -> np.ndarray:
     ...
-
-
-def runner_config() -> ml_collections.ConfigDict:
-  """Settings of one evaluation run."""
-  c = ml_collections.ConfigDict()
-  c.task = ''  # A name in lavin_jax.data.tasks.TASK_NAMES.
-  c.num_examples = 100  # N query examples: the first N of the source.
-  c.num_pairs = 4  # K context pairs per query.
-  c.seed = 0
-  c.resolution = 256  # Square side in pixels, a multiple of 16.
-  c.batch_size = 4  # Queries per predict_fn call.
-  c.allow_upscale = False  # False: an example smaller than the resolution is an error.
-  c.grid_examples = 4  # Rows of the PNG grid.
-  c.grid_pairs = 2  # Context pairs shown per row.
-  c.task_options = tasks_lib.tasks_config()
-  return c
 
 
 # ---------------------------------------------------------------------------
@@ -300,7 +257,7 @@ def validate(config: ml_collections.ConfigDict, source, context_source=None,
         pipeline_lib.fit_example(first, config.resolution, allow_upscale=config.allow_upscale)
       except ValueError as e:
         raise ValueError(f'The {name} does not fit task {task.name!r}: {e}') from e
-  if 'fid' in TASK_METRICS[task.name] and fid_weights is not None:
+  if 'fid' in task.info.metrics and fid_weights is not None:
     if config.num_examples * task.num_frames < 2:
       raise ValueError('FID needs at least 2 frames to estimate a covariance; raise '
                        'num_examples.')
@@ -413,7 +370,7 @@ def evaluate(predict_fn: PredictFn, source, config: ml_collections.ConfigDict, o
       (B, T, H, W, 3) predictions, e.g. a `lavin_jax.inference.pipeline.Pipeline`.
     source: random-access source of examples (`lavin_jax.data.sources` schema) with what
       the task needs.
-    config: a `runner_config()` with the task set.
+    config: a `lavin_jax.configs.evaluate.get_config()` with the task set.
     out_dir: directory of `<task>.json` and `<task>.png` (created if missing).
     context_source: source of the context examples; None draws them from `source`
       (never the query itself).
@@ -426,7 +383,7 @@ def evaluate(predict_fn: PredictFn, source, config: ml_collections.ConfigDict, o
   """
   task = validate(config, source, context_source, lpips_weights, fid_weights)
   paths = _weight_paths(lpips_weights, fid_weights)
-  families = TASK_METRICS[task.name]
+  families = task.info.metrics
   nets = {}
   if 'lpips' in families and 'lpips' in paths:
     nets['lpips'] = lpips_lib.load_lpips(*paths['lpips'])

@@ -17,7 +17,6 @@ from lavin_jax.flow.samplers import make_guided_sampler
 from lavin_jax.flow.samplers import heun_sample
 from lavin_jax.flow.samplers import sample
 from lavin_jax.flow.samplers import time_grid
-from lavin_jax.flow.transport import flow_config
 from lavin_jax.flow.transport import flow_loss
 from lavin_jax.flow.transport import interpolate
 from lavin_jax.flow.transport import sample_time
@@ -25,7 +24,6 @@ from lavin_jax.flow.transport import velocity_target
 
 __all__ = [
     "euler_sample",
-    "flow_config",
     "flow_loss",
     "heun_sample",
     "make_guided_sampler",

@@ -10,26 +10,6 @@ import jax.numpy as jnp
 import ml_collections
 
 TIME_SAMPLINGS = ("logit_normal", "uniform")
-SOLVERS = ("euler", "heun")
-
-
-def flow_config() -> ml_collections.ConfigDict:
-  """Flow settings with the released values (training and sampling)."""
-  c = ml_collections.ConfigDict()
-  # Training times: sigmoid(N(logit_mean, logit_std^2)) or U[0, 1), then the shift
-  # t -> t / (t + s (1 - t)); s = 1 (released) leaves t unchanged, s > 1 moves
-  # mass towards noise.
-  c.time_sampling = "logit_normal"
-  c.logit_mean = 0.0
-  c.logit_std = 1.0
-  c.time_shift = 1.0
-  c.l1_weight = 0.1  # loss = MSE + l1_weight * L1; 0 gives plain MSE
-  c.uncond_ratio = 0.1  # probability of training on the null condition
-  # Sampling.
-  c.solver = "euler"  # euler | heun
-  c.num_time_points = 20  # grid points; steps = points - 1
-  c.cfg_scale = 1.5
-  return c
 
 
 def _check_time_config(config: ml_collections.ConfigDict) -> None:
@@ -49,7 +29,7 @@ def shift_time(t: jax.Array, shift: float) -> jax.Array:
 
 def sample_time(key: jax.Array, shape: Sequence[int],
                 config: ml_collections.ConfigDict) -> jax.Array:
-  """Draws training times in [0, 1] (float32) as the config says (see flow_config)."""
+  """Draws training times in [0, 1] (float32) as `config` says (lavin_jax.configs.flow)."""
   _check_time_config(config)
   if config.time_sampling == "logit_normal":
     z = config.logit_mean + config.logit_std * jax.random.normal(key, shape, jnp.float32)

@@ -14,25 +14,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lavin_jax import convert
 from lavin_jax import flow
-from lavin_jax.inference import bundle as bundle_lib
+from lavin_jax.configs import models as model_configs
+from lavin_jax.configs import sampling as sampling_configs
+from lavin_jax.io import bundle as bundle_lib
+from lavin_jax.models import incontext
 from lavin_jax.models import jdit as jdit_lib
 from lavin_jax.models import stvae as stvae_lib
 from lavin_jax.models import stvae_tiling
-from lavin_jax.train import dit as dit_train
 
-SAMPLERS = ("euler", "heun")
-POSTERIORS = ("sample", "mean")
-
-
-def sampling_config() -> ml_collections.ConfigDict:
-  """Released inference defaults."""
-  c = ml_collections.ConfigDict()
-  c.num_steps = 20  # time-grid points (released `--timesteps`)
-  c.cfg_scale = 1.5
-  c.sampler = "euler"
-  c.posterior = "sample"  # the released inference samples the posterior
-  return c
+SAMPLERS = sampling_configs.SAMPLERS
+POSTERIORS = sampling_configs.POSTERIORS
+_RELEASED = sampling_configs.released()
 
 
 def _check_clips(name: str, x: np.ndarray, ndim: int) -> None:
@@ -41,8 +35,8 @@ def _check_clips(name: str, x: np.ndarray, ndim: int) -> None:
                      f" (channels-last RGB in [-1, 1]); got {x.shape}.")
 
 
-def validate_inputs(context_inputs, context_targets, query) -> None:
-  """Shape checks done on host before anything is compiled."""
+def validate_inputs(context_inputs, context_targets, query, multiple: int) -> None:
+  """Shape checks done on host before anything is compiled; sides are `multiple`s."""
   _check_clips("context_inputs", context_inputs, 6)
   _check_clips("context_targets", context_targets, 6)
   _check_clips("query", query, 5)
@@ -56,9 +50,10 @@ def validate_inputs(context_inputs, context_targets, query) -> None:
   if context_inputs.shape[1] < 1:
     raise ValueError("at least one context pair is needed (K >= 1).")
   frames, height, width = query.shape[1:4]
-  if height % 16 or width % 16:
-    raise ValueError(f"height and width must be multiples of 16 (ST-VAE 8x and 2x2 patches); "
-                     f"got {height}x{width}. Resize or crop the images.")
+  if height % multiple or width % multiple:
+    raise ValueError(f"height and width must be multiples of {multiple} (the ST-VAE's "
+                     f"downsampling times J-DiT's patch size); got {height}x{width}. Resize or "
+                     "crop the images.")
   if (frames - 1) % 4:
     raise ValueError(f"clips must have 1 + 4k frames (1 for an image); got {frames}.")
 
@@ -81,7 +76,7 @@ class Pipeline:
 
   @classmethod
   def from_bundle(cls, path: str) -> "Pipeline":
-    """Loads an inference bundle written by `lavin_jax.inference.bundle.save_bundle`."""
+    """Loads an inference bundle written by `lavin_jax.io.bundle.save_bundle`."""
     config, params = bundle_lib.load_bundle(path)
     return cls(config, params["jdit"], params["stvae"])
 
@@ -90,13 +85,17 @@ class Pipeline:
                     jdit_config: Optional[ml_collections.ConfigDict] = None,
                     stvae_config: Optional[ml_collections.ConfigDict] = None) -> "Pipeline":
     """Loads the released `stvae.pt` and `lavin_dit.safetensors` (3.4B by default)."""
-    from lavin_jax import configs, convert  # pylint: disable=g-import-not-at-top
-    jdit_config = jdit_config or configs.jdit("3.4b")
-    stvae_config = stvae_config or configs.stvae("released")
+    jdit_config = jdit_config or model_configs.jdit("3.4b")
+    stvae_config = stvae_config or model_configs.stvae("released")
     jdit_module, jdit_params = convert.load_released_jdit(dit_path, jdit_config)
     vae_module, stvae_params = convert.load_released_stvae(vae_path, stvae_config)
     config = ml_collections.ConfigDict({"jdit": jdit_module.config, "stvae": vae_module.config})
     return cls(config, jdit_params, stvae_params)
+
+  @property
+  def pixel_multiple(self) -> int:
+    """Image sides must be multiples of this (ST-VAE factor x J-DiT patch size)."""
+    return model_configs.pixel_multiple(self.config.stvae, self.config.jdit)
 
   # ---------------------------------------------------------------- latent coding
 
@@ -113,8 +112,9 @@ class Pipeline:
 
   # ---------------------------------------------------------------- sampling
 
-  def sample_latents(self, cond, noise, *, cfg_scale: float = 1.5, num_steps: int = 20,
-                     sampler: str = "euler") -> jax.Array:
+  def sample_latents(self, cond, noise, *, cfg_scale: float = _RELEASED.cfg_scale,
+                     num_steps: int = _RELEASED.num_steps,
+                     sampler: str = _RELEASED.sampler) -> jax.Array:
     """Integrates the guided velocity from noise (t = 0) to data (t = 1) in one jit.
 
     cond: (B, Tc, h, w, 16), ending with the query's latent frames; noise: (B, Tx, h, w, 16).
@@ -125,8 +125,9 @@ class Pipeline:
                                    jnp.float32(cfg_scale))
 
   def __call__(self, context_inputs, context_targets, query, *, seed: int = 0,
-               num_steps: int = 20, cfg_scale: float = 1.5, sampler: str = "euler",
-               posterior: str = "sample") -> np.ndarray:
+               num_steps: int = _RELEASED.num_steps, cfg_scale: float = _RELEASED.cfg_scale,
+               sampler: str = _RELEASED.sampler,
+               posterior: str = _RELEASED.posterior) -> np.ndarray:
     """Predicts each query's target from its context pairs.
 
     Args:
@@ -143,24 +144,23 @@ class Pipeline:
         np.broadcast_to(np.asarray(c, np.float32), (query.shape[0],) + np.shape(c))
         if np.ndim(c) == 5 else np.asarray(c, np.float32)
         for c in (context_inputs, context_targets))
-    validate_inputs(context_inputs, context_targets, query)
+    validate_inputs(context_inputs, context_targets, query, self.pixel_multiple)
     if sampler not in SAMPLERS:
       raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}.")
     if posterior not in POSTERIORS:
       raise ValueError(f"unknown posterior mode {posterior!r}; choose one of {POSTERIORS}.")
+    if not np.isfinite(cfg_scale):
+      raise ValueError(f"cfg_scale must be a finite number; got {cfg_scale}.")
     if num_steps < 2:
       raise ValueError(f"num_steps counts time-grid points and must be >= 2; got {num_steps}.")
 
     batch, num_pairs = context_inputs.shape[:2]
-    clip_shape = query.shape[1:]
-    clips = np.concatenate([context_inputs.reshape((-1,) + clip_shape),
-                            context_targets.reshape((-1,) + clip_shape), query])
+    clips = incontext.pack_clips(jnp.asarray(context_inputs), jnp.asarray(context_targets),
+                                 jnp.asarray(query))
     key_encode, key_noise = jax.random.split(jax.random.key(seed))
-    z = self.encode(jnp.asarray(clips), key_encode if posterior == "sample" else None)
-    ins, tgts, query_z = jnp.split(z, [batch * num_pairs, 2 * batch * num_pairs])
-    cond, _ = dit_train.build_condition(
-        ins.reshape((batch, num_pairs) + z.shape[1:]), tgts.reshape((batch, num_pairs) + z.shape[1:]),
-        query_z, jnp.full((batch,), num_pairs), jnp.zeros((batch,), bool))
+    z = self.encode(clips, key_encode if posterior == "sample" else None)
+    ins, tgts, (query_z,) = incontext.unpack_clips(z, batch, num_pairs)
+    cond = incontext.full_condition(ins, tgts, query_z)
     noise = jax.random.normal(key_noise, query_z.shape, jnp.float32)
     latents = self.sample_latents(cond, noise, cfg_scale=cfg_scale, num_steps=num_steps,
                                   sampler=sampler)

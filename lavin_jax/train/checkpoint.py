@@ -36,6 +36,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lavin_jax.io import bundle
+
 
 def with_shardings(abstract_tree, shardings):
   """ShapeDtypeStructs of `abstract_tree` placed on `shardings` (a matching pytree)."""
@@ -246,7 +248,6 @@ def export_bundle(path, ema_params, config: ml_collections.ConfigDict, vae_param
   bundle); vae_params (the frozen ST-VAE) make the bundle self-contained. Load it with
   `lavin_jax.inference.pipeline.Pipeline.from_bundle(path)`.
   """
-  from lavin_jax.inference import bundle  # pylint: disable=g-import-not-at-top
   bundle_config = ml_collections.ConfigDict({"jdit": config.model})
   if vae_params is not None:
     bundle_config.stvae = config.vae

@@ -2,8 +2,8 @@
 
 Time convention: see `lavin_jax.flow` (t = 0 noise, t = 1 data).
 
-Read top to bottom, like big_vision's trainers: inputs (pixels -> latents, the
-in-context condition, context dropout), loss, update step, sharded init, then
+Read top to bottom, like big_vision's trainers: inputs (pixels -> latents, context
+dropout), loss, update step, sharded init, then
 `train(config, workdir)`: logging, mesh, input, model, shard, checkpoint, loop.
 
 A batch (see lavin_jax.data.pipeline) holds 'context_inputs' and
@@ -28,7 +28,8 @@ import tqdm
 
 from lavin_jax import convert
 from lavin_jax import flow
-from lavin_jax.inference import bundle
+from lavin_jax.io import bundle
+from lavin_jax.models import incontext
 from lavin_jax.models import jdit
 from lavin_jax.models import stvae
 from lavin_jax.parallel import mesh as mesh_lib
@@ -61,46 +62,11 @@ def encode_batch(vae, vae_params, batch, key, vae_config):
   query and target (B, T', h, w, 16).
   """
   b, k = batch["context_inputs"].shape[:2]
-  clip_shape = batch["query"].shape[1:]
-  clips = jnp.concatenate([
-      batch["context_inputs"].reshape(b * k, *clip_shape),
-      batch["context_targets"].reshape(b * k, *clip_shape),
-      batch["query"], batch["target"]], axis=0)
+  clips = incontext.pack_clips(batch["context_inputs"], batch["context_targets"],
+                               batch["query"], batch["target"])
   z = encode_clips(vae, vae_params, clips, key, vae_config)
-  ins, tgts, query, target = jnp.split(z, [b * k, 2 * b * k, 2 * b * k + b], axis=0)
-  return {"context_inputs": ins.reshape(b, k, *z.shape[1:]),
-          "context_targets": tgts.reshape(b, k, *z.shape[1:]),
-          "query": query, "target": target}
-
-
-def build_condition(context_inputs, context_targets, query, num_pairs, drop):
-  """The in-context condition [in_1, tgt_1, ..., in_K, tgt_K, query] and its mask.
-
-  Pairs at index >= num_pairs are padding: masked (invisible to J-DiT). An
-  example with drop=True keeps only [one zero frame, its query] visible, which is
-  `jdit.null_condition(query)` padded with masked frames: the null condition
-  guidance uses at sampling, with static shapes.
-
-  Args:
-    context_inputs, context_targets: latents (B, K, T', h, w, C).
-    query: latents (B, T', h, w, C).
-    num_pairs: (B,) int, valid pairs per example.
-    drop: (B,) bool, context dropout.
-
-  Returns:
-    cond (B, (2K + 1) T', h, w, C) and cond_mask (B, (2K + 1) T') bool.
-  """
-  b, k, t = context_inputs.shape[:3]
-  pairs = jnp.stack([context_inputs, context_targets], axis=2)  # (B, K, 2, T', h, w, C)
-  pairs = pairs.reshape(b, 2 * k * t, *pairs.shape[4:])
-  pair_mask = jnp.repeat(jnp.arange(k)[None] < num_pairs[:, None], 2 * t, axis=1)
-  first = (jnp.arange(2 * k * t) == 0)[None]  # (1, 2KT')
-  pair_mask = jnp.where(drop[:, None], first, pair_mask)
-  zero_first = (drop[:, None] & first)[..., None, None, None]
-  pairs = jnp.where(zero_first, jnp.zeros((), pairs.dtype), pairs)
-  cond = jnp.concatenate([pairs, query.astype(pairs.dtype)], axis=1)
-  cond_mask = jnp.concatenate([pair_mask, jnp.ones((b, t), bool)], axis=1)
-  return cond, cond_mask
+  ins, tgts, (query, target) = incontext.unpack_clips(z, b, k)
+  return {"context_inputs": ins, "context_targets": tgts, "query": query, "target": target}
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,7 +96,7 @@ def sample_training_inputs(latents, num_pairs, key, flow_config):
   x_data = latents["target"].astype(jnp.float32)
   b = x_data.shape[0]
   drop = jax.random.bernoulli(k_drop, flow_config.uncond_ratio, (b,))
-  cond, cond_mask = build_condition(
+  cond, cond_mask = incontext.build_condition(
       latents["context_inputs"], latents["context_targets"], latents["query"],
       num_pairs, drop)
   t = flow.sample_time(k_time, (b,), flow_config)
@@ -383,8 +349,8 @@ def make_input(config):
   # Imported here: sources pulls in tensorflow_datasets, which only training needs.
   from lavin_jax.data import latents  # pylint: disable=g-import-not-at-top
   from lavin_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from lavin_jax.data import sources  # pylint: disable=g-import-not-at-top
-  source = sources.get_source(config.source)
+  from lavin_jax.data import specs  # pylint: disable=g-import-not-at-top
+  source = specs.get_source(config.source)
   if config.input == "pixels":
     return iter(pipeline.make_pipeline(config.data, source))
   vae, vae_params = load_vae(config)

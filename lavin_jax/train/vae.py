@@ -2,11 +2,11 @@
 
 The paper trains the ST-VAE with MSE, perceptual (LPIPS), adversarial and KL losses and
 publishes no weights for them: every weight is a config value (`lavin_jax.configs.
-vae_training`). The perceptual term needs the LPIPS weight files (lavin_jax.eval.lpips);
+train_vae`). The perceptual term needs the LPIPS weight files (lavin_jax.eval.lpips);
 the adversarial term starts at `disc_start` and trains a PatchGAN discriminator
 (lavin_jax.models.discriminator) with its own AdamW.
 
-  config = lavin_jax.configs.vae_training("small")
+  config = lavin_jax.configs.train_vae.get_config("small")
   params = train(config, workdir, source)   # resumes from workdir/checkpoints
 """
 
@@ -26,6 +26,8 @@ import optax
 import tqdm
 
 from lavin_jax.data import pipeline as pipeline_lib
+from lavin_jax.data import specs
+from lavin_jax.io import bundle
 from lavin_jax.models import discriminator as disc_lib
 from lavin_jax.models import stvae
 from lavin_jax.train import checkpoint
@@ -216,3 +218,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, source) -> dict:
       bar.close()
       writer.close()
   return jax.device_get(state.params)
+
+
+def train_and_export(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Trains on `config.source` (a lavin_jax.data.specs spec); writes <workdir>/bundle."""
+  params = train(config, workdir, specs.get_source(config.source))
+  out = os.path.join(workdir, "bundle")
+  bundle.save_bundle(out, ml_collections.ConfigDict({"stvae": config.model}),
+                     stvae_params=params)
+  return out

@@ -18,6 +18,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from lavin_jax.io import files
+
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 MODELS = ("jdit", "stvae")
@@ -56,8 +58,24 @@ def save_bundle(path, config: ml_collections.ConfigDict, jdit_params=None,
   if primary:
     with open(os.path.join(partial, CONFIG_FILE), "w") as f:
       f.write(config.to_json(indent=1))
-    _replace(partial, path)
+    files.replace_dir(partial, path)
   _sync("bundle_done")
+
+
+def load_config(path) -> ml_collections.ConfigDict:
+  """The config of the bundle at `path`, read without its params."""
+  path = os.path.abspath(os.fspath(path))
+  config_file = os.path.join(path, CONFIG_FILE)
+  if not os.path.isfile(config_file):
+    raise FileNotFoundError(
+        f"No inference bundle at {path!r} (missing {CONFIG_FILE}); write one with "
+        f"launch/convert.py or lavin_jax.io.bundle.save_bundle.")
+  try:
+    with open(config_file) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+    raise ValueError(f"The bundle config {config_file} is not a JSON object ({e}); the "
+                     "bundle is damaged: write it again.") from e
 
 
 def load_bundle(path):
@@ -65,16 +83,9 @@ def load_bundle(path):
 
   Params come back as host numpy arrays in the stored dtype.
   """
-  path = os.path.abspath(os.fspath(path))
-  config_file = os.path.join(path, CONFIG_FILE)
-  if not os.path.isfile(config_file):
-    raise FileNotFoundError(
-        f"No inference bundle at {path!r} (missing {CONFIG_FILE}); write one with "
-        f"launch/convert.py or lavin_jax.inference.bundle.save_bundle.")
-  with open(config_file) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = load_config(path)
   checkpointer = ocp.StandardCheckpointer()
-  params_dir = os.path.join(path, PARAMS_DIR)
+  params_dir = os.path.join(os.path.abspath(os.fspath(path)), PARAMS_DIR)
   stored = checkpointer.metadata(params_dir).item_metadata.tree
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored)
   params = jax.tree.map(np.asarray, checkpointer.restore(params_dir, target))
@@ -83,18 +94,6 @@ def load_bundle(path):
 
 def _cast(a, dtype):
   return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
-
-
-def _replace(new, path):
-  """Moves the directory `new` to `path`; an old bundle is moved aside, then removed."""
-  old = path + ".old"
-  if os.path.exists(old):
-    shutil.rmtree(old)
-  if os.path.exists(path):
-    os.rename(path, old)
-  os.rename(new, path)
-  if os.path.exists(old):
-    shutil.rmtree(old)
 
 
 def _sync(name):

@@ -1,0 +1,101 @@
+r"""J-DiT training with rectified flow on in-context sequences (paper stage 1: 256 px).
+
+Run on one host (all local devices, data parallel):
+
+  python launch/train_dit.py --config=lavin_jax/configs/train_dit.py:0.1b \
+      --config.vae_checkpoint=/path/to/stvae.pt --workdir=/tmp/lavin_dit
+
+CPU smoke run (tiny model, random-init ST-VAE, a few steps):
+
+  python launch/train_dit.py --config=lavin_jax/configs/train_dit.py:tiny,runlocal \
+      --workdir=/tmp/lavin_dit_tiny
+
+The argument is `<size>[,runlocal]` with size in lavin_jax.configs.JDIT_SIZES; every
+field can be overridden, e.g. `--config.mesh.fsdp=8 --config.optimizer.lr=5e-5`.
+Clusters: launch/slurm_train_dit.sh (GPU), launch/tpu_train_dit.sh (TPU pods).
+"""
+
+import ml_collections
+
+from lavin_jax.configs import common
+from lavin_jax.configs import data
+from lavin_jax.configs import flow
+from lavin_jax.configs import models
+from lavin_jax.configs import tasks
+
+INPUTS = ("pixels", "latents")
+
+
+def optimizer(lr: float = 1e-4) -> ml_collections.ConfigDict:
+  """The paper's optimizer: AdamW (betas 0.9, 0.95), no warmup, clip 1.0, EMA 0.9999."""
+  c = ml_collections.ConfigDict()
+  c.lr = lr
+  c.b1 = 0.9
+  c.b2 = 0.95
+  c.eps = 1e-8
+  c.weight_decay = 0.01
+  c.schedule = "constant"  # constant | cosine
+  c.warmup_steps = 0
+  c.decay_steps = 100_000  # cosine only: the step where the decay ends
+  c.end_lr_factor = 0.0  # cosine only
+  c.clip_norm = 1.0
+  c.ema_decay = 0.9999
+  return c
+
+
+def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
+  """J-DiT training for `<size>[,runlocal]`."""
+  size, flags = common.parse_arg(arg, models.JDIT_SIZES, "0.1b", flags=("runlocal",))
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 100_000
+
+  # Model: J-DiT architecture; bf16 compute, float32 master weights.
+  c.model = models.jdit(size)
+  c.init_from = ""  # optional released J-DiT safetensors to start from
+
+  # Frozen ST-VAE: training encodes pixel batches inside the step ('pixels'), or
+  # encodes every example's task pairs once up front and draws episodes of latents
+  # ('latents'; deterministic tasks and centred crops: lavin_jax.data.latents).
+  c.input = "pixels"  # one of INPUTS
+  c.vae = models.stvae("released")
+  c.vae_checkpoint = ""  # released stvae.pt, or an inference bundle directory
+  c.vae_random_init = False  # smoke tests only: an untrained ST-VAE
+
+  # Data: episodes of 1..k_max context pairs + a query, padded to k_max
+  # (lavin_jax.data.pipeline). The source is a lavin_jax.data.sources spec:
+  # 'synthetic' (built-in rendered scenes with every annotation), 'tfds:NAME', ...
+  c.source = "synthetic"
+  c.data = data.pipeline("image")
+  c.data.batch_size = 640  # global, over all processes
+  c.data.resolution = 256
+  c.data.k_min, c.data.k_max = 1, 8  # released training: 1 to 8 pairs
+  c.data.worker_count = 4
+
+  # Mesh: sizes of ('data', 'fsdp', 'tensor'); -1 takes the remaining devices.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+  c.optimizer = optimizer()
+  c.optimizer.decay_steps = c.get_ref("total_steps")
+  c.flow = flow.training()
+
+  # Checkpoints and logging.
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+
+  if "runlocal" in flags:
+    c.total_steps = 10
+    c.vae = models.stvae("tiny")
+    c.vae_random_init = True
+    c.model.dtype = "float32"
+    c.model.remat_policy = "none"
+    c.data.batch_size = 2
+    c.data.resolution = 64
+    c.data.k_max = 2
+    c.data.worker_count = 0
+    # scikit-image's photographs (no download) and the tasks that need only images.
+    c.source = "photos"
+    for name in c.data.task_weights:
+      c.data.task_weights[name] = float(name in tasks.IMAGE_ONLY_TASKS)
+    c.checkpoint_every = 5
+  return c

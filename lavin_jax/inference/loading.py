@@ -1,0 +1,71 @@
+"""Which model to run: an inference bundle, or the released files at a size.
+
+`ModelFiles.check()` and `ModelFiles.configs()` read no weights, so an entry point can
+validate every input against the model's configs before anything heavy is loaded.
+"""
+
+import dataclasses
+import os
+from typing import Optional
+
+import ml_collections
+
+from lavin_jax.configs import models as model_configs
+from lavin_jax.inference import pipeline as pipeline_lib
+from lavin_jax.io import bundle as bundle_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFiles:
+  """A bundle directory, or the released stvae.pt + lavin_dit.safetensors at `size`."""
+  bundle: Optional[str] = None
+  vae_path: Optional[str] = None
+  dit_path: Optional[str] = None
+  size: str = "3.4b"  # J-DiT size of dit_path (lavin_jax.configs.JDIT_SIZES)
+
+  def check(self) -> None:
+    """Raises unless exactly one model is named and its files exist."""
+    released = (self.vae_path, self.dit_path)
+    if self.bundle and any(released):
+      raise ValueError("Give --bundle or --vae_path with --dit_path, not both.")
+    if not self.bundle and not all(released):
+      raise ValueError("Name the model: --bundle=DIR, or --vae_path=stvae.pt with "
+                       "--dit_path=lavin_dit.safetensors.")
+    if self.bundle:
+      config_file = os.path.join(self.bundle, bundle_lib.CONFIG_FILE)
+      if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"--bundle: no inference bundle at {self.bundle!r} (missing "
+                                f"{bundle_lib.CONFIG_FILE}); write one with launch/convert.py.")
+      return
+    model_configs.jdit(self.size)  # an unknown size raises here
+    for flag, path in (("--vae_path", self.vae_path), ("--dit_path", self.dit_path)):
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag}: no file at {path!r}.")
+
+  def configs(self) -> ml_collections.ConfigDict:
+    """The model's {'jdit', 'stvae'} configs, read without loading any weights."""
+    self.check()
+    if self.bundle:
+      return bundle_lib.load_config(self.bundle)
+    return ml_collections.ConfigDict({"jdit": model_configs.jdit(self.size),
+                                      "stvae": model_configs.stvae("released")})
+
+  def pixel_multiple(self) -> int:
+    """Image sides the model takes are multiples of this."""
+    c = self.configs()
+    return model_configs.pixel_multiple(c.stvae, c.jdit)
+
+  def load(self) -> pipeline_lib.Pipeline:
+    """The in-context pipeline of these files."""
+    self.check()
+    if self.bundle:
+      return pipeline_lib.Pipeline.from_bundle(self.bundle)
+    return pipeline_lib.Pipeline.from_released(self.vae_path, self.dit_path,
+                                               jdit_config=model_configs.jdit(self.size))
+
+  def describe(self) -> dict:
+    """The files as JSON-ready facts for reports."""
+    if self.bundle:
+      return {"bundle": self.bundle}
+    return {"vae_path": self.vae_path, "dit_path": self.dit_path, "size": self.size}
+
