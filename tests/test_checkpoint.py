@@ -303,7 +303,7 @@ def test_bad_inputs(tmp_path):
       ckpt.restore({"x": jnp.zeros(3)})
     ckpt.save(1, {"x": jnp.zeros(3), "y": jnp.zeros(2)})
     ckpt.wait_until_finished()
-    with pytest.raises(ValueError, match=r"mismatched shapes \(1\).*x: checkpoint \(3,\)"):
+    with pytest.raises(ValueError, match=r"mismatched shapes \(1\).*x: stored \(3,\)"):
       ckpt.restore({"x": jnp.zeros(4), "y": jnp.zeros(2)})
     with pytest.raises(ValueError, match=r"missing \(1\): \['z'\]"):
       ckpt.restore({"x": jnp.zeros(3), "y": jnp.zeros(2), "z": jnp.zeros(1)})

@@ -107,17 +107,17 @@ def test_incompatible_file_lists_every_problem(tmp_path):
   with pytest.raises(ValueError) as error:
     load_released_jdit(path, _config())
   message = str(error.value)
-  assert "missing keys (1): ['blocks.1.x_mlp.up_proj.weight']" in message
-  assert "unexpected keys (1): ['blocks.0.extra.weight']" in message
-  assert "final_layer.linear.bias: file (7,), model wants (64,)" in message
+  assert "missing (1): ['blocks.1.x_mlp.up_proj.weight']" in message
+  assert "unexpected (1): ['blocks.0.extra.weight']" in message
+  assert "final_layer.linear.bias: stored (7,), model (64,)" in message
 
 
 def test_wrong_config_is_refused():
   # A deeper model misses blocks.2; wrong head counts mismatch the kv projections.
-  with pytest.raises(ValueError, match=r"missing keys \(\d+\): \['blocks.2"):
+  with pytest.raises(ValueError, match=r"missing \(\d+\): \['blocks.2"):
     load_released_jdit(STATE, _config(depth=3))
-  with pytest.raises(ValueError, match=r"joint_attn.cond_k.weight: file \(48, 96\), model "
-                                       r"wants \(96, 96\)"):
+  with pytest.raises(ValueError, match=r"joint_attn.cond_k.weight: stored \(48, 96\), model "
+                                       r"\(96, 96\)"):
     load_released_jdit(STATE, _config(num_kv_heads=4))
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from safetensors import safe_open
 
 from lavin_jax import configs
+from lavin_jax.io import tree_fit
 from lavin_jax.models import jdit
 
 # Flax module names whose released name differs.
@@ -104,23 +105,12 @@ def _is_kernel(names):
 
 def _check(plan, file_shapes, path):
   """Raises ValueError listing every missing, unexpected and mismatched key."""
-  used, missing, mismatched = set(), [], []
+  wanted = {}
   for names, keys, shape, _ in plan:
     for key in keys:
-      used.add(key)
-      if key not in file_shapes:
-        missing.append(key)
-        continue
-      want = tuple(shape)[::-1] if _is_kernel(names) else tuple(shape)  # released layout
-      if file_shapes[key] != want:
-        mismatched.append(f"{key}: file {file_shapes[key]}, model wants {want}")
-  unexpected = sorted(set(file_shapes) - used)
-  if missing or unexpected or mismatched:
-    raise ValueError(
-        f"{path} does not fit the J-DiT config (check hidden_size, depth, num_heads, "
-        f"num_kv_heads):\n  missing keys ({len(missing)}): {missing}\n"
-        f"  unexpected keys ({len(unexpected)}): {unexpected}\n"
-        f"  mismatched shapes ({len(mismatched)}): {mismatched}")
+      wanted[key] = tuple(shape)[::-1] if _is_kernel(names) else tuple(shape)  # released
+  tree_fit.check_fits(file_shapes, wanted, path,
+                      "check hidden_size, depth, num_heads, num_kv_heads")
 
 
 def load_released_jdit(path: str | os.PathLike, config: ml_collections.ConfigDict):

@@ -37,6 +37,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lavin_jax.io import bundle
+from lavin_jax.io import tree_fit
 
 
 def with_shardings(abstract_tree, shardings):
@@ -75,16 +76,8 @@ def _check_fits(metadata, target, where: str) -> None:
   """Raises ValueError listing every missing, unexpected or reshaped array."""
   stored = {m.name: tuple(m.shape) for m in jax.tree.leaves(metadata) if hasattr(m, "shape")}
   wanted = {_dotted(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(target)}
-  missing = sorted(set(wanted) - set(stored))
-  unexpected = sorted(set(stored) - set(wanted))
-  reshaped = [f"{k}: checkpoint {stored[k]}, target {wanted[k]}"
-              for k in sorted(set(stored) & set(wanted)) if stored[k] != wanted[k]]
-  if missing or unexpected or reshaped:
-    raise ValueError(
-        f"The checkpoint {where} does not fit the target state (was it written with "
-        f"another model or optimizer config?):\n  missing ({len(missing)}): {missing}\n"
-        f"  unexpected ({len(unexpected)}): {unexpected}\n"
-        f"  mismatched shapes ({len(reshaped)}): {reshaped}")
+  tree_fit.check_fits(stored, wanted, f"The checkpoint {where}",
+                      "was it written with another model or optimizer config?")
 
 
 class CheckpointManager:
