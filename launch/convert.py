@@ -13,6 +13,7 @@ import json
 from absl import app
 from absl import flags
 
+from lavin_jax import cli
 from lavin_jax import configs
 from lavin_jax.convert import bundle
 
@@ -37,4 +38,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["output"])
-  app.run(main)
+  cli.run(main)

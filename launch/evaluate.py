@@ -21,6 +21,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from lavin_jax import cli
 from lavin_jax import configs
 from lavin_jax.eval import model_eval
 from lavin_jax.inference import loading
@@ -44,4 +45,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["output"])
-  app.run(main)
+  cli.run(main)

@@ -16,6 +16,7 @@ Every input is checked before the model is loaded (lavin_jax.inference.templates
 from absl import app
 from absl import flags
 
+from lavin_jax import cli
 from lavin_jax import configs
 from lavin_jax.configs import sampling
 from lavin_jax.inference import loading
@@ -53,4 +54,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["query", "output", "task_dir"])
-  app.run(main)
+  cli.run(main)

@@ -11,13 +11,11 @@ JAX_NUM_PROCESSES, JAX_PROCESS_ID environment variables), or, with
 launch/slurm_train_dit.sh and launch/tpu_train_dit.sh.
 """
 
-import sys
-
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from lavin_jax import cli
 from lavin_jax.parallel import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -39,13 +37,9 @@ def main(argv):
   mesh_lib.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                   _PROCESS_ID.value, auto_detect=_AUTO.value)
   from lavin_jax.train import dit  # pylint: disable=g-import-not-at-top
-  try:
-    dit.train(_CONFIG.value, _WORKDIR.value)
-  except FloatingPointError as e:
-    logging.error("%s", e)
-    sys.exit(f"Training stopped: {e}")
+  dit.train(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(main)

@@ -8,13 +8,12 @@ trained ST-VAE is saved as an inference bundle to <workdir>/bundle, ready for
 `--config.vae_checkpoint=<workdir>/bundle` in J-DiT training.
 """
 
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from lavin_jax import cli
 from lavin_jax import configs
 from lavin_jax.train import vae
 
@@ -27,14 +26,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, bun
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    out = vae.train_and_export(_CONFIG.value, _WORKDIR.value)
-  except FloatingPointError as e:
-    logging.error("%s", e)
-    sys.exit(f"Training stopped: {e}")
+  out = vae.train_and_export(_CONFIG.value, _WORKDIR.value)
   logging.info("ST-VAE bundle written to %s", out)
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  cli.run(main)

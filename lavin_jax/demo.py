@@ -262,6 +262,7 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
 def cli():
   """Console entry point `lavin-demo` (same flags as launch/demo.py)."""
   from absl import app  # pylint: disable=g-import-not-at-top
+  from lavin_jax import cli  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flag = config_flags.DEFINE_config_file(
@@ -273,4 +274,4 @@ def cli():
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     run(config_flag.value, workdir.value)
 
-  app.run(main)
+  cli.run(main)

@@ -27,6 +27,7 @@ LAYERS = (
     ("convert",),
     ("parallel",),
     ("train", "inference", "eval"),
+    ("cli",),
     ("demo",),
 )
 ONLY_CONFIGS = ("configs", "models", "flow")  # may import nothing else of the package

@@ -1,7 +1,6 @@
 """ST-VAE training: the loss against numpy, learning on a fixed batch, the config file."""
 
 import functools
-import importlib.util
 import pathlib
 
 import flax.linen as nn
@@ -95,17 +94,9 @@ def test_tiny_vae_learns_a_fixed_batch(start):
   assert np.mean(mses[-5:]) < 0.5 * np.mean(mses[:5])
 
 
-def _config_file():
-  spec = importlib.util.spec_from_file_location("train_vae_config", ROOT / "configs" /
-                                                "train_vae.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 @pytest.mark.parametrize("arg", ["demo", "tiny", "small", "released", ""])
 def test_config_file_settings(arg):
-  config = _config_file().get_config(arg)
+  config = train_vae_configs.get_config(arg)
   if config.lpips_weight > 0:  # the weight files are the user's to give
     config.lpips_vgg, config.lpips_lin = "vgg16.pth", "lin.pth"
   vae.check_config(config)
@@ -114,5 +105,5 @@ def test_config_file_settings(arg):
 
 
 def test_config_file_rejects_unknown_setting():
-  with pytest.raises(ValueError, match="Unknown ST-VAE training setting 'huge'"):
-    _config_file().get_config("huge")
+  with pytest.raises(ValueError, match="Unknown config argument 'huge'"):
+    train_vae_configs.get_config("huge")

@@ -1,0 +1,43 @@
+"""Command-line entry points: absl flags in; a user's mistake out as one line.
+
+`run(main)` is `absl.app.run(main)`, except that an error caused by the input (a bad
+value, a missing or unreadable file, training that diverged) ends the program with
+`error: <what is wrong and how to fix it>` on stderr and exit status 1, and no
+traceback. Any other exception is a bug and keeps its traceback. `--debug` (or the
+environment variable LAVIN_JAX_DEBUG=1) shows the traceback of every error.
+"""
+
+import os
+import sys
+from typing import Callable
+
+from absl import app
+from absl import flags
+
+DEBUG_ENV = "LAVIN_JAX_DEBUG"
+# Errors the package raises for bad input: ValueError (and its subclasses, such as the
+# checkpoint readers' format errors), missing or unreadable files, and a diverged run.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
+def one_line(error: BaseException) -> str:
+  """`error: <message>` with the message's lines joined into one."""
+  message = " ".join(str(error).split()) or type(error).__name__
+  return f"error: {message}"
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """Runs `main` like `absl.app.run`, reporting USER_ERRORS as one line (see above)."""
+  if "debug" not in flags.FLAGS:
+    flags.DEFINE_bool("debug", False, f"Show tracebacks of every error (or {DEBUG_ENV}=1).")
+
+  def checked(argv):
+    try:
+      main(argv)
+    except USER_ERRORS as e:
+      if flags.FLAGS.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        raise
+      print(one_line(e), file=sys.stderr, flush=True)
+      sys.exit(1)
+
+  app.run(checked)
