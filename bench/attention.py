@@ -9,13 +9,23 @@ temporary bytes and temp + arguments + outputs, for the forward pass and for for
 backward, with a key-validity mask as in padded training batches. One JSON line each.
 """
 
-import argparse
-import json
-
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 
+import common
+from lavin_jax import configs
 from lavin_jax.models import attention
+
+_LAYOUT = configs.jdit("0.1b")
+_TOKENS = flags.DEFINE_integer("tokens", 18_432, "Sequence length.")
+_HEADS = flags.DEFINE_integer("heads", _LAYOUT.num_heads, "Attention heads.")
+_HEAD_DIM = flags.DEFINE_integer("head_dim", _LAYOUT.hidden_size // _LAYOUT.num_heads,
+                                 "Channels per head.")
+_BLOCK_SIZE = flags.DEFINE_integer("block_size", _LAYOUT.attention_block_size,
+                                   "Query/key block of the blockwise path.")
+_DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Compute dtype.")
 
 
 def memory(implementation, tokens, heads, head_dim, dtype, block_size, backward):
@@ -34,27 +44,23 @@ def memory(implementation, tokens, heads, head_dim, dtype, block_size, backward)
                                     + stats.output_size_in_bytes)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--tokens", type=int, default=18_432)
-  parser.add_argument("--heads", type=int, default=8)
-  parser.add_argument("--head_dim", type=int, default=64)
-  parser.add_argument("--block_size", type=int, default=512)
-  parser.add_argument("--dtype", default="bfloat16")
-  args = parser.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   implementations = ["xla", "blockwise"] + (["cudnn"] if jax.default_backend() == "gpu" else [])
   for backward in (False, True):
     for impl in implementations:
-      temp, total = memory(impl, args.tokens, args.heads, args.head_dim,
-                           jnp.dtype(args.dtype), args.block_size, backward)
-      print(json.dumps({
+      temp, total = memory(impl, _TOKENS.value, _HEADS.value, _HEAD_DIM.value,
+                           jnp.dtype(_DTYPE.value), _BLOCK_SIZE.value, backward)
+      common.print_figure({
           "figure": "attention_memory", "implementation": impl,
           "pass": "forward_backward" if backward else "forward",
-          "tokens": args.tokens, "heads": args.heads, "head_dim": args.head_dim,
-          "dtype": args.dtype, "block_size": args.block_size if impl == "blockwise" else None,
+          "tokens": _TOKENS.value, "heads": _HEADS.value, "head_dim": _HEAD_DIM.value,
+          "dtype": _DTYPE.value,
+          "block_size": _BLOCK_SIZE.value if impl == "blockwise" else None,
           "backend": jax.default_backend(), "temp_gib": round(temp / 2**30, 3),
-          "peak_gib": round(total / 2**30, 3)}), flush=True)
+          "peak_gib": round(total / 2**30, 3)})
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

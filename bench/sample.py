@@ -10,25 +10,33 @@ PyTorch code's numbers for the same shapes are in the project's PERF notes (e.g.
 4 pairs, float32: 53.4 s). One JSON line per figure.
 """
 
-import argparse
-import json
-import time
-
+from absl import app
+from absl import flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common
 from lavin_jax import configs
 from lavin_jax import flow
+from lavin_jax.configs import sampling
 from lavin_jax.models import jdit
 
+_RELEASED = sampling.released()
+_SIZES = common.define_choices("sizes", "tiny,0.1b", configs.JDIT_SIZES, "J-DiT sizes")
+_PAIRS = common.define_integers("pairs", "4,8", "Context pairs per example.")
+_RESOLUTION = flags.DEFINE_integer("resolution", 256, "Image side in pixels.")
+_NUM_STEPS = flags.DEFINE_integer("num_steps", _RELEASED.num_steps, "Sampler time points.")
+_DTYPE = flags.DEFINE_string("dtype", "bfloat16", "J-DiT compute dtype.")
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed runs per figure after compilation.")
 
-def bench(size, pairs, args):
+
+def bench(size, pairs):
   config = configs.jdit(size)
-  config.dtype = args.dtype
+  config.dtype = _DTYPE.value
   model = jdit.JDiT(config)
-  latent = args.resolution // 8
+  latent = _RESOLUTION.value // 8
   x_shape = (1, 1, latent, latent, config.in_channels)
   cond_frames = 2 * pairs + 1
   rng = np.random.default_rng(0)
@@ -38,21 +46,16 @@ def bench(size, pairs, args):
   shapes = jax.eval_shape(model.init, jax.random.key(0), noise, jnp.zeros((1,)), cond)
   params = jax.tree.map(lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape), s.dtype),
                         nn.unbox(shapes["params"]))
-  grid = jnp.asarray(flow.time_grid(args.num_steps))
+  grid = jnp.asarray(flow.time_grid(_NUM_STEPS.value))
   sampler = flow.make_guided_sampler(model)
+  args = (params, noise, cond, cond_null, grid, _RELEASED.cfg_scale)
 
-  start = time.perf_counter()
-  compiled = sampler.lower(params, noise, cond, cond_null, grid, 1.5).compile()
-  compile_s = time.perf_counter() - start
-  times = []
-  for _ in range(args.repeats):
-    start = time.perf_counter()
-    compiled(params, noise, cond, cond_null, grid, 1.5).block_until_ready()
-    times.append(time.perf_counter() - start)
+  compiled, compile_s = common.timed(lambda: sampler.lower(*args).compile())
+  times = common.repeat_seconds(lambda: compiled(*args), _REPEATS.value)
   tokens_per_frame = (latent // config.patch_size) ** 2
   return {
       "figure": "guided_sampling_latency", "size": size, "pairs": pairs,
-      "resolution": args.resolution, "dtype": args.dtype, "grid_points": args.num_steps,
+      "resolution": _RESOLUTION.value, "dtype": _DTYPE.value, "grid_points": _NUM_STEPS.value,
       "tokens_cond_pass": (cond_frames + 1) * tokens_per_frame,
       "tokens_null_pass": 3 * tokens_per_frame,
       "seconds_per_example": float(np.median(times)), "compile_seconds": compile_s,
@@ -60,19 +63,13 @@ def bench(size, pairs, args):
   }
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--sizes", default="tiny,0.1b")
-  parser.add_argument("--pairs", default="4,8")
-  parser.add_argument("--resolution", type=int, default=256)
-  parser.add_argument("--num_steps", type=int, default=20)
-  parser.add_argument("--dtype", default="bfloat16")
-  parser.add_argument("--repeats", type=int, default=2)
-  args = parser.parse_args()
-  for size in args.sizes.split(","):
-    for pairs in (int(p) for p in args.pairs.split(",")):
-      print(json.dumps(bench(size, pairs, args)), flush=True)
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  for size in _SIZES.value:
+    for pairs in _PAIRS.value:
+      common.print_figure(bench(size, pairs))
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

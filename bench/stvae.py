@@ -1,8 +1,9 @@
 r"""ST-VAE speed and memory: images/s and frames/s at 256 px, large inputs with tiling.
 
-  python bench/stvae.py --config=configs/stvae.py:released
-  python bench/stvae.py --config=configs/stvae.py:released --cases=image256,clip256
+  python bench/stvae.py [--size=released] [--dtype=float32]
+  python bench/stvae.py --cases=image256,clip256
   python bench/stvae.py --weights=/path/to/stvae.pt   # released weights instead of random
+  python bench/stvae.py --size=tiny --cases=image256 --repeats=1   # a quick check
 
 Cases (each runs in its own process, so its peak memory is its own):
   image256   one 256x256 image, untiled: encode and decode seconds, images/s
@@ -18,12 +19,11 @@ XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false unless
 --nolow_memory_scheduler.
 """
 
-import json
+import functools
 import os
 import resource
 import subprocess
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -31,17 +31,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ml_collections import config_flags
 
+import common
+from lavin_jax import configs
 from lavin_jax.models import stvae
 from lavin_jax.models import stvae_tiling
 
 CASES = ("image256", "clip256", "image1024", "clip65")
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "..", "configs", "stvae.py"),
-    "ST-VAE architecture config.")
-_CASES = flags.DEFINE_list("cases", list(CASES), f"Cases to run, from {CASES}.")
+_SIZE = flags.DEFINE_enum("size", "released", configs.STVAE_SIZES, "ST-VAE size.")
+_DTYPE = flags.DEFINE_string("dtype", configs.stvae().dtype, "ST-VAE compute dtype.")
+_CASES = common.define_choices("cases", list(CASES), CASES, "Cases to run")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per figure (untiled cases).")
 _CLIP_FRAMES = flags.DEFINE_integer("clip_frames", 9, "Frames of the clip256 case (1 + 4k).")
 _CLIP_CHUNK = flags.DEFINE_integer("clip_chunk", 17, "Frames per temporal chunk, clip65.")
@@ -78,14 +78,8 @@ def _peak_rss_gib():
 
 def _timed(fn, repeats):
   """(compile-and-first-run seconds, median seconds of `repeats` further runs)."""
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
+  first = common.timed(fn)[1]
+  times = common.repeat_seconds(fn, repeats)
   return first, float(np.median(times)) if times else first
 
 
@@ -95,8 +89,8 @@ def _video(frames, size):
 
 def _run_case(case, module, params):
   """Yields figure dicts for one case."""
-  enc = lambda x, **k: stvae_tiling.encode(module, params, x, **k)
-  dec = lambda z, **k: stvae_tiling.decode(module, params, z, **k)
+  enc = functools.partial(stvae_tiling.encode, module, params)
+  dec = functools.partial(stvae_tiling.decode, module, params)
   if case in ("image256", "clip256"):
     frames = 1 if case == "image256" else _CLIP_FRAMES.value
     video = _video(frames, 256)
@@ -114,12 +108,8 @@ def _run_case(case, module, params):
     frames, size = (1, 1024) if case == "image1024" else (65, 256)
     tiling = {} if case == "image1024" else {"tile_frames": _CLIP_CHUNK.value}
     video = _video(frames, size)
-    start = time.perf_counter()
-    mean = jax.block_until_ready(enc(video, tiled=True, **tiling)[0])
-    enc_s = time.perf_counter() - start
-    start = time.perf_counter()
-    recon = jax.block_until_ready(dec(mean, tiled=True, **tiling))
-    dec_s = time.perf_counter() - start
+    mean, enc_s = common.timed(lambda: enc(video, tiled=True, **tiling)[0])
+    recon, dec_s = common.timed(lambda: dec(mean, tiled=True, **tiling))
     assert recon.shape == video.shape and bool(jnp.all(jnp.isfinite(recon)))
     yield {"figure": f"stvae_tiled_{case}_seconds", "value": enc_s + dec_s,
            "encode_seconds": enc_s, "decode_seconds": dec_s, "frames": frames,
@@ -129,9 +119,11 @@ def _run_case(case, module, params):
 
 
 def main(argv):
-  del argv
-  config = _CONFIG.value
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CHILD.value:
+    config = configs.stvae(_SIZE.value)
+    config.dtype = _DTYPE.value
     module = stvae.STVAE(config)
     params = _params(module, config)
     context = {"config": ",".join(map(str, config.block_out_channels)),
@@ -139,11 +131,8 @@ def main(argv):
                "dtype": config.dtype, "devices": jax.device_count(), "cpus": os.cpu_count()}
     for figure in _run_case(_CHILD.value, module, params):
       figure = {k: round(v, 4) if isinstance(v, float) else v for k, v in figure.items()}
-      print(json.dumps({**figure, **context}), flush=True)
+      common.print_figure({**figure, **context})
     return
-  unknown = set(_CASES.value) - set(CASES)
-  if unknown:
-    raise app.UsageError(f"Unknown cases {sorted(unknown)}; choose from {CASES}.")
   passthrough = [a for a in sys.argv[1:] if not a.startswith("--cases")]
   env = dict(os.environ)
   if _LOW_MEMORY.value:

@@ -6,7 +6,6 @@ Prints one JSON line: wall-clock seconds, CPU seconds of this process and its wo
 and the number of examples written.
 """
 
-import json
 import resource
 import tempfile
 import time
@@ -14,9 +13,11 @@ import time
 from absl import app
 from absl import flags
 
+import common
 from lavin_jax.data import synthetic
 
-_CONFIG = flags.DEFINE_string('config', 'small', 'Synthetic config name.')
+_CONFIG = flags.DEFINE_enum('config', 'small', [c.name for c in synthetic.CONFIGS],
+                            'Synthetic config name.')
 _NUM_WORKERS = flags.DEFINE_integer('num_workers', 1, 'Rendering processes.')
 
 
@@ -26,16 +27,17 @@ def _cpu_seconds() -> float:
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   with tempfile.TemporaryDirectory() as data_dir:
     wall, cpu = time.perf_counter(), _cpu_seconds()
     synthetic.build_synthetic(data_dir, _CONFIG.value, num_workers=_NUM_WORKERS.value)
     wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
     examples = sum(len(synthetic.load_synthetic(data_dir, _CONFIG.value, c, s))
                    for c in synthetic.CONTENTS for s in synthetic.SPLITS)
-  print(json.dumps({'figure': 'synthetic_build', 'config': _CONFIG.value,
-                    'num_workers': _NUM_WORKERS.value, 'wall_seconds': round(wall, 2),
-                    'cpu_seconds': round(cpu, 2), 'examples': examples}))
+  common.print_figure({'figure': 'synthetic_build', 'config': _CONFIG.value,
+                       'num_workers': _NUM_WORKERS.value, 'wall_seconds': round(wall, 2),
+                       'cpu_seconds': round(cpu, 2), 'examples': examples})
 
 
 if __name__ == '__main__':

@@ -14,32 +14,33 @@ temporaries), plus the allocator's peak where the backend reports one. One JSON 
 per figure.
 """
 
-import argparse
-import importlib.util
-import json
-import os
 import time
 
+from absl import app
+from absl import flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common
+from lavin_jax import configs
+from lavin_jax.configs import train_dit
 from lavin_jax.models import jdit
 from lavin_jax.models import layers
 from lavin_jax.parallel import mesh as mesh_lib
 from lavin_jax.train import dit
 from lavin_jax.train import state as state_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(arg):
-  spec = importlib.util.spec_from_file_location(
-      "train_dit_config", os.path.join(ROOT, "configs", "train_dit.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+_SIZES = common.define_choices("sizes", "tiny,0.1b", configs.JDIT_SIZES, "J-DiT sizes")
+_BATCHES = common.define_integers("batches", "1,4", "Local batch sizes.")
+_PAIRS = flags.DEFINE_integer("pairs", 4, "Context pairs per example.")
+_RESOLUTION = flags.DEFINE_integer("resolution", 256, "Image side in pixels.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per figure after a warm-up step.")
+_DTYPE = flags.DEFINE_string(
+    "dtype", None, "Compute dtype; default bfloat16 on accelerators, float32 on CPU.")
+_MATMUL_SIZE = flags.DEFINE_integer(
+    "matmul_size", None, "Side of the peak-measuring matmul; default 8192 (CPU: 2048).")
 
 
 def matmul_peak(dtype, size, repeats=5):
@@ -47,12 +48,7 @@ def matmul_peak(dtype, size, repeats=5):
   a = jnp.ones((size, size), dtype)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * size ** 3 / best
+  return 2 * size ** 3 / min(common.repeat_seconds(lambda: f(a), repeats))
 
 
 def forward_flops(c, batch, cond_frames, x_frames, tokens_per_frame):
@@ -69,13 +65,13 @@ def forward_flops(c, batch, cond_frames, x_frames, tokens_per_frame):
   return batch * (blocks + io)
 
 
-def bench(size, batch, args, peak):
-  config = load_config(size)
+def bench(size, batch, dtype, peak):
+  config = train_dit.get_config(size)
   config.input = "latents"
-  config.model.dtype = args.dtype
-  latent = args.resolution // 8
+  config.model.dtype = dtype
+  latent = _RESOLUTION.value // 8
   rng = np.random.default_rng(0)
-  k = args.pairs
+  k = _PAIRS.value
   local = {
       "context_inputs": rng.standard_normal((batch, k, 1, latent, latent, 16), np.float32),
       "context_targets": rng.standard_normal((batch, k, 1, latent, latent, 16), np.float32),
@@ -95,10 +91,10 @@ def bench(size, batch, args, peak):
     state, metrics = compiled(state, None, global_batch)  # warm-up
     jax.block_until_ready(metrics)
     start = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(_STEPS.value):
       state, metrics = compiled(state, None, global_batch)
     jax.block_until_ready((state, metrics))
-    seconds = (time.perf_counter() - start) / args.steps
+    seconds = (time.perf_counter() - start) / _STEPS.value
 
   tokens_per_frame = (latent // config.model.patch_size) ** 2
   flops = 3 * forward_flops(config.model, batch, 2 * k + 1, 1, tokens_per_frame)
@@ -108,8 +104,8 @@ def bench(size, batch, args, peak):
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   return {
       "figure": "train_step", "size": size, "params_m": round(n_params / 1e6, 2),
-      "batch": batch, "pairs": k, "resolution": args.resolution,
-      "tokens_per_example": tokens // batch, "dtype": args.dtype,
+      "batch": batch, "pairs": k, "resolution": _RESOLUTION.value,
+      "tokens_per_example": tokens // batch, "dtype": dtype,
       "remat_policy": config.model.remat_policy, "devices": jax.device_count(),
       "backend": jax.default_backend(),
       "steps_per_sec": round(1 / seconds, 4),
@@ -124,28 +120,20 @@ def bench(size, batch, args, peak):
   }
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--sizes", default="tiny,0.1b")
-  parser.add_argument("--batches", default="1,4")
-  parser.add_argument("--pairs", type=int, default=4)
-  parser.add_argument("--resolution", type=int, default=256)
-  parser.add_argument("--steps", type=int, default=3)
-  parser.add_argument("--dtype", default=None,
-                      help="compute dtype; default bfloat16 on accelerators, float32 on CPU")
-  parser.add_argument("--matmul_size", type=int, default=None)
-  args = parser.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   on_cpu = jax.default_backend() == "cpu"
-  args.dtype = args.dtype or ("float32" if on_cpu else "bfloat16")
-  size = args.matmul_size or (2048 if on_cpu else 8192)
-  peak = matmul_peak(jnp.dtype(args.dtype), size)
-  print(json.dumps({"figure": "matmul_peak", "backend": jax.default_backend(),
-                    "dtype": args.dtype, "matmul_size": size,
-                    "tflops_per_device": round(peak / 1e12, 4)}), flush=True)
-  for model_size in args.sizes.split(","):
-    for batch in (int(b) for b in args.batches.split(",")):
-      print(json.dumps(bench(model_size, batch, args, peak)), flush=True)
+  dtype = _DTYPE.value or ("float32" if on_cpu else "bfloat16")
+  size = _MATMUL_SIZE.value or (2048 if on_cpu else 8192)
+  peak = matmul_peak(jnp.dtype(dtype), size)
+  common.print_figure({"figure": "matmul_peak", "backend": jax.default_backend(),
+                       "dtype": dtype, "matmul_size": size,
+                       "tflops_per_device": round(peak / 1e12, 4)})
+  for model_size in _SIZES.value:
+    for batch in _BATCHES.value:
+      common.print_figure(bench(model_size, batch, dtype, peak))
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)
