@@ -35,7 +35,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   if arg == "demo":
     c.batch_size = 8
     c.total_steps = 300
-    c.lr = 1e-3
+    c.optimizer.lr = 1e-3
     c.checkpoint_every = 100
   elif arg == "tiny":
     c.source = "synthetic:tiny,content=images"

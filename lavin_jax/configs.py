@@ -175,10 +175,18 @@ def vae_training(size: str = "small") -> ml_collections.ConfigDict:
   c.resolution = 64  # square crops, a multiple of 8
   c.batch_size = 16
   c.total_steps = 10_000
-  c.lr = 1e-4
-  c.b1, c.b2 = 0.9, 0.95
-  c.weight_decay = 0.0
-  c.clip_norm = 1.0
+  # Optimizer of the ST-VAE and of its discriminator (lavin_jax.train.state).
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.lr = 1e-4
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.95
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.schedule = "constant"  # constant | cosine
+  c.optimizer.warmup_steps = 0
+  c.optimizer.decay_steps = c.get_ref("total_steps")  # cosine only
+  c.optimizer.end_lr_factor = 0.0  # cosine only
+  c.optimizer.clip_norm = 1.0
   c.kl_weight = 1e-6
   c.lpips_weight = 0.0  # > 0 needs lpips_vgg and lpips_lin (lavin_jax.eval.lpips)
   c.lpips_vgg = ""
@@ -228,7 +236,7 @@ def demo(arg: str = "default") -> ml_collections.ConfigDict:
   c.vae.resolution = c.get_ref("resolution")
   c.vae.batch_size = 8
   c.vae.total_steps = 800
-  c.vae.lr = 1e-3
+  c.vae.optimizer.lr = 1e-3
   c.vae.checkpoint_every = 200
 
   # J-DiT: tiny, trained through the in-context pipeline with the frozen ST-VAE.

@@ -30,6 +30,7 @@ from lavin_jax.models import discriminator as disc_lib
 from lavin_jax.models import stvae
 from lavin_jax.train import checkpoint
 from lavin_jax.train import dit as dit_train
+from lavin_jax.train import state as state_lib
 
 
 class VAEState(struct.PyTreeNode):
@@ -129,14 +130,6 @@ def train_step(state, video, *, model, disc, lpips, tx, disc_tx, config):
 # The trainer.
 
 
-def create_optimizer(config) -> optax.GradientTransformation:
-  """AdamW after global-norm clipping, as configured (used for the ST-VAE and the
-  discriminator alike)."""
-  return optax.chain(optax.clip_by_global_norm(config.clip_norm),
-                     optax.adamw(config.lr, b1=config.b1, b2=config.b2,
-                                 weight_decay=config.weight_decay))
-
-
 def init_state(model, disc, tx, disc_tx, config, video_shape):
   """A fresh VAEState for clips of `video_shape` (B, T, H, W, 3), built in one jit."""
 
@@ -179,11 +172,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, source) -> dict:
   if config.lpips_weight > 0:
     from lavin_jax.eval import lpips as lpips_lib  # pylint: disable=g-import-not-at-top
     lpips = lpips_lib.load_lpips(config.lpips_vgg, config.lpips_lin)
-  tx, disc_tx = create_optimizer(config), create_optimizer(config)
+  tx, _ = state_lib.create_optimizer(config.optimizer)  # the discriminator's too
   shape = (config.batch_size, 1, config.resolution, config.resolution, 3)
-  state = init_state(model, disc, tx, disc_tx, config, shape)
+  state = init_state(model, disc, tx, tx, config, shape)
   step_fn = jax.jit(functools.partial(train_step, model=model, disc=disc, lpips=lpips, tx=tx,
-                                      disc_tx=disc_tx, config=config), donate_argnums=(0,))
+                                      disc_tx=tx, config=config), donate_argnums=(0,))
 
   ckpt = checkpoint.CheckpointManager(os.path.join(workdir, "checkpoints"),
                                       save_every=config.checkpoint_every, keep=2)
