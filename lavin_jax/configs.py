@@ -148,6 +148,9 @@ def train_dit(arg: str = "0.1b") -> ml_collections.ConfigDict:
   # Checkpoints and logging.
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
+  # Metrics fetched and checked every log_every steps; larger values let the host run
+  # ahead of the device.
+  c.log_every = 1
 
   if runlocal:
     c.total_steps = 10
@@ -195,6 +198,9 @@ def vae_training(size: str = "small") -> ml_collections.ConfigDict:
   c.disc_start = 5_000
   c.disc_channels = 64
   c.checkpoint_every = 1000
+  # Metrics fetched and checked every log_every steps; larger values let the host run
+  # ahead of the device.
+  c.log_every = 1
   return c
 
 
