@@ -7,12 +7,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from lavin_jax import configs
 from lavin_jax.convert import load_released_stvae
 from lavin_jax.models import discriminator
 from lavin_jax.models import stvae
+from lavin_jax.train import state as state_lib
 from lavin_jax.train import vae
 from lavin_jax.configs import train_vae as train_vae_configs
 
@@ -30,7 +32,7 @@ def _config(**fields):
   c = train_vae_configs.get_config("tiny")
   c.resolution = 16
   c.batch_size = 2
-  c.lr = 2e-3
+  c.optimizer.lr = 2e-3
   c.kl_weight = 1e-3
   c.update(fields)
   return c
@@ -80,7 +82,7 @@ def test_hinge_discriminator_loss_matches_numpy():
 def test_tiny_vae_learns_a_fixed_batch(start):
   config = _config()
   model = stvae.STVAE(config.model)
-  tx = vae.create_optimizer(config)
+  tx, _ = state_lib.create_optimizer(config.optimizer)
   video = _smooth_batch()
   state = vae.VAEState(step=jnp.zeros((), jnp.int32), params=start, opt_state=tx.init(start),
                        disc_params={}, disc_opt_state={}, rng=jax.random.key(2))
@@ -92,6 +94,32 @@ def test_tiny_vae_learns_a_fixed_batch(start):
     mses.append(float(metrics["mse"]))
   assert int(state.step) == 40
   assert np.mean(mses[-5:]) < 0.5 * np.mean(mses[:5])
+
+
+def test_optimizer_updates_exactly_as_the_former_clip_adamw_chain():
+  config = train_vae_configs.get_config("tiny").optimizer
+  config.lr, config.weight_decay = 1e-3, 0.01  # the demo's lr; a visible decay
+  former = optax.chain(optax.clip_by_global_norm(config.clip_norm),
+                       optax.adamw(config.lr, b1=config.b1, b2=config.b2,
+                                   weight_decay=config.weight_decay))
+  tx, _ = state_lib.create_optimizer(config)
+  rng = np.random.default_rng(3)
+  shapes = {"conv": {"kernel": (3, 3, 3, 8, 8), "bias": (8,)}, "norm": {"scale": (8,)}}
+  tree = lambda scale: jax.tree.map(lambda s: scale * rng.standard_normal(s, np.float32),
+                                    shapes, is_leaf=lambda x: isinstance(x, tuple))
+  start = tree(0.1)
+  grads = [tree(1.0), tree(1e-3)]  # global norms above and below clip_norm
+  assert optax.tree.norm(grads[0]) > config.clip_norm > optax.tree.norm(grads[1])
+
+  def updates(opt):
+    step = jax.jit(lambda p, g, s: opt.update(g, s, p))
+    params, opt_state = start, opt.init(start)
+    for g in grads:
+      u, opt_state = step(params, g, opt_state)
+      params = optax.apply_updates(params, u)
+    return jax.device_get(params)
+
+  jax.tree.map(np.testing.assert_array_equal, updates(tx), updates(former))
 
 
 @pytest.mark.parametrize("arg", ["demo", "tiny", "small", "released", ""])

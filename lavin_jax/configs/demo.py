@@ -50,7 +50,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   c.vae.resolution = c.get_ref("resolution")
   c.vae.batch_size = 8
   c.vae.total_steps = 800
-  c.vae.lr = 1e-3
+  c.vae.optimizer.lr = 1e-3
   c.vae.checkpoint_every = 200
 
   # J-DiT: trained on in-context episodes of precomputed latents (input='latents'); the

@@ -21,26 +21,10 @@ from lavin_jax.configs import common
 from lavin_jax.configs import data
 from lavin_jax.configs import flow
 from lavin_jax.configs import models
+from lavin_jax.configs import optimizer
 from lavin_jax.configs import tasks
 
 INPUTS = ("pixels", "latents")
-
-
-def optimizer(lr: float = 1e-4) -> ml_collections.ConfigDict:
-  """The paper's optimizer: AdamW (betas 0.9, 0.95), no warmup, clip 1.0, EMA 0.9999."""
-  c = ml_collections.ConfigDict()
-  c.lr = lr
-  c.b1 = 0.9
-  c.b2 = 0.95
-  c.eps = 1e-8
-  c.weight_decay = 0.01
-  c.schedule = "constant"  # constant | cosine
-  c.warmup_steps = 0
-  c.decay_steps = 100_000  # cosine only: the step where the decay ends
-  c.end_lr_factor = 0.0  # cosine only
-  c.clip_norm = 1.0
-  c.ema_decay = 0.9999
-  return c
 
 
 def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
@@ -75,13 +59,19 @@ def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
   # Mesh: sizes of ('data', 'fsdp', 'tensor'); -1 takes the remaining devices.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
-  c.optimizer = optimizer()
+  # The paper's optimizer: AdamW 1e-4, betas (0.9, 0.95), weight decay 0.01, no warmup,
+  # clip 1.0; EMA 0.9999.
+  c.optimizer = optimizer.adamw(lr=1e-4, weight_decay=0.01)
   c.optimizer.decay_steps = c.get_ref("total_steps")
+  c.optimizer.ema_decay = 0.9999
   c.flow = flow.training()
 
   # Checkpoints and logging.
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
+  # Metrics fetched and checked every log_every steps; larger values let the host run
+  # ahead of the device.
+  c.log_every = 1
 
   if "runlocal" in flags:
     c.total_steps = 10

@@ -21,6 +21,7 @@ import ml_collections
 
 from lavin_jax.configs import common
 from lavin_jax.configs import models
+from lavin_jax.configs import optimizer
 
 SETTINGS = ("demo", "tiny", "small", "released")
 _SIZES = {"demo": "small", "small": "small", "tiny": "tiny", "released": "released"}
@@ -36,10 +37,9 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   c.resolution = 64  # square crops, a multiple of the ST-VAE's spatial factor
   c.batch_size = 16
   c.total_steps = 10_000
-  c.lr = 1e-4
-  c.b1, c.b2 = 0.9, 0.95
-  c.weight_decay = 0.0
-  c.clip_norm = 1.0
+  # Optimizer of the ST-VAE and of its discriminator.
+  c.optimizer = optimizer.adamw(lr=1e-4, weight_decay=0.0)
+  c.optimizer.decay_steps = c.get_ref("total_steps")
   c.kl_weight = 1e-6
   c.lpips_weight = 0.0  # > 0 needs lpips_vgg and lpips_lin (lavin_jax.eval.lpips)
   c.lpips_vgg = ""
@@ -48,11 +48,14 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   c.disc_start = 5_000
   c.disc_channels = 64
   c.checkpoint_every = 1000
+  # Metrics fetched and checked every log_every steps; larger values let the host run
+  # ahead of the device.
+  c.log_every = 1
 
   if setting == "demo":
     c.batch_size = 8
     c.total_steps = 300
-    c.lr = 1e-3
+    c.optimizer.lr = 1e-3
     c.checkpoint_every = 100
   elif setting == "tiny":
     c.source = "synthetic:tiny,content=images"

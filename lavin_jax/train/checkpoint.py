@@ -19,6 +19,8 @@ Typical loop:
         if stopping:
           break
 
+`lavin_jax.train.loop.run` is this loop, with metrics and non-finite checks.
+
 `abstract_state` is the jax.eval_shape of the state with the NamedShardings of the
 current mesh (`with_shardings`), so a checkpoint written on one mesh restores onto
 another.

@@ -13,9 +13,7 @@ ST-VAE latents (B, K, T', h, w, 16) etc. already normalised.
 """
 
 import functools
-import json
 import os
-import time
 
 from absl import logging
 import flax.linen as nn
@@ -24,7 +22,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 
 from lavin_jax import convert
 from lavin_jax import flow
@@ -34,6 +31,7 @@ from lavin_jax.models import jdit
 from lavin_jax.models import stvae
 from lavin_jax.parallel import mesh as mesh_lib
 from lavin_jax.train import checkpoint
+from lavin_jax.train import loop
 from lavin_jax.train import state as state_lib
 
 CLIP_KEYS = ("context_inputs", "context_targets", "query", "target")
@@ -231,7 +229,7 @@ def check_config(config, batches_given=False):
     raise FileNotFoundError(f"config.vae_checkpoint {config.vae_checkpoint!r} does not exist.")
   if config.init_from and not os.path.isfile(config.init_from):
     raise FileNotFoundError(f"config.init_from {config.init_from!r} does not exist.")
-  for name in ("total_steps", "checkpoint_every", "keep_checkpoints"):
+  for name in ("total_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
     if config[name] < 1:
       raise ValueError(f"config.{name} must be >= 1, got {config[name]}.")
   if not 0.0 <= config.flow.uncond_ratio < 1.0:
@@ -260,18 +258,18 @@ def check_batch(batch, config):
                      f"{num_pairs.min()}..{num_pairs.max()}.")
 
 
-def latent_geometry(batch_shapes, config):
-  """Latent (K, T', h, w) of a batch given as {key: shape}."""
-  k, t, h, w = batch_shapes["context_inputs"][1:5]
+def latent_geometry(batch, config):
+  """Latent (K, T', h, w) of a batch (arrays, or anything with shapes)."""
+  k, t, h, w = np.shape(batch["context_inputs"])[1:5]
   if config.input == "pixels":
     f = stvae.spatial_factor(config.vae)
     t, h, w = 1 + (t - 1) // config.vae.temporal_compression, h // f, w // f
   return k, t, h, w
 
 
-def tokens_per_example(batch_shapes, config) -> int:
+def tokens_per_example(batch, config) -> int:
   """Joint sequence length (condition incl. padding + target tokens) of one example."""
-  k, t, h, w = latent_geometry(batch_shapes, config)
+  k, t, h, w = latent_geometry(batch, config)
   p = config.model.patch_size
   return (2 * k + 2) * t * (h // p) * (w // p)
 
@@ -305,37 +303,6 @@ def load_released_params(config):
 
 
 # ---------------------------------------------------------------------------------------
-# Metrics.
-
-
-def non_finite_metric(metrics):
-  """Name of the first non-finite training quantity, or None."""
-  for name in ("loss", "grad_norm", "update_norm", "param_norm"):
-    if not np.isfinite(metrics[name]):
-      return name
-  return None
-
-
-class MetricWriter:
-  """One JSON object per step appended to workdir/metrics.jsonl (process 0 only)."""
-
-  def __init__(self, workdir):
-    self._file = None
-    if jax.process_index() == 0:
-      self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
-
-  def write(self, step, metrics):
-    if self._file is not None:
-      record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
-      self._file.write(json.dumps(record) + "\n")
-      self._file.flush()
-
-  def close(self):
-    if self._file is not None:
-      self._file.close()
-
-
-# ---------------------------------------------------------------------------------------
 # The trainer.
 
 
@@ -364,6 +331,13 @@ def make_input(config):
       jax.process_index(), jax.process_count()))
 
 
+def global_batches(local_batches, config, mesh):
+  """Checked process-local batches -> global batches on `mesh`, one per step."""
+  for local in local_batches:
+    check_batch(local, config)
+    yield mesh_lib.global_batch({k: local[k] for k in CLIP_KEYS + ("num_pairs",)}, mesh)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
   """Trains J-DiT; checkpoints, metrics.jsonl and the config go to `workdir`.
 
@@ -378,13 +352,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
     The final TrainState.
 
   Raises:
-    FloatingPointError: a step gave a non-finite loss or gradients. The message
-      names the step and the quantity; that state is never saved.
+    FloatingPointError: a step gave a non-finite loss or norm (checked every
+      config.log_every steps and before every save). The message names the step
+      and the quantity; that state is never saved.
   """
   # ## Config and logging.
   check_config(config, batches_given=batches is not None)
   os.makedirs(workdir, exist_ok=True)
-  is_main = jax.process_index() == 0
   logging.info("J-DiT training in %s, %d processes, %d devices.", workdir,
                jax.process_count(), jax.device_count())
 
@@ -394,7 +368,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
 
   # ## Input.
   it = make_input(config) if batches is None else iter(batches)
-  checkpointable_input = hasattr(it, "get_state")
+  data_iterator = it if hasattr(it, "get_state") else None  # checkpointable: Grain
 
   # ## Model and optimizer.
   model = jdit.JDiT(config.model)
@@ -411,58 +385,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
   ckpt = checkpoint.CheckpointManager(
       os.path.join(workdir, "checkpoints"), save_every=config.checkpoint_every,
       keep=config.keep_checkpoints)
-  with ckpt, checkpoint.StopGuard() as stop:
+  with ckpt:
     if ckpt.latest_step() is not None:
       logging.info("Resuming from %s/%d.", ckpt.directory, ckpt.latest_step())
-      state, _ = ckpt.restore(abstract, data_iterator=it if checkpointable_input else None)
+      state, _ = ckpt.restore(abstract, data_iterator=data_iterator)
     else:
       state, _ = init_train_state(model, tx, config, mesh, rng)
 
-    # ## Update step.
+    # ## Update step and loop.
     step_fn = create_train_step(model, tx, schedule, config, shardings, vae=vae)
-    first_step = int(state.step)
-
-    # ## Loop.
-    writer = MetricWriter(workdir)
-    bar = tqdm.tqdm(total=config.total_steps, initial=first_step, disable=not is_main,
-                    desc="train J-DiT", unit="step")
-    tokens = None
-    last = time.perf_counter()
-    try:
-      with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.AXIS_RULES):
-        for step in range(first_step + 1, config.total_steps + 1):
-          local = next(it)
-          check_batch(local, config)
-          if tokens is None:
-            tokens = tokens_per_example({k: np.shape(v) for k, v in local.items()}, config)
-          batch = mesh_lib.global_batch({k: local[k] for k in CLIP_KEYS + ("num_pairs",)}, mesh)
-          state, metrics = step_fn(state, vae_params, batch)
-          metrics = jax.device_get(metrics)
-          bad = non_finite_metric(metrics)
-          if bad is not None:
-            ckpt.wait_until_finished()
-            last_good = ckpt.latest_step()
-            raise FloatingPointError(
-                f"Step {step}: {bad} is {metrics[bad]} (loss {metrics['loss']}, grad_norm "
-                f"{metrics['grad_norm']}); stopping without saving this state. " + (
-                    f"The last good checkpoint is step {last_good} in {ckpt.directory}."
-                    if last_good is not None else "No checkpoint was saved yet."))
-          now = time.perf_counter()
-          examples = batch["num_pairs"].shape[0]
-          metrics["examples_per_sec"] = examples / (now - last)
-          metrics["tokens_per_sec"] = metrics["examples_per_sec"] * tokens
-          last = now
-          writer.write(step, metrics)
-          bar.update(1)
-          bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-          stopping = stop.stop_requested
-          ckpt.save(step, state, config=config,
-                    data_iterator=it if checkpointable_input else None,
-                    force=stopping or step == config.total_steps)
-          if stopping:
-            logging.info("Stop requested: saved step %d, exiting.", step)
-            break
-    finally:
-      bar.close()
-      writer.close()
-  return state
+    with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.AXIS_RULES):
+      return loop.run(
+          lambda state, batch: step_fn(state, vae_params, batch), state,
+          global_batches(it, config, mesh), ckpt=ckpt, total_steps=config.total_steps,
+          log_every=config.log_every, workdir=workdir, config=config,
+          data_iterator=data_iterator,
+          tokens_per_example=functools.partial(tokens_per_example, config=config),
+          desc="train J-DiT")

@@ -1,7 +1,8 @@
-"""Train state, optimizer and EMA for J-DiT training.
+"""Train state, optimizer and EMA for J-DiT training; the optimizer of every trainer.
 
-The optimizer is the paper's: global-norm clipping, then AdamW (lr 1e-4, betas
-(0.9, 0.95), weight decay 0.01, no warmup), all numbers from `config.optimizer`.
+J-DiT's optimizer is the paper's: global-norm clipping, then AdamW (lr 1e-4, betas
+(0.9, 0.95), weight decay 0.01, no warmup), all numbers from `config.optimizer`; the
+ST-VAE and its discriminator use the same factory on their own `config.optimizer`.
 Parameters, EMA and optimizer state are float32 (master weights); the model
 casts to its compute dtype itself.
 """
@@ -45,7 +46,11 @@ def create_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 
 
 def create_optimizer(config: ml_collections.ConfigDict):
-  """(optax transformation, lr schedule) from config.optimizer."""
+  """(optax transformation, lr schedule) from an optimizer config (`config.optimizer`).
+
+  Reads lr, b1, b2, eps, weight_decay, clip_norm and the schedule fields; J-DiT's
+  ema_decay belongs to its train step, not to the optimizer.
+  """
   schedule = create_schedule(config)
   tx = optax.chain(
       optax.clip_by_global_norm(config.clip_norm),

@@ -12,9 +12,7 @@ the adversarial term starts at `disc_start` and trains a PatchGAN discriminator
 
 import functools
 import os
-import time
 
-from absl import logging
 import flax.linen as nn
 from flax import struct
 import grain
@@ -23,7 +21,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 
 from lavin_jax.data import pipeline as pipeline_lib
 from lavin_jax.data import specs
@@ -31,7 +28,8 @@ from lavin_jax.io import bundle
 from lavin_jax.models import discriminator as disc_lib
 from lavin_jax.models import stvae
 from lavin_jax.train import checkpoint
-from lavin_jax.train import dit as dit_train
+from lavin_jax.train import loop
+from lavin_jax.train import state as state_lib
 
 
 class VAEState(struct.PyTreeNode):
@@ -131,14 +129,6 @@ def train_step(state, video, *, model, disc, lpips, tx, disc_tx, config):
 # The trainer.
 
 
-def create_optimizer(config) -> optax.GradientTransformation:
-  """AdamW after global-norm clipping, as configured (used for the ST-VAE and the
-  discriminator alike)."""
-  return optax.chain(optax.clip_by_global_norm(config.clip_norm),
-                     optax.adamw(config.lr, b1=config.b1, b2=config.b2,
-                                 weight_decay=config.weight_decay))
-
-
 def init_state(model, disc, tx, disc_tx, config, video_shape):
   """A fresh VAEState for clips of `video_shape` (B, T, H, W, 3), built in one jit."""
 
@@ -158,7 +148,7 @@ def init_state(model, disc, tx, disc_tx, config, video_shape):
 def check_config(config) -> None:
   if config.resolution % 8:
     raise ValueError(f"resolution must be a multiple of 8 (ST-VAE 8x), got {config.resolution}.")
-  for name in ("total_steps", "batch_size", "checkpoint_every"):
+  for name in ("total_steps", "batch_size", "checkpoint_every", "log_every"):
     if config[name] < 1:
       raise ValueError(f"config.{name} must be >= 1, got {config[name]}.")
   if config.lpips_weight > 0 and not (config.lpips_vgg and config.lpips_lin):
@@ -181,42 +171,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, source) -> dict:
   if config.lpips_weight > 0:
     from lavin_jax.eval import lpips as lpips_lib  # pylint: disable=g-import-not-at-top
     lpips = lpips_lib.load_lpips(config.lpips_vgg, config.lpips_lin)
-  tx, disc_tx = create_optimizer(config), create_optimizer(config)
+  tx, _ = state_lib.create_optimizer(config.optimizer)  # the discriminator's too
   shape = (config.batch_size, 1, config.resolution, config.resolution, 3)
-  state = init_state(model, disc, tx, disc_tx, config, shape)
+  state = init_state(model, disc, tx, tx, config, shape)
   step_fn = jax.jit(functools.partial(train_step, model=model, disc=disc, lpips=lpips, tx=tx,
-                                      disc_tx=disc_tx, config=config), donate_argnums=(0,))
+                                      disc_tx=tx, config=config), donate_argnums=(0,))
 
   ckpt = checkpoint.CheckpointManager(os.path.join(workdir, "checkpoints"),
                                       save_every=config.checkpoint_every, keep=2)
-  with ckpt, checkpoint.StopGuard() as stop:
+  with ckpt:
     if ckpt.latest_step() is not None:
       state, _ = ckpt.restore(state, data_iterator=it)
-    writer = dit_train.MetricWriter(workdir)
-    bar = tqdm.tqdm(total=config.total_steps, initial=int(state.step), desc="train ST-VAE",
-                    unit="step")
-    try:
-      for step in range(int(state.step) + 1, config.total_steps + 1):
-        start = time.perf_counter()
-        state, metrics = step_fn(state, jnp.asarray(next(it)))
-        metrics = jax.device_get(metrics)
-        if not all(np.isfinite(v) for v in metrics.values()):
-          bad = [k for k, v in metrics.items() if not np.isfinite(v)]
-          raise FloatingPointError(f"ST-VAE step {step}: non-finite {bad}; stopping without "
-                                   f"saving it (last checkpoint: {ckpt.latest_step()}).")
-        metrics["examples_per_sec"] = config.batch_size / (time.perf_counter() - start)
-        writer.write(step, metrics)
-        bar.update(1)
-        bar.set_postfix(mse=f"{metrics['mse']:.4f}")
-        stopping = stop.stop_requested
-        ckpt.save(step, state, config=config, data_iterator=it,
-                  force=stopping or step == config.total_steps)
-        if stopping:
-          logging.info("Stop requested: saved ST-VAE step %d, exiting.", step)
-          break
-    finally:
-      bar.close()
-      writer.close()
+    state = loop.run(step_fn, state, (jnp.asarray(video) for video in it), ckpt=ckpt,
+                     total_steps=config.total_steps, log_every=config.log_every,
+                     workdir=workdir, config=config, data_iterator=it, desc="train ST-VAE")
   return jax.device_get(state.params)
 
 
