@@ -82,7 +82,7 @@ def stvae(size: str = "released") -> ml_collections.ConfigDict:
 
 
 def spatial_factor(config: ml_collections.ConfigDict) -> int:
-  """Pixels per ST-VAE latent cell along a side: 2 ** (number of down blocks - 1)."""
+  """Pixels per ST-VAE latent cell along a side: each stage but the last halves H and W."""
   return 2 ** (len(config.block_out_channels) - 1)
 
 

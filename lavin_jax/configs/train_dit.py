@@ -24,9 +24,6 @@ from lavin_jax.configs import models
 from lavin_jax.configs import optimizer
 from lavin_jax.configs import tasks
 
-INPUTS = ("pixels", "latents")
-
-
 def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
   """J-DiT training for `<size>[,runlocal]`."""
   size, flags = common.parse_arg(arg, models.JDIT_SIZES, "0.1b", flags=("runlocal",))
@@ -41,7 +38,7 @@ def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
   # Frozen ST-VAE: training encodes pixel batches inside the step ('pixels'), or
   # encodes every example's task pairs once up front and draws episodes of latents
   # ('latents'; deterministic tasks and centred crops: lavin_jax.data.latents).
-  c.input = "pixels"  # one of INPUTS
+  c.input = "pixels"  # pixels | latents
   c.vae = models.stvae("released")
   c.vae_checkpoint = ""  # released stvae.pt, or an inference bundle directory
   c.vae_random_init = False  # smoke tests only: an untrained ST-VAE

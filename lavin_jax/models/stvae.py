@@ -26,8 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax import lax
 
-# Every stage but the last halves H and W.
-_SPATIAL_FACTOR_PER_STAGE = 2
+from lavin_jax.configs.models import spatial_factor  # pixels per latent cell; re-exported
 
 
 def _conv_kernel_and_bias(module, shape, dtype):
@@ -295,11 +294,6 @@ class Decoder(nn.Module):
       x = Stage(features, c.layers_per_block + 1, block, resample, name=f"up_blocks_{i}")(x, z)
     x = nn.silu(SpatialNorm(group_norm, conv, name="norm_out")(x, z))
     return conv(c.in_channels, name="conv_out")(x)
-
-
-def spatial_factor(config) -> int:
-  """Pixels per latent along H and W (8 for four stages)."""
-  return _SPATIAL_FACTOR_PER_STAGE ** (len(config.block_out_channels) - 1)
 
 
 def check_video(video, config):

@@ -25,6 +25,7 @@ import optax
 
 from lavin_jax import convert
 from lavin_jax import flow
+from lavin_jax.configs import models as model_configs
 from lavin_jax.io import bundle
 from lavin_jax.models import incontext
 from lavin_jax.models import jdit
@@ -234,6 +235,11 @@ def check_config(config, batches_given=False):
       raise ValueError(f"config.{name} must be >= 1, got {config[name]}.")
   if not 0.0 <= config.flow.uncond_ratio < 1.0:
     raise ValueError(f"config.flow.uncond_ratio must be in [0, 1), got {config.flow.uncond_ratio}.")
+  multiple = model_configs.pixel_multiple(config.vae, config.model)
+  if config.data.resolution <= 0 or config.data.resolution % multiple:
+    raise ValueError(f"config.data.resolution must be a positive multiple of {multiple} (the "
+                     f"ST-VAE's downsampling times J-DiT's patch size), got "
+                     f"{config.data.resolution}.")
 
 
 def check_batch(batch, config):

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from lavin_jax.configs import models as model_configs
 from lavin_jax.data import pipeline as pipeline_lib
 from lavin_jax.data import specs
 from lavin_jax.io import bundle
@@ -146,8 +147,10 @@ def init_state(model, disc, tx, disc_tx, config, video_shape):
 
 
 def check_config(config) -> None:
-  if config.resolution % 8:
-    raise ValueError(f"resolution must be a multiple of 8 (ST-VAE 8x), got {config.resolution}.")
+  factor = model_configs.spatial_factor(config.model)
+  if config.resolution <= 0 or config.resolution % factor:
+    raise ValueError(f"config.resolution must be a positive multiple of {factor} (the ST-VAE's "
+                     f"downsampling), got {config.resolution}.")
   for name in ("total_steps", "batch_size", "checkpoint_every", "log_every"):
     if config[name] < 1:
       raise ValueError(f"config.{name} must be >= 1, got {config[name]}.")
