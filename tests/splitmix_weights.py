@@ -9,6 +9,8 @@ import json
 
 import numpy as np
 
+import torch_files
+
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK = (1 << 64) - 1
 
@@ -38,12 +40,14 @@ def deterministic_tensor(k: int, name: str, shape) -> np.ndarray:
   return w.astype(np.float32)
 
 
-def save_state_dict(keys_file, path):
-  """Writes the deterministic state dict of a [[key, shape], ...] file as a .pth."""
-  import torch  # pylint: disable=g-import-not-at-top
+def state_dict(keys_file) -> dict[str, np.ndarray]:
+  """The deterministic state dict of a [[key, shape], ...] file."""
   with open(keys_file) as f:
     keys = json.load(f)
-  state = {name: torch.from_numpy(deterministic_tensor(k, name, tuple(shape)))
-           for k, (name, shape) in enumerate(keys)}
-  torch.save(state, path)
-  return path
+  return {name: deterministic_tensor(k, name, tuple(shape))
+          for k, (name, shape) in enumerate(keys)}
+
+
+def save_state_dict(keys_file, path):
+  """Writes the deterministic state dict of a [[key, shape], ...] file as a .pth."""
+  return torch_files.save(state_dict(keys_file), path)

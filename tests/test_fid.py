@@ -1,20 +1,23 @@
 """FID Inception against pytorch-fid's outputs; Frechet distance and statistics in closed form.
 
 The pool3 parity tolerance is 1e-4 relative to the largest feature: the network is 90+
-float32 convolutions deep, and XLA and PyTorch sum in different orders.
+float32 convolutions deep, and XLA and PyTorch sum in different orders. The resize is
+checked against a closed form of torch's bilinear interpolation, itself checked against
+PyTorch's documented output and OpenCV.
 """
 
 import pathlib
 
+import cv2
 import jax
 import numpy as np
 import pytest
 import scipy.linalg
-import torch
 
 from lavin_jax.eval import fid
 from lavin_jax.eval import weights
 import splitmix_weights
+import torch_files
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "metrics"
 
@@ -35,22 +38,62 @@ def test_pool3_matches_pytorch_fid_on_deterministic_weights(inception_file):
   np.testing.assert_allclose(features, want, atol=1e-4 * np.abs(want).max(), rtol=1e-4)
 
 
+def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) weights of torch's bilinear resize, align_corners=False, no antialias.
+
+  Output i samples the input at src = (i + 0.5) * n_in / n_out - 0.5, clamped at 0; the
+  two pixels around src (the last one repeated past the end) get 1 - frac and frac.
+  src is float32, as torch computes it for float32 images: scale = float32(n_in) / n_out,
+  then scale * (i + 0.5) - 0.5 rounded once. Exact positions would move the 299-pixel
+  outputs by up to 6e-5.
+  """
+  scale = np.float32(n_in) / np.float32(n_out)
+  src = (np.float64(scale) * (np.arange(n_out) + 0.5) - 0.5).astype(np.float32)
+  src = np.maximum(src, 0).astype(np.float64)
+  lo = np.minimum(np.floor(src).astype(int), n_in - 1)
+  frac = src - lo
+  matrix = np.zeros((n_out, n_in))
+  np.add.at(matrix, (np.arange(n_out), lo), 1 - frac)
+  np.add.at(matrix, (np.arange(n_out), np.minimum(lo + 1, n_in - 1)), frac)
+  return matrix
+
+
+def _torch_bilinear(images: np.ndarray, size: int) -> np.ndarray:
+  """(B, H, W, C) -> (B, size, size, C) in float64 by `_bilinear_matrix` on each axis."""
+  return np.einsum("oh,bhwc,pw->bopc", _bilinear_matrix(images.shape[1], size),
+                   images.astype(np.float64), _bilinear_matrix(images.shape[2], size))
+
+
+def test_bilinear_closed_form_is_torch_convention():
+  # nn.Upsample(scale_factor=2, mode="bilinear") of [[1, 2], [3, 4]], from PyTorch's docs.
+  docs = [[1.0, 1.25, 1.75, 2.0], [1.5, 1.75, 2.25, 2.5], [2.5, 2.75, 3.25, 3.5],
+          [3.0, 3.25, 3.75, 4.0]]
+  got = _torch_bilinear(np.array([[1.0, 2.0], [3.0, 4.0]])[None, :, :, None], 4)
+  np.testing.assert_array_equal(got[0, :, :, 0], docs)
+  # OpenCV's INTER_LINEAR has the same half-pixel centres, edge clamping and no
+  # antialiasing, with exact sample positions: float32 positions below 512 are within
+  # 1.5e-5 px, so the two agree to 2 axes x 1.5e-5 px x slope 2 = 6e-5 on [-1, 1] images.
+  rng = np.random.default_rng(1)
+  for size in [(96, 80), (300, 451)]:
+    images = rng.uniform(-1, 1, size + (3,)).astype(np.float32)
+    opencv = cv2.resize(images, (299, 299), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(_torch_bilinear(images[None], 299)[0], opencv, atol=1e-4)
+
+
 @pytest.mark.parametrize("size", [(96, 80), (300, 451)])
 def test_resize_matches_torch_bilinear(size):
   images = np.random.default_rng(0).uniform(-1, 1, (1,) + size + (3,)).astype(np.float32)
-  want = torch.nn.functional.interpolate(
-      torch.from_numpy(images).permute(0, 3, 1, 2), size=(299, 299), mode="bilinear",
-      align_corners=False).permute(0, 2, 3, 1).numpy()
-  np.testing.assert_allclose(fid.resize_bilinear(images), want, atol=1e-6)
+  np.testing.assert_allclose(fid.resize_bilinear(images), _torch_bilinear(images, 299),
+                             atol=1e-6)
 
 
-def test_loader_rejects_a_wrong_file(inception_file, tmp_path):
-  state = torch.load(inception_file, weights_only=True)
-  state["fc.weight"] = torch.zeros(3, 3)  # the classifier is ignored, whatever its shape
+def test_loader_rejects_a_wrong_file(tmp_path):
+  state = splitmix_weights.state_dict(FIXTURES / "pt_inception_keys.json")
+  state["fc.weight"] = np.zeros((3, 3), np.float32)  # the classifier is ignored, any shape
   del state["Mixed_7c.branch_pool.bn.running_var"]
-  state["Mixed_6e.branch1x1.conv.weight"] = torch.zeros(192, 768, 3, 3)
+  state["Mixed_6e.branch1x1.conv.weight"] = np.zeros((192, 768, 3, 3), np.float32)
   broken = tmp_path / "broken.pth"
-  torch.save(state, broken)
+  torch_files.save(state, broken)
   with pytest.raises(ValueError, match=r"broken.pth does not fit") as err:
     fid.load_fid_inception(broken)
   assert "batch_stats/Mixed_7c/branch_pool/bn/var" in str(err.value)

@@ -10,10 +10,10 @@ is folded into the module, weights become `kernel` (convolutions, transposed fro
 (out, in, *k) to (*k, in, out)) or `scale` (norms). The file is checked against
 `jax.eval_shape` of the model before any array is converted.
 
-`.pt` files are read with `torch.load(weights_only=True)` (no pickled code runs; needs
-the `torch` extra); `.safetensors` files with the same keys need no torch. Keys outside
-`encoder.` and `decoder.` are not part of the model (the released loader ignores them
-too): they are skipped with a warning.
+`.pt` files are read without torch by lavin_jax.io.torch_checkpoint (no pickled code
+runs); `.safetensors` files with the same keys work too. Keys outside `encoder.` and
+`decoder.` are not part of the model (the released loader ignores them too): they are
+skipped with a warning.
 """
 
 import os
@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from lavin_jax import configs
+from lavin_jax.io import torch_checkpoint
 from lavin_jax.models import stvae
 
 _REQUIRED = ("block_out_channels", "layers_per_block", "latent_channels")
@@ -73,18 +74,9 @@ def _expected_params(module, config):
 
 
 def _read_pt(path):
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        f"Reading {path} needs PyTorch: pip install 'lavin_jax[torch]' (CPU torch is "
-        "enough), or convert the file to .safetensors first.") from e
-  state = torch.load(path, map_location="cpu", weights_only=True)
-  if isinstance(state, dict) and "state_dict" in state:
-    state = state["state_dict"]
-  if not isinstance(state, dict):
-    raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict.")
-  return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
+  state = torch_checkpoint.load_state_dict(path)
+  return {k: np.asarray(v, np.float32) if np.issubdtype(v.dtype, np.floating) else v
+          for k, v in state.items()}
 
 
 def _read_safetensors(path):

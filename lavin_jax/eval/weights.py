@@ -12,6 +12,8 @@ import pathlib
 from flax import traverse_util
 import numpy as np
 
+from lavin_jax.io import torch_checkpoint
+
 WEIGHTS_DIR_ENV = "LAVIN_JAX_WEIGHTS"
 DEFAULT_WEIGHTS_DIR = pathlib.Path("~/.cache/lavin_jax/weights")
 
@@ -41,16 +43,8 @@ def find_weight_file(filename: str, path=None, *, what: str, source: str) -> pat
 
 def read_torch_state_dict(path) -> dict[str, np.ndarray]:
   """Reads a PyTorch state dict (.pth) into float32 numpy arrays, keys unchanged."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        f"Reading {path} needs PyTorch (CPU is enough): pip install 'lavin_jax[torch]'."
-    ) from e
-  state = torch.load(path, map_location="cpu", weights_only=True)
-  if not isinstance(state, dict):
-    raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict.")
-  return {k: v.detach().float().numpy() for k, v in state.items()
+  state = torch_checkpoint.load_state_dict(path)
+  return {k: np.asarray(v, np.float32) for k, v in state.items()
           if not k.endswith("num_batches_tracked")}
 
 
