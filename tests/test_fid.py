@@ -97,7 +97,7 @@ def test_loader_rejects_a_wrong_file(tmp_path):
   with pytest.raises(ValueError, match=r"broken.pth does not fit") as err:
     fid.load_fid_inception(broken)
   assert "batch_stats/Mixed_7c/branch_pool/bn/var" in str(err.value)
-  assert "params/Mixed_6e/branch1x1/conv/kernel (3, 3, 768, 192)" in str(err.value)
+  assert "params/Mixed_6e/branch1x1/conv/kernel: stored (3, 3, 768, 192)" in str(err.value)
 
 
 def test_missing_weight_file_says_where_to_get_and_put_it(tmp_path, monkeypatch):

@@ -60,9 +60,9 @@ def test_loader_ignores_the_classifier_and_rejects_foreign_keys(vgg_file, tmp_pa
   state["features.30.weight"] = np.zeros((1, 1, 3, 3), np.float32)
   broken = tmp_path / "broken.pth"
   torch_files.save(state, broken)
-  with pytest.raises(ValueError, match=r"broken.pth.*features_28/bias.*features_30"):
+  with pytest.raises(ValueError, match=r"(?s)broken.pth.*features_28/bias.*features_30"):
     lpips.load_lpips(broken, LIN_FILE)
-  with pytest.raises(ValueError, match=r"vgg16-397923af.pth does not fit.*lin0/kernel"):
+  with pytest.raises(ValueError, match=r"(?s)vgg16-397923af.pth does not fit.*lin0/kernel"):
     lpips.load_lpips(vgg_file, vgg_file)  # the VGG file given as the linear heads
 
 

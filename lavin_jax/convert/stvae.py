@@ -28,6 +28,7 @@ import numpy as np
 
 from lavin_jax import configs
 from lavin_jax.io import torch_checkpoint
+from lavin_jax.io import tree_fit
 from lavin_jax.models import stvae
 
 _REQUIRED = ("block_out_channels", "layers_per_block", "latent_channels")
@@ -99,19 +100,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def _check(expected, state, path):
   """Raises ValueError listing every missing, unexpected and mismatched key."""
-  missing, mismatched = [], []
-  for key, shape in expected.items():
-    if key not in state:
-      missing.append(key)
-    elif (got := _to_flax_layout(state[key]).shape) != shape:
-      mismatched.append(f"{key}: file {got}, model {shape} (Flax layout)")
-  unexpected = sorted(set(state) - set(expected))
-  if missing or unexpected or mismatched:
-    raise ValueError(
-        f"{path} does not fit the ST-VAE config (check block_out_channels, "
-        f"layers_per_block, latent_channels):\n  missing keys ({len(missing)}): {missing}\n"
-        f"  unexpected keys ({len(unexpected)}): {unexpected}\n"
-        f"  mismatched shapes ({len(mismatched)}): {mismatched}")
+  stored = {k: _to_flax_layout(v).shape for k, v in state.items()}
+  tree_fit.check_fits(stored, expected, f"{path} (compared in the Flax layout)",
+                      "check block_out_channels, layers_per_block, latent_channels")
 
 
 def load_released_stvae(path: str | os.PathLike, config: ml_collections.ConfigDict):

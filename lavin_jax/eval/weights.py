@@ -12,6 +12,8 @@ import pathlib
 from flax import traverse_util
 import numpy as np
 
+from lavin_jax.io import tree_fit
+
 from lavin_jax.io import torch_checkpoint
 
 WEIGHTS_DIR_ENV = "LAVIN_JAX_WEIGHTS"
@@ -54,15 +56,10 @@ def tree_from_torch(flat: dict[tuple[str, ...], np.ndarray], expected, filename:
   Raises ValueError naming every missing, unexpected or mis-shaped entry, so a wrong or
   truncated weight file never loads silently.
   """
-  want = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(expected).items()}
-  missing = sorted("/".join(k) for k in want.keys() - flat.keys())
-  unexpected = sorted("/".join(k) for k in flat.keys() - want.keys())
-  wrong = sorted(f"{'/'.join(k)} {flat[k].shape} != {want[k]}"
-                 for k in want.keys() & flat.keys() if flat[k].shape != want[k])
-  if missing or unexpected or wrong:
-    raise ValueError(f"{filename} does not fit the network (is it the right file?): "
-                     f"missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                     f"wrong shapes {wrong[:5]}.")
+  name = "/".join
+  tree_fit.check_fits({name(k): v.shape for k, v in flat.items()},
+                      {name(k): v.shape for k, v in traverse_util.flatten_dict(expected).items()},
+                      filename, "is it the right file?")
   return traverse_util.unflatten_dict(flat)
 
 
