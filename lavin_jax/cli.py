@@ -7,7 +7,9 @@ traceback. Any other exception is a bug and keeps its traceback. `--debug` (or t
 environment variable LAVIN_JAX_DEBUG=1) shows the traceback of every error.
 """
 
+import ast
 import os
+import re
 import sys
 from typing import Callable
 
@@ -26,6 +28,32 @@ def one_line(error: BaseException) -> str:
   return f"error: {message}"
 
 
+def _debugging() -> bool:
+  debug = flags.FLAGS["debug"].value if "debug" in flags.FLAGS else False
+  return debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _flag_error(error: BaseException) -> str:
+  """The cause of a flag or config-file error: the last 'SomeError: message' it quotes."""
+  text = str(error)
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a quoted repr
+    text = ast.literal_eval(text)
+  quoted = re.findall(r"^\s*\w*(?:Error|Exception): (.*)$", text, re.MULTILINE)
+  return quoted[-1] if quoted else text
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with a bad flag or config override reported as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError) as e:  # config overrides of unknown fields
+    if _debugging():
+      raise
+    print(one_line(ValueError(_flag_error(e))) + " (--helpshort lists the flags)",
+          file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   """Runs `main` like `absl.app.run`, reporting USER_ERRORS as one line (see above)."""
   if "debug" not in flags.FLAGS:
@@ -35,9 +63,9 @@ def run(main: Callable[[list[str]], None]) -> None:
     try:
       main(argv)
     except USER_ERRORS as e:
-      if flags.FLAGS.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+      if _debugging():
         raise
       print(one_line(e), file=sys.stderr, flush=True)
       sys.exit(1)
 
-  app.run(checked)
+  app.run(checked, flags_parser=parse_flags)

@@ -14,7 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _launch(script, *args, **env):
-  return subprocess.run([sys.executable, str(ROOT / "launch" / script), *args],
+  return subprocess.run([sys.executable, str(ROOT / "launch" / script), *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=300, check=False,
                         env={**os.environ, "JAX_PLATFORMS": "cpu", **env})
 
@@ -63,3 +63,19 @@ def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
     cli.run(mistaken)
   assert exit_info.value.code == 1
   assert capsys.readouterr().err == "error: --size must be one of tiny, 0.1b\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--config=lavin_jax/configs/train_dit.py:2b",),
+     "error: Unknown config argument '2b' in '2b'; choose one of tiny, 0.1b, 1b, 3.4b."),
+    (("--config=lavin_jax/configs/train_dit.py:tiny", "--config.total_stepz=3"),
+     "error: 'total_stepz' Did you mean \"total_steps\" instead of \"total_stepz\"?"),
+    (("--config=lavin_jax/configs/train_dit.py:tiny", "--config.total_steps=abc"),
+     "error: flag --config.total_steps=abc: invalid literal for int() with base 10: 'abc'"),
+    (("--bogus=1",), "error: Unknown command line flag 'bogus'"),
+])
+def test_bad_flags_and_config_overrides_are_one_line(tmp_path, args, message):
+  proc = _launch("train_dit.py", *args, f"--workdir={tmp_path}")
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines() == [message + " (--helpshort lists the flags)"]
+  assert not any(tmp_path.iterdir())
