@@ -17,9 +17,9 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from safetensors import safe_open
 
 from lavin_jax import configs
+from lavin_jax.io import safetensors_file
 from lavin_jax.io import tree_fit
 from lavin_jax.models import jdit
 
@@ -132,12 +132,12 @@ def load_released_jdit(path: str | os.PathLike, config: ml_collections.ConfigDic
   module = jdit.JDiT(config)
   expected = _expected_params(module, config)
   plan = _plan(expected, config.depth)
-  with safe_open(path, framework="flax") as f:
-    file_shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+  with safetensors_file.open_file(path) as f:
+    file_shapes = {k: f.shape(k) for k in f.keys()}
     _check(plan, file_shapes, path)
     flat = {}
     for names, keys, _, dtype in plan:
-      arrays = [np.asarray(f.get_tensor(k), dtype) for k in keys]
+      arrays = [np.asarray(f.array(k), dtype) for k in keys]
       arrays = [a.T if _is_kernel(names) else a for a in arrays]
       flat[names] = np.stack(arrays) if names[0] == "blocks" else arrays[0]
   return module, _unflatten(flat)

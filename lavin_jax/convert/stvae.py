@@ -28,6 +28,7 @@ import numpy as np
 
 from lavin_jax import configs
 from lavin_jax.io import torch_checkpoint
+from lavin_jax.io import safetensors_file
 from lavin_jax.io import tree_fit
 from lavin_jax.models import stvae
 
@@ -81,9 +82,8 @@ def _read_pt(path):
 
 
 def _read_safetensors(path):
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-  with safe_open(path, framework="flax") as f:
-    return {k: np.asarray(f.get_tensor(k), np.float32) for k in f.keys()}
+  with safetensors_file.open_file(path) as f:
+    return {k: np.asarray(f.array(k), np.float32) for k in f.keys()}
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
