@@ -9,7 +9,7 @@ from PIL import Image
 import pytest
 from skimage import metrics as skm
 
-from lavin_jax.data import pipeline
+from lavin_jax.data import episodes as episodes_lib
 from lavin_jax.data import tasks
 from lavin_jax.eval import fid
 from lavin_jax.eval import lpips
@@ -110,14 +110,14 @@ def test_episode_renders_the_query_and_distinct_other_examples(image_source):
   task = tasks.get_task('depth_estimation')
   episodes = _episodes(config, image_source)
   for i, episode in enumerate(episodes):
-    want = task(pipeline.fit_example(image_source[i], RES), np.random.default_rng(0))
+    want = task(episodes_lib.fit_example(image_source[i], RES), np.random.default_rng(0))
     np.testing.assert_array_equal(episode['query'], want[0])
     np.testing.assert_array_equal(episode['target'], want[1])
     context = episode['context_indices']
     assert len(set(context.tolist())) == 3 and i not in context
     assert context.min() >= 0 and context.max() < NUM_IMAGES
     for slot, j in enumerate(context):
-      pair = task(pipeline.fit_example(image_source[j], RES), np.random.default_rng(0))
+      pair = task(episodes_lib.fit_example(image_source[j], RES), np.random.default_rng(0))
       np.testing.assert_array_equal(episode['context_inputs'][slot], pair[0])
       np.testing.assert_array_equal(episode['context_targets'][slot], pair[1])
   again = _episodes(config, image_source)

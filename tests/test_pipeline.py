@@ -5,6 +5,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from lavin_jax.data import episodes
 from lavin_jax.data import pipeline
 from lavin_jax.data import synthetic
 from lavin_jax.data import tasks
@@ -92,36 +93,6 @@ def test_context_is_other_examples_of_the_same_task():
       hole = b['query'][i, 0, 16, 16, 0] == 0.0
       assert hole == (b['task_id'][i] == tasks.task_id('inpainting'))
       assert np.all((b['context_inputs'][i, :, 0, 16, 16, 0] == 0.0) == hole)
-
-
-def test_fit_example_crops_resizes_and_scales_annotations():
-  rng = np.random.default_rng(0)
-  instances = np.zeros((40, 64), np.int32)
-  instances[10:30, 20:40] = 7
-  example = {
-      'image': rng.integers(0, 256, (40, 64, 3), dtype=np.uint8),
-      'instances': instances,
-      'normals': np.tile(np.array([0, 0.6, -0.8], np.float32), (40, 64, 1)),
-      'boxes': np.array([[10, 20, 30, 40], [0, 0, 10, 10]], np.float32),
-      'label': np.int64(3),
-  }
-  out = pipeline.fit_example(example, 16)  # Centred 40 x 40 crop at x0 = 12, scale 0.4.
-  assert set(out) == {'image', 'instances', 'normals', 'boxes'}
-  assert out['image'].shape == (16, 16, 3) and out['image'].dtype == np.uint8
-  assert set(np.unique(out['instances'])) == {0, 7}
-  np.testing.assert_allclose(out['normals'], np.broadcast_to([0, 0.6, -0.8], (16, 16, 3)))
-  np.testing.assert_allclose(out['boxes'], [[4, 3.2, 12, 11.2]])  # The second is cut off.
-  mask = out['instances'] == 7
-  rows, cols = np.nonzero(mask)
-  assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (4, 12, 3, 11)
-
-  video = {'video': rng.integers(0, 256, (3, 64, 48, 3), dtype=np.uint8),
-           'flow': np.full((2, 64, 48, 2), 6.0, np.float32),
-           'depth': np.full((3, 64, 48), 2.5, np.float32)}
-  out = pipeline.fit_example(video, 32, rng=np.random.default_rng(1))
-  assert out['video'].shape == (3, 32, 32, 3) and out['depth'].shape == (3, 32, 32)
-  np.testing.assert_allclose(out['flow'], 4.0)  # 48 -> 32 px scales flow by 2/3.
-  np.testing.assert_allclose(out['depth'], 2.5)
 
 
 def test_video_pipeline():
@@ -250,7 +221,7 @@ def test_synthetic_targets_decode_to_the_annotations(synthetic_dir):
   images = synthetic.load_synthetic(synthetic_dir, 'tiny', 'images')
   rng = np.random.default_rng(0)
   for i in range(3):
-    example = pipeline.fit_example(images[i], 32)  # Native size: a no-op crop.
+    example = episodes.fit_example(images[i], 32)  # Native size: a no-op crop.
     decoded = {n: tasks.get_task(n).decode(tasks.get_task(n)(example, rng)[1])[0]
                for n in ('depth_estimation', 'normal_estimation', 'instance_segmentation',
                          'foreground_segmentation', 'detection')}
@@ -270,7 +241,7 @@ def test_synthetic_targets_decode_to_the_annotations(synthetic_dir):
   config = tasks.tasks_config()
   config.flow_max = 64.0
   task = tasks.get_task('optical_flow', config)
-  clip = pipeline.fit_example(clips[0], 32)
+  clip = episodes.fit_example(clips[0], 32)
   np.testing.assert_allclose(task.decode(task(clip, rng)[1]), clip['flow'], atol=1e-3)
 
 

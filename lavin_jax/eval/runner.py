@@ -47,7 +47,7 @@ import numpy as np
 from PIL import Image
 import tqdm
 
-from lavin_jax.data import pipeline as pipeline_lib
+from lavin_jax.data import episodes as episodes_lib
 from lavin_jax.data import tasks as tasks_lib
 from lavin_jax.eval import fid as fid_lib
 from lavin_jax.eval import lpips as lpips_lib
@@ -297,7 +297,7 @@ def validate(config: ml_collections.ConfigDict, source, context_source=None,
       first = src[0]
       try:
         task.check(first)
-        pipeline_lib.fit_example(first, config.resolution, allow_upscale=config.allow_upscale)
+        episodes_lib.fit_example(first, config.resolution, allow_upscale=config.allow_upscale)
       except ValueError as e:
         raise ValueError(f'The {name} does not fit task {task.name!r}: {e}') from e
   if 'fid' in TASK_METRICS[task.name] and fid_weights is not None:
@@ -312,46 +312,23 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
   return np.random.default_rng([seed, *keys])
 
 
-def context_indices(index: int, num_pairs: int, pool_size: int, seed: int,
-                    exclude_query: bool) -> np.ndarray:
-  """The K context examples of query `index`, distinct, drawn from range(pool_size)."""
-  rng = _rng(seed, 0, index)
-  if not exclude_query:
-    return rng.choice(pool_size, num_pairs, replace=False)
-  others = rng.choice(pool_size - 1, num_pairs, replace=False)
-  return others + (others >= index)  # Skips the query.
-
-
-def _render(task, example, config, rng):
-  example = task.window(example, rng)
-  example = pipeline_lib.fit_example(example, config.resolution, None, config.allow_upscale)
-  return task(example, rng)
-
-
 def make_episode(task: tasks_lib.Task, source, context_source, index: int,
                  config: ml_collections.ConfigDict) -> dict:
-  """Query `index` with its context pairs: numpy arrays as in `lavin_jax.data.pipeline`."""
-  pool = source if context_source is None else context_source
-  others = context_indices(index, config.num_pairs, len(pool), config.seed,
-                           exclude_query=context_source is None)
-  try:
-    query, target = _render(task, source[index], config, _rng(config.seed, 1, index, 0))
-  except ValueError as e:
-    raise ValueError(f'Source example {index}: {e}') from e
-  pairs = []
-  for slot, other in enumerate(others):
-    try:
-      pairs.append(_render(task, pool[int(other)], config,
-                           _rng(config.seed, 1, index, slot + 1)))
-    except ValueError as e:
-      raise ValueError(f'Context example {other}: {e}') from e
-  return {
-      'context_inputs': np.stack([p[0] for p in pairs]),  # (K, T, H, W, 3)
-      'context_targets': np.stack([p[1] for p in pairs]),
-      'query': query,  # (T, H, W, 3)
-      'target': target,
-      'context_indices': others.astype(np.int64),
-  }
+  """Query `index` with its K context pairs, unpadded (`lavin_jax.data.episodes`).
+
+  Adds 'context_indices': the K examples of `context_source`, or of `source` when it is
+  None, drawn by a generator seeded by (seed, index).
+  """
+  pool_size = len(source if context_source is None else context_source)
+  query = index if context_source is None else None
+  context = episodes_lib.context_indices(_rng(config.seed, 0, index), config.num_pairs,
+                                         pool_size, query)
+  rngs = [_rng(config.seed, 1, index, slot) for slot in range(config.num_pairs + 1)]
+  episode = episodes_lib.render_episode(task, source, index, context, rngs,
+                                        config.resolution, pool=context_source,
+                                        allow_upscale=config.allow_upscale)
+  episode['context_indices'] = context.astype(np.int64)
+  return episode
 
 
 # ---------------------------------------------------------------------------
