@@ -15,6 +15,7 @@ from lavin_jax.eval import fid
 from lavin_jax.eval import lpips
 from lavin_jax.eval import runner
 from lavin_jax.inference import pipeline as inference
+from lavin_jax.io import pixels
 import splitmix_weights
 import tiny_model
 
@@ -145,7 +146,7 @@ def test_context_source_supplies_the_pairs(image_source, tmp_path):
   for example in report['examples']:
     assert sorted(example['context']) == [0, 1, 2]  # All of the context source.
   values = np.unique(np.concatenate(seen))
-  np.testing.assert_allclose(values, tasks.to_pixels(np.array([0, 10, 20], np.uint8)))
+  np.testing.assert_allclose(values, pixels.to_float(np.array([0, 10, 20], np.uint8)))
 
 
 # ---------------------------------------------------------------------------

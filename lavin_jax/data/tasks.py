@@ -37,6 +37,8 @@ import cv2
 import ml_collections
 import numpy as np
 
+from lavin_jax.io import pixels as pixels_lib
+
 Array = np.ndarray
 Pair = tuple[Array, Array]
 # Per-frame annotation keys: (H, W[, C]) for images, (T, H, W[, C]) for videos.
@@ -68,11 +70,6 @@ def tasks_config() -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------------------
 # Pixel conversions and renderings.
 # ---------------------------------------------------------------------------
-
-
-def to_pixels(frames: Array) -> Array:
-  """uint8 [0, 255] -> float32 [-1, 1]."""
-  return frames.astype(np.float32) / 127.5 - 1.0
 
 
 def _unit(pixels: Array) -> Array:
@@ -255,7 +252,8 @@ def _rain(frame, rng, config):
 def _photometric(degrade, clip, rng, config):
   """Pair: input = degrade(frame) for each frame, target = the frames."""
   frames = clip['frames']
-  return to_pixels(_per_frame(lambda f: degrade(f, rng, config), frames)), to_pixels(frames)
+  degraded = _per_frame(lambda f: degrade(f, rng, config), frames)
+  return pixels_lib.to_float(degraded), pixels_lib.to_float(frames)
 
 
 def _grey_input(frame, rng, config):
@@ -267,11 +265,11 @@ def _canny(clip, rng, config):
   del rng
   edges = _per_frame(lambda f: cv2.Canny(_gray(f), config.canny_low, config.canny_high),
                      clip['frames'])
-  return to_pixels(clip['frames']), render_mask(edges > 0)
+  return pixels_lib.to_float(clip['frames']), render_mask(edges > 0)
 
 
 def _inpainting(clip, rng, config):
-  frames = to_pixels(clip['frames'])
+  frames = pixels_lib.to_float(clip['frames'])
   mask = inpainting_mask(*frames.shape[1:3], rng, config)
   holed = frames.copy()
   holed[:, mask] = 0.0
@@ -281,7 +279,7 @@ def _inpainting(clip, rng, config):
 def _annotation(render, clip, rng, config):
   """Pair: input = the frames, target = render(clip, config)."""
   del rng
-  return to_pixels(clip['frames']), render(clip, config)
+  return pixels_lib.to_float(clip['frames']), render(clip, config)
 
 
 def _swapped(render, clip, rng, config):
@@ -334,7 +332,7 @@ def _flow(clip, config):
 
 def _frame_prediction(clip, rng, config):
   del rng
-  frames = to_pixels(clip['frames'])
+  frames = pixels_lib.to_float(clip['frames'])
   return frames[:config.num_frames], frames[config.num_frames:]
 
 

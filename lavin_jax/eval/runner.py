@@ -35,9 +35,7 @@ and last frames).
 
 import functools
 import json
-import os
 import pathlib
-import tempfile
 from typing import Callable, Optional, Protocol, Sequence
 
 from absl import logging
@@ -53,6 +51,8 @@ from lavin_jax.eval import fid as fid_lib
 from lavin_jax.eval import lpips as lpips_lib
 from lavin_jax.eval import metrics
 from lavin_jax.eval import weights as weights_lib
+from lavin_jax.io import files
+from lavin_jax.io import pixels
 
 _GENERATION = ('mse', 'psnr', 'lpips', 'fid')
 _RESTORATION = ('psnr', 'ssim')
@@ -339,8 +339,7 @@ def make_episode(task: tasks_lib.Task, source, context_source, index: int,
 def _cell(clip: np.ndarray) -> np.ndarray:
   """(T, H, W, 3) pixels -> (n H, W, 3) uint8: the first, middle and last frames."""
   frames = sorted({0, len(clip) // 2, len(clip) - 1})
-  stacked = np.concatenate([clip[t] for t in frames], axis=0)
-  return np.round((np.clip(stacked, -1, 1) + 1) * 127.5).astype(np.uint8)
+  return pixels.to_uint8(np.concatenate([clip[t] for t in frames], axis=0))
 
 
 def grid_image(rows: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarray:
@@ -355,18 +354,6 @@ def grid_image(rows: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarray
       y, x = r * (height + gap), c * (width + gap)
       canvas[y:y + height, x:x + width] = cell
   return canvas
-
-
-def _atomic_write(path: pathlib.Path, write: Callable[[str], None]) -> None:
-  """Writes through a temporary file in the same directory, then renames it over path."""
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix=path.suffix)
-  os.close(fd)
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
 
 
 def _finite(value: float) -> Optional[float]:
@@ -445,7 +432,6 @@ def evaluate(predict_fn: PredictFn, source, config: ml_collections.ConfigDict, o
   for accumulator in accumulators:
     results.update(accumulator.result())
   out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
   grid_path = out_dir / f'{task.name}.png'
   report = {
       'task': task.name,
@@ -462,7 +448,7 @@ def evaluate(predict_fn: PredictFn, source, config: ml_collections.ConfigDict, o
       'examples': examples,
   }
   image = Image.fromarray(grid_image(grid_rows))
-  _atomic_write(grid_path, lambda tmp: image.save(tmp, format='PNG'))
+  files.atomic_write(grid_path, lambda tmp: image.save(tmp, format='PNG'))
   text = json.dumps(report, indent=1, allow_nan=False)
-  _atomic_write(out_dir / f'{task.name}.json', lambda tmp: pathlib.Path(tmp).write_text(text))
+  files.atomic_write_text(out_dir / f'{task.name}.json', text)
   return json.loads(text)
