@@ -1,5 +1,10 @@
 """Grain pipeline: batch layout, episodes, determinism, resume, sharding, bad inputs."""
 
+import pathlib
+import subprocess
+import sys
+
+from absl import flags
 import grain
 import numpy as np
 import orbax.checkpoint as ocp
@@ -10,6 +15,7 @@ from lavin_jax.data import pipeline
 from lavin_jax.data import synthetic
 from lavin_jax.data import tasks
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 N = 12  # Source examples; example i is the constant colour value(i).
 
 
@@ -132,6 +138,18 @@ def test_resume_from_state_yields_the_next_batches():
   _assert_same(expected, _take(resumed, 3))
 
 
+@pytest.fixture
+def parsed_flags():
+  """absl flags parsed, as an entry point (absl.app.run) leaves them for Grain's workers."""
+  if flags.FLAGS.is_parsed():
+    yield
+    return
+  flags.FLAGS.mark_as_parsed()
+  yield
+  flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.usefixtures('parsed_flags')
 def test_resume_through_orbax(tmp_path):
   config = _config(('colorization', 'inpainting'), batch_size=2)
   config.worker_count = 1  # Grain worker process: its state is saved as well.
@@ -154,6 +172,45 @@ def test_resume_through_orbax(tmp_path):
   in_process = iter(pipeline.make_pipeline(config, _photo_source(), 0, 1))
   _take(in_process, 4)
   _assert_same(expected, _take(in_process, 3))
+
+
+_PLAIN_SCRIPT = """
+import sys
+from absl import flags
+import numpy as np
+from lavin_jax.data import pipeline
+
+config = pipeline.pipeline_config('image')
+config.resolution, config.batch_size, config.k_max = 32, 2, 2
+for name in config.task_weights:
+  config.task_weights[name] = float(name == 'colorization')
+config.worker_count = 2
+source = [{'image': np.full((32, 32, 3), 20 * i, np.uint8)} for i in range(6)]
+try:
+  pipeline.make_pipeline(config, source, 0, 1)
+  raise AssertionError('no error without parsed flags')
+except ValueError as e:
+  assert 'absl flags' in str(e), e
+assert not flags.FLAGS.is_parsed()  # The library left the flags alone.
+flags.FLAGS(sys.argv[:1])  # What an entry point does (absl.app.run).
+iterator = iter(pipeline.make_pipeline(config, source, 0, 1))
+batches = [next(iterator) for _ in range(3)]
+iterator.close()
+config.worker_count = 0
+in_process = iter(pipeline.make_pipeline(config, source, 0, 1))
+for batch in batches:
+  for key, value in next(in_process).items():
+    np.testing.assert_array_equal(batch[key], value, err_msg=key)
+print('same batches')
+"""
+
+
+def test_workers_in_a_plain_python_process():
+  """Workers need parsed flags; the pipeline says so and never parses them itself."""
+  run = subprocess.run([sys.executable, '-c', _PLAIN_SCRIPT], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert 'same batches' in run.stdout
 
 
 @pytest.mark.parametrize('count', [2, 3])

@@ -24,6 +24,11 @@ together cover the source), and a batch depends on the seed, the step and the pr
 split only, not on the worker count. The iterator of the returned dataset saves and
 restores its position with `get_state` / `set_state`, or through orbax with
 `grain.checkpoint.CheckpointSave` / `CheckpointRestore`.
+
+Worker processes (`config.worker_count > 0`): Grain reads its absl flags when it starts
+them (--grain_enable_multiprocess_worker_profiling), so the program must have parsed
+absl flags first: `absl.app.run(main)` does; a script without absl calls
+`flags.FLAGS(sys.argv[:1])` in its main. This module never changes the flags.
 """
 
 from absl import flags
@@ -109,7 +114,10 @@ def active_tasks(config: ml_collections.ConfigDict) -> tuple[list[tasks.Task], n
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises a ValueError on a bad resolution, pair count or worker setting."""
+  """Raises a ValueError on a bad resolution, pair count or worker setting.
+
+  Worker processes need absl flags parsed (see the module docstring).
+  """
   if config.resolution <= 0 or config.resolution % 16:
     raise ValueError(f'resolution must be a positive multiple of 16 (8x VAE downsampling '
                      f'times 2x2 patches), got {config.resolution}.')
@@ -118,6 +126,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      f'k_max={config.k_max}.')
   if config.worker_count < 0 or config.read_threads < 0:
     raise ValueError('worker_count and read_threads must be >= 0.')
+  if config.worker_count and not flags.FLAGS.is_parsed():
+    raise ValueError(
+        'worker_count > 0 starts Grain worker processes, and Grain reads its absl flags '
+        'to start them, but the flags are not parsed: run the program with '
+        'absl.app.run(main), or call flags.FLAGS(sys.argv[:1]) in its main, or set '
+        'worker_count = 0.')
 
 
 def make_pipeline(config: ml_collections.ConfigDict, source, process_index: int | None = None,
@@ -156,8 +170,6 @@ def make_pipeline(config: ml_collections.ConfigDict, source, process_index: int 
   iter_ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=config.read_threads, prefetch_buffer_size=config.read_buffer_size))
   if config.worker_count:
-    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; use defaults.
-      flags.FLAGS.mark_as_parsed()
     iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size))
   return iter_ds
