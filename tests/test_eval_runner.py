@@ -9,7 +9,7 @@ from PIL import Image
 import pytest
 from skimage import metrics as skm
 
-from lavin_jax.data import pipeline
+from lavin_jax.data import episodes as episodes_lib
 from lavin_jax.data import tasks
 from lavin_jax.eval import fid
 from lavin_jax.eval import lpips
@@ -17,6 +17,7 @@ from lavin_jax.eval import runner
 from lavin_jax.inference import pipeline as inference
 from lavin_jax.configs import evaluate as evaluate_configs
 from lavin_jax.configs import tasks as task_table
+from lavin_jax.io import pixels
 import splitmix_weights
 import tiny_model
 
@@ -113,14 +114,14 @@ def test_episode_renders_the_query_and_distinct_other_examples(image_source):
   task = tasks.get_task('depth_estimation')
   episodes = _episodes(config, image_source)
   for i, episode in enumerate(episodes):
-    want = task(pipeline.fit_example(image_source[i], RES), np.random.default_rng(0))
+    want = task(episodes_lib.fit_example(image_source[i], RES), np.random.default_rng(0))
     np.testing.assert_array_equal(episode['query'], want[0])
     np.testing.assert_array_equal(episode['target'], want[1])
     context = episode['context_indices']
     assert len(set(context.tolist())) == 3 and i not in context
     assert context.min() >= 0 and context.max() < NUM_IMAGES
     for slot, j in enumerate(context):
-      pair = task(pipeline.fit_example(image_source[j], RES), np.random.default_rng(0))
+      pair = task(episodes_lib.fit_example(image_source[j], RES), np.random.default_rng(0))
       np.testing.assert_array_equal(episode['context_inputs'][slot], pair[0])
       np.testing.assert_array_equal(episode['context_targets'][slot], pair[1])
   again = _episodes(config, image_source)
@@ -148,7 +149,7 @@ def test_context_source_supplies_the_pairs(image_source, tmp_path):
   for example in report['examples']:
     assert sorted(example['context']) == [0, 1, 2]  # All of the context source.
   values = np.unique(np.concatenate(seen))
-  np.testing.assert_allclose(values, tasks.to_pixels(np.array([0, 10, 20], np.uint8)))
+  np.testing.assert_allclose(values, pixels.to_float(np.array([0, 10, 20], np.uint8)))
 
 
 # ---------------------------------------------------------------------------
@@ -379,7 +380,7 @@ def test_video_grid_shows_first_middle_and_last_frames(video_source, tmp_path):
 
 @pytest.mark.parametrize('change, error, match', [
     (dict(task='depth'), ValueError, "Unknown task 'depth'"),
-    (dict(resolution=40), ValueError, 'multiple of 16'),
+    (dict(resolution=0), ValueError, 'resolution must be positive'),
     (dict(resolution=64), ValueError, 'smaller than the resolution 64'),
     (dict(num_examples=NUM_IMAGES + 1), ValueError, 'source has only 5'),
     (dict(num_pairs=NUM_IMAGES), ValueError, 'num_pairs is 5.*only 4'),

@@ -371,6 +371,10 @@ def test_bad_config_and_batches_raise_before_compile(tmp_path):
   with pytest.raises(FileNotFoundError, match="missing.pt"):
     dit.check_config(config)
   config = tiny_config()
+  config.data.resolution = 40  # the released ST-VAE (8x) and 2x2 patches need 16s
+  with pytest.raises(ValueError, match="resolution must be a positive multiple of 16"):
+    dit.check_config(config, batches_given=True)
+  config = tiny_config()
   batch = latent_batch(np.random.default_rng(9))
   with pytest.raises(ValueError, match="num_pairs must lie in"):
     dit.check_batch(dict(batch, num_pairs=np.array([0, 2], np.int32)), config)

@@ -4,10 +4,10 @@ With `config.input = 'pixels'` the J-DiT step encodes every clip of every episod
 (2K + 2) ST-VAE passes per example. When every task renders deterministically (square
 examples, centred crops), each task's (input, target) pair of each example can be
 encoded once instead: `encode_task_pairs` builds a table of posterior moments and
-`make_latent_pipeline` draws episodes from it with Grain, exactly as
-`lavin_jax.data.pipeline` does from pixels (a task by weight, K pairs uniform in
-[k_min, k_max], never the query itself, padding to k_max), drawing a fresh posterior
-sample each time and normalising it. Batches have the pipeline's layout with
+`make_latent_pipeline` draws episodes from it with Grain, as `lavin_jax.data.pipeline`
+does from pixels (a task by weight, K pairs uniform in [k_min, k_max], the context
+indices and layout of `lavin_jax.data.episodes`), drawing a fresh posterior sample each
+time and normalising it. Batches have the pipeline's layout with
 normalised latents (T', h, w, 16) in place of pixels: `config.input = 'latents'` of
 `lavin_jax.train.dit`.
 """
@@ -19,15 +19,18 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from lavin_jax.data import pipeline as pipeline_lib
+from lavin_jax.data import episodes
 from lavin_jax.data import tasks as tasks_lib
 
+
 def render_task_pairs(source, task: tasks_lib.Task, resolution: int, seed: int = 0):
-  """Every example's centred (input, target) pixels for `task`: two (N, T, H, W, 3)."""
-  pairs = []
-  for index in range(len(source)):
-    example = pipeline_lib.fit_example(source[index], resolution)
-    pairs.append(task(example, np.random.default_rng((seed, index))))
+  """Every example's centred (input, target) pixels for `task`: two (N, T, H, W, 3).
+
+  A video task renders each clip's first frames.
+  """
+  pairs = [episodes.render_pair(task, source[index], resolution,
+                                np.random.default_rng((seed, index)), window=False)
+           for index in range(len(source))]
   return tuple(np.stack(clips) for clips in zip(*pairs))
 
 
@@ -87,17 +90,12 @@ class LatentEpisodeMaker(grain.transforms.RandomMap):
     table = self.tables[self.names[task]]
     size = len(table["input_mean"])
     k = int(rng.integers(self.k_min, self.k_max + 1))
-    others = np.delete(np.arange(size), int(index))
-    context = rng.choice(others, size=k, replace=False)
-    ins = self._sample(table, "input", context, rng)
-    tgts = self._sample(table, "target", context, rng)
-    pad = [(0, self.k_max - k)] + [(0, 0)] * (ins.ndim - 1)
-    return {
-        "context_inputs": np.pad(ins, pad), "context_targets": np.pad(tgts, pad),
-        "query": self._sample(table, "input", [int(index)], rng)[0],
-        "target": self._sample(table, "target", [int(index)], rng)[0],
-        "num_pairs": np.int32(k), "task_id": np.int32(tasks_lib.task_id(self.names[task])),
-    }
+    context = episodes.context_indices(rng, k, size, int(index))
+    pairs = (self._sample(table, "input", context, rng),
+             self._sample(table, "target", context, rng))
+    query = (self._sample(table, "input", [int(index)], rng)[0],
+             self._sample(table, "target", [int(index)], rng)[0])
+    return episodes.assemble(query, pairs, tasks_lib.task_id(self.names[task]), self.k_max)
 
 
 def make_latent_pipeline(tables: dict, config: ml_collections.ConfigDict, shift: float,

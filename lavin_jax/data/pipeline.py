@@ -2,10 +2,12 @@
 
 For each query example of the (shuffled, repeated, process-sharded) source:
   1. pick a task by `config.task_weights` and K uniformly in [k_min, k_max];
-  2. pick K context examples from the whole source, never the query itself;
+  2. pick K context examples from the whole source, never the query itself (distinct
+     while the source allows);
   3. for each example: a random window of frames (video tasks), a square crop (random
      or centred) resized to `resolution`, then the task -> (input, target);
   4. stack the context into k_max slots, zeros past K.
+Steps 2-4 are `lavin_jax.data.episodes`, shared with the latent pipeline and evaluation.
 
 Batches are dicts of numpy arrays, pixels float32 in [-1, 1]:
   'context_inputs', 'context_targets': (B, k_max, T, H, W, 3)
@@ -22,80 +24,20 @@ together cover the source), and a batch depends on the seed, the step and the pr
 split only, not on the worker count. The iterator of the returned dataset saves and
 restores its position with `get_state` / `set_state`, or through orbax with
 `grain.checkpoint.CheckpointSave` / `CheckpointRestore`.
+
+Worker processes (`config.worker_count > 0`): Grain reads its absl flags when it starts
+them (--grain_enable_multiprocess_worker_profiling), so the program must have parsed
+absl flags first: `absl.app.run(main)` does; a script without absl calls
+`flags.FLAGS(sys.argv[:1])` in its main. This module never changes the flags.
 """
 
 from absl import flags
-import cv2
 import grain
 import ml_collections
 import numpy as np
 
+from lavin_jax.data import episodes
 from lavin_jax.data import tasks
-
-PIXEL_KEYS = ('image', 'video')
-NEAREST_KEYS = ('depth', 'normals', 'instances', 'semantic', 'flow')
-_CHANNELS = {'depth': 0, 'instances': 0, 'semantic': 0, 'normals': 3, 'flow': 2,
-             'image': 3, 'video': 3}
-
-
-# ---------------------------------------------------------------------------
-# Crop and resize.
-# ---------------------------------------------------------------------------
-
-
-def _resize_frames(array: np.ndarray, key: str, side: int, size: int) -> np.ndarray:
-  """Resizes the (side, side) plane of (..., side, side[, C]) to (size, size)."""
-  channels = _CHANNELS[key]
-  plane = (side, side) + ((channels,) if channels else ())
-  lead = array.shape[:array.ndim - len(plane)]
-  if key in PIXEL_KEYS:
-    interpolation = cv2.INTER_AREA if size < side else cv2.INTER_LINEAR
-  else:
-    interpolation = cv2.INTER_NEAREST_EXACT
-  frames = array.reshape((-1,) + plane)
-  out = [cv2.resize(f, (size, size), interpolation=interpolation) for f in frames]
-  return np.stack(out).reshape(lead + (size, size) + plane[2:])
-
-
-def fit_example(example: dict, resolution: int, rng: np.random.Generator | None = None,
-                allow_upscale: bool = False) -> dict:
-  """Square crop of `example` (random with `rng`, else centred) resized to resolution.
-
-  Pixels are resized with area (down) or bilinear (up) interpolation, dense
-  annotations with nearest neighbours; flow vectors and boxes are scaled to match and
-  boxes are clipped to the crop (emptied boxes dropped). Other keys are dropped.
-  """
-  pixel_key = next((k for k in PIXEL_KEYS if k in example), None)
-  if pixel_key is None:
-    raise ValueError(f"Example has no 'image' or 'video' (keys {sorted(example)}).")
-  height, width = example[pixel_key].shape[-3:-1]
-  side = min(height, width)
-  if side < resolution and not allow_upscale:
-    raise ValueError(
-        f'{pixel_key} is {height}x{width}, smaller than the resolution {resolution}; '
-        'use a source of larger images, lower the resolution, or set allow_upscale.')
-  if rng is None:
-    y0, x0 = (height - side) // 2, (width - side) // 2
-  else:
-    y0, x0 = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
-  scale = resolution / side
-  out = {}
-  for key in PIXEL_KEYS + NEAREST_KEYS:
-    if key in example:
-      array = np.asarray(example[key])
-      crop = (slice(y0, y0 + side), slice(x0, x0 + side))
-      if _CHANNELS[key]:
-        crop += (slice(None),)
-      cropped = array[(Ellipsis,) + crop]
-      out[key] = _resize_frames(cropped, key, side, resolution)
-  if 'flow' in out:
-    out['flow'] = (out['flow'] * scale).astype(np.float32)
-  if 'boxes' in example:
-    boxes = np.asarray(example['boxes'], np.float32).reshape(-1, 4)
-    boxes = np.clip((boxes - [y0, x0, y0, x0]) * scale, 0, resolution)
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    out['boxes'] = boxes[keep]
-  return out
 
 
 # ---------------------------------------------------------------------------
@@ -113,35 +55,16 @@ class EpisodeMaker(grain.transforms.RandomMap):
     self._weights = weights
     self._config = config
 
-  def _pair(self, task: tasks.Task, index: int, rng: np.random.Generator):
-    c = self._config
-    try:
-      example = task.window(self._source[index], rng)
-      example = fit_example(example, c.resolution, rng if c.random_crop else None,
-                            c.allow_upscale)
-      return task(example, rng)
-    except ValueError as e:
-      raise ValueError(f'Source example {index}: {e}') from e
-
   def random_map(self, index: int, rng: np.random.Generator) -> dict:
     c = self._config
     task = self._tasks[rng.choice(len(self._tasks), p=self._weights)]
     num_pairs = int(rng.integers(c.k_min, c.k_max + 1))
-    others = rng.choice(len(self._source) - 1, num_pairs,
-                        replace=num_pairs > len(self._source) - 1)
-    others = others + (others >= index)  # Skip the query.
-    query, target = self._pair(task, int(index), rng)
-    context = np.zeros((2, c.k_max) + query.shape, np.float32)  # (2, K_max, T, H, W, 3)
-    for slot, other in enumerate(others):
-      context[:, slot] = self._pair(task, int(other), rng)
-    return {
-        'context_inputs': context[0],
-        'context_targets': context[1],
-        'query': query,
-        'target': target,
-        'num_pairs': np.int32(num_pairs),
-        'task_id': np.int32(task.id),
-    }
+    context = episodes.context_indices(rng, num_pairs, len(self._source), int(index),
+                                       repeat=True)
+    return episodes.render_episode(task, self._source, int(index), context,
+                                   [rng] * (num_pairs + 1), c.resolution, c.k_max,
+                                   random_crop=c.random_crop,
+                                   allow_upscale=c.allow_upscale)
 
 
 # ---------------------------------------------------------------------------
@@ -169,15 +92,24 @@ def active_tasks(config: ml_collections.ConfigDict) -> tuple[list[tasks.Task], n
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises a ValueError on a bad resolution, pair count or worker setting."""
-  if config.resolution <= 0 or config.resolution % 16:
-    raise ValueError(f'resolution must be a positive multiple of 16 (8x VAE downsampling '
-                     f'times 2x2 patches), got {config.resolution}.')
+  """Raises a ValueError on a bad resolution, pair count or worker setting.
+
+  Worker processes need absl flags parsed (see the module docstring).
+  """
+  if config.resolution <= 0:
+    raise ValueError(f'resolution must be positive, got {config.resolution}; the model '
+                     'fixes its multiple (lavin_jax.configs.models.pixel_multiple).')
   if not 1 <= config.k_min <= config.k_max:
     raise ValueError(f'Need 1 <= k_min <= k_max, got k_min={config.k_min}, '
                      f'k_max={config.k_max}.')
   if config.worker_count < 0 or config.read_threads < 0:
     raise ValueError('worker_count and read_threads must be >= 0.')
+  if config.worker_count and not flags.FLAGS.is_parsed():
+    raise ValueError(
+        'worker_count > 0 starts Grain worker processes, and Grain reads its absl flags '
+        'to start them, but the flags are not parsed: run the program with '
+        'absl.app.run(main), or call flags.FLAGS(sys.argv[:1]) in its main, or set '
+        'worker_count = 0.')
 
 
 def make_pipeline(config: ml_collections.ConfigDict, source, process_index: int | None = None,
@@ -207,7 +139,7 @@ def make_pipeline(config: ml_collections.ConfigDict, source, process_index: int 
   first = source[0]
   for task in task_list:
     task.check(first)
-  fit_example(first, config.resolution, allow_upscale=config.allow_upscale)
+  episodes.fit_example(first, config.resolution, allow_upscale=config.allow_upscale)
 
   ds = grain.MapDataset.range(len(source)).seed(config.seed).shuffle().repeat()
   ds = ds.random_map(EpisodeMaker(source, task_list, probs, config))
@@ -216,8 +148,6 @@ def make_pipeline(config: ml_collections.ConfigDict, source, process_index: int 
   iter_ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=config.read_threads, prefetch_buffer_size=config.read_buffer_size))
   if config.worker_count:
-    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; use defaults.
-      flags.FLAGS.mark_as_parsed()
     iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size))
   return iter_ds

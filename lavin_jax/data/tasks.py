@@ -38,6 +38,7 @@ import ml_collections
 import numpy as np
 
 from lavin_jax.configs import tasks as task_table
+from lavin_jax.io import pixels as pixels_lib
 
 Array = np.ndarray
 Pair = tuple[Array, Array]
@@ -48,11 +49,6 @@ FRAME_KEYS = ('depth', 'normals', 'instances', 'semantic')
 # ---------------------------------------------------------------------------
 # Pixel conversions and renderings.
 # ---------------------------------------------------------------------------
-
-
-def to_pixels(frames: Array) -> Array:
-  """uint8 [0, 255] -> float32 [-1, 1]."""
-  return frames.astype(np.float32) / 127.5 - 1.0
 
 
 def _unit(pixels: Array) -> Array:
@@ -235,7 +231,8 @@ def _rain(frame, rng, config):
 def _photometric(degrade, clip, rng, config):
   """Pair: input = degrade(frame) for each frame, target = the frames."""
   frames = clip['frames']
-  return to_pixels(_per_frame(lambda f: degrade(f, rng, config), frames)), to_pixels(frames)
+  degraded = _per_frame(lambda f: degrade(f, rng, config), frames)
+  return pixels_lib.to_float(degraded), pixels_lib.to_float(frames)
 
 
 def _grey_input(frame, rng, config):
@@ -247,11 +244,11 @@ def _canny(clip, rng, config):
   del rng
   edges = _per_frame(lambda f: cv2.Canny(_gray(f), config.canny_low, config.canny_high),
                      clip['frames'])
-  return to_pixels(clip['frames']), render_mask(edges > 0)
+  return pixels_lib.to_float(clip['frames']), render_mask(edges > 0)
 
 
 def _inpainting(clip, rng, config):
-  frames = to_pixels(clip['frames'])
+  frames = pixels_lib.to_float(clip['frames'])
   mask = inpainting_mask(*frames.shape[1:3], rng, config)
   holed = frames.copy()
   holed[:, mask] = 0.0
@@ -261,7 +258,7 @@ def _inpainting(clip, rng, config):
 def _annotation(render, clip, rng, config):
   """Pair: input = the frames, target = render(clip, config)."""
   del rng
-  return to_pixels(clip['frames']), render(clip, config)
+  return pixels_lib.to_float(clip['frames']), render(clip, config)
 
 
 def _swapped(render, clip, rng, config):
@@ -314,7 +311,7 @@ def _flow(clip, config):
 
 def _frame_prediction(clip, rng, config):
   del rng
-  frames = to_pixels(clip['frames'])
+  frames = pixels_lib.to_float(clip['frames'])
   return frames[:config.num_frames], frames[config.num_frames:]
 
 

@@ -35,9 +35,7 @@ and last frames).
 
 import functools
 import json
-import os
 import pathlib
-import tempfile
 from typing import Callable, Optional, Protocol, Sequence
 
 from absl import logging
@@ -47,12 +45,14 @@ import numpy as np
 from PIL import Image
 import tqdm
 
-from lavin_jax.data import pipeline as pipeline_lib
+from lavin_jax.data import episodes as episodes_lib
 from lavin_jax.data import tasks as tasks_lib
 from lavin_jax.eval import fid as fid_lib
 from lavin_jax.eval import lpips as lpips_lib
 from lavin_jax.eval import metrics
 from lavin_jax.eval import weights as weights_lib
+from lavin_jax.io import files
+from lavin_jax.io import pixels
 
 _NEEDS_WEIGHTS = ('lpips', 'fid')
 
@@ -234,9 +234,8 @@ def validate(config: ml_collections.ConfigDict, source, context_source=None,
   Raises ValueError or FileNotFoundError naming the problem; nothing is compiled.
   """
   task = tasks_lib.get_task(config.task, config.task_options)
-  if config.resolution <= 0 or config.resolution % 16:
-    raise ValueError(f'resolution must be a positive multiple of 16 (8x VAE downsampling '
-                     f'times 2x2 patches), got {config.resolution}.')
+  if config.resolution <= 0:
+    raise ValueError(f'resolution must be positive, got {config.resolution}.')
   for name in ('num_examples', 'num_pairs', 'batch_size'):
     if config[name] < 1:
       raise ValueError(f'{name} must be >= 1, got {config[name]}.')
@@ -254,7 +253,7 @@ def validate(config: ml_collections.ConfigDict, source, context_source=None,
       first = src[0]
       try:
         task.check(first)
-        pipeline_lib.fit_example(first, config.resolution, allow_upscale=config.allow_upscale)
+        episodes_lib.fit_example(first, config.resolution, allow_upscale=config.allow_upscale)
       except ValueError as e:
         raise ValueError(f'The {name} does not fit task {task.name!r}: {e}') from e
   if 'fid' in task.info.metrics and fid_weights is not None:
@@ -269,46 +268,23 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
   return np.random.default_rng([seed, *keys])
 
 
-def context_indices(index: int, num_pairs: int, pool_size: int, seed: int,
-                    exclude_query: bool) -> np.ndarray:
-  """The K context examples of query `index`, distinct, drawn from range(pool_size)."""
-  rng = _rng(seed, 0, index)
-  if not exclude_query:
-    return rng.choice(pool_size, num_pairs, replace=False)
-  others = rng.choice(pool_size - 1, num_pairs, replace=False)
-  return others + (others >= index)  # Skips the query.
-
-
-def _render(task, example, config, rng):
-  example = task.window(example, rng)
-  example = pipeline_lib.fit_example(example, config.resolution, None, config.allow_upscale)
-  return task(example, rng)
-
-
 def make_episode(task: tasks_lib.Task, source, context_source, index: int,
                  config: ml_collections.ConfigDict) -> dict:
-  """Query `index` with its context pairs: numpy arrays as in `lavin_jax.data.pipeline`."""
-  pool = source if context_source is None else context_source
-  others = context_indices(index, config.num_pairs, len(pool), config.seed,
-                           exclude_query=context_source is None)
-  try:
-    query, target = _render(task, source[index], config, _rng(config.seed, 1, index, 0))
-  except ValueError as e:
-    raise ValueError(f'Source example {index}: {e}') from e
-  pairs = []
-  for slot, other in enumerate(others):
-    try:
-      pairs.append(_render(task, pool[int(other)], config,
-                           _rng(config.seed, 1, index, slot + 1)))
-    except ValueError as e:
-      raise ValueError(f'Context example {other}: {e}') from e
-  return {
-      'context_inputs': np.stack([p[0] for p in pairs]),  # (K, T, H, W, 3)
-      'context_targets': np.stack([p[1] for p in pairs]),
-      'query': query,  # (T, H, W, 3)
-      'target': target,
-      'context_indices': others.astype(np.int64),
-  }
+  """Query `index` with its K context pairs, unpadded (`lavin_jax.data.episodes`).
+
+  Adds 'context_indices': the K examples of `context_source`, or of `source` when it is
+  None, drawn by a generator seeded by (seed, index).
+  """
+  pool_size = len(source if context_source is None else context_source)
+  query = index if context_source is None else None
+  context = episodes_lib.context_indices(_rng(config.seed, 0, index), config.num_pairs,
+                                         pool_size, query)
+  rngs = [_rng(config.seed, 1, index, slot) for slot in range(config.num_pairs + 1)]
+  episode = episodes_lib.render_episode(task, source, index, context, rngs,
+                                        config.resolution, pool=context_source,
+                                        allow_upscale=config.allow_upscale)
+  episode['context_indices'] = context.astype(np.int64)
+  return episode
 
 
 # ---------------------------------------------------------------------------
@@ -319,8 +295,7 @@ def make_episode(task: tasks_lib.Task, source, context_source, index: int,
 def _cell(clip: np.ndarray) -> np.ndarray:
   """(T, H, W, 3) pixels -> (n H, W, 3) uint8: the first, middle and last frames."""
   frames = sorted({0, len(clip) // 2, len(clip) - 1})
-  stacked = np.concatenate([clip[t] for t in frames], axis=0)
-  return np.round((np.clip(stacked, -1, 1) + 1) * 127.5).astype(np.uint8)
+  return pixels.to_uint8(np.concatenate([clip[t] for t in frames], axis=0))
 
 
 def grid_image(rows: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarray:
@@ -335,18 +310,6 @@ def grid_image(rows: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarray
       y, x = r * (height + gap), c * (width + gap)
       canvas[y:y + height, x:x + width] = cell
   return canvas
-
-
-def _atomic_write(path: pathlib.Path, write: Callable[[str], None]) -> None:
-  """Writes through a temporary file in the same directory, then renames it over path."""
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix=path.suffix)
-  os.close(fd)
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
 
 
 def _finite(value: float) -> Optional[float]:
@@ -425,7 +388,6 @@ def evaluate(predict_fn: PredictFn, source, config: ml_collections.ConfigDict, o
   for accumulator in accumulators:
     results.update(accumulator.result())
   out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
   grid_path = out_dir / f'{task.name}.png'
   report = {
       'task': task.name,
@@ -442,7 +404,7 @@ def evaluate(predict_fn: PredictFn, source, config: ml_collections.ConfigDict, o
       'examples': examples,
   }
   image = Image.fromarray(grid_image(grid_rows))
-  _atomic_write(grid_path, lambda tmp: image.save(tmp, format='PNG'))
+  files.atomic_write(grid_path, lambda tmp: image.save(tmp, format='PNG'))
   text = json.dumps(report, indent=1, allow_nan=False)
-  _atomic_write(out_dir / f'{task.name}.json', lambda tmp: pathlib.Path(tmp).write_text(text))
+  files.atomic_write_text(out_dir / f'{task.name}.json', text)
   return json.loads(text)

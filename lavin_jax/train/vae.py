@@ -23,9 +23,10 @@ import numpy as np
 import optax
 
 from lavin_jax.configs import models as model_configs
-from lavin_jax.data import pipeline as pipeline_lib
 from lavin_jax.data import specs
 from lavin_jax.io import bundle
+from lavin_jax.io import pixels as pixels_lib
+from lavin_jax.data import episodes
 from lavin_jax.models import discriminator as disc_lib
 from lavin_jax.models import stvae
 from lavin_jax.train import checkpoint
@@ -52,16 +53,16 @@ class _Crop(grain.transforms.RandomMap):
     self.source, self.resolution = source, resolution
 
   def random_map(self, index, rng):
-    example = pipeline_lib.fit_example(self.source[int(index)], self.resolution, rng)
+    example = episodes.fit_example(self.source[int(index)], self.resolution, rng)
     pixels = example["video"] if "video" in example else example["image"][None]
-    return pixels.astype(np.float32) / 127.5 - 1.0
+    return pixels_lib.to_float(pixels)
 
 
 def make_input(source, config) -> grain.DatasetIterator:
   """A checkpointable iterator of pixel batches (B, T, H, W, 3) in [-1, 1]."""
   if len(source) < 1:
     raise ValueError("The ST-VAE training source is empty.")
-  pipeline_lib.fit_example(source[0], config.resolution)  # size errors before training
+  episodes.fit_example(source[0], config.resolution)  # size errors before training
   ds = grain.MapDataset.range(len(source)).seed(config.seed).shuffle().repeat()
   ds = ds.random_map(_Crop(source, config.resolution)).batch(config.batch_size)
   return iter(ds.to_iter_dataset())

@@ -1,0 +1,181 @@
+"""In-context episodes: which examples, each rendered to a task's pair, in one layout.
+
+An episode of a task holds the (input, target) pair of a query example and K context
+pairs of other examples. Every builder (the Grain pipeline, the latent pipeline,
+evaluation) makes it with these pieces:
+  `context_indices`  which K examples: distinct, never the query;
+  `render_pair`      one example -> (input, target): a frame window (video tasks), a
+                     square crop resized to the resolution (`fit_example`), the task;
+  `render_episode`   the query and its context examples rendered and assembled;
+  `assemble`         the layout below.
+
+Layout (numpy, unbatched; pixels float32 in [-1, 1], or normalised latents):
+  'context_inputs', 'context_targets': (k_max, T, H, W, C); slots >= num_pairs are zero
+  'query', 'target': (T, H, W, C)
+  'num_pairs': int32 K in [1, k_max]
+  'task_id': int32, the task's index in `tasks.TASK_NAMES`
+"""
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from lavin_jax.data import tasks
+
+PIXEL_KEYS = ('image', 'video')
+NEAREST_KEYS = ('depth', 'normals', 'instances', 'semantic', 'flow')
+_CHANNELS = {'depth': 0, 'instances': 0, 'semantic': 0, 'normals': 3, 'flow': 2,
+             'image': 3, 'video': 3}
+
+
+# ---------------------------------------------------------------------------
+# Crop and resize.
+# ---------------------------------------------------------------------------
+
+
+def _resize_frames(array: np.ndarray, key: str, side: int, size: int) -> np.ndarray:
+  """Resizes the (side, side) plane of (..., side, side[, C]) to (size, size)."""
+  channels = _CHANNELS[key]
+  plane = (side, side) + ((channels,) if channels else ())
+  lead = array.shape[:array.ndim - len(plane)]
+  if key in PIXEL_KEYS:
+    interpolation = cv2.INTER_AREA if size < side else cv2.INTER_LINEAR
+  else:
+    interpolation = cv2.INTER_NEAREST_EXACT
+  frames = array.reshape((-1,) + plane)
+  out = [cv2.resize(f, (size, size), interpolation=interpolation) for f in frames]
+  return np.stack(out).reshape(lead + (size, size) + plane[2:])
+
+
+def fit_example(example: dict, resolution: int, rng: np.random.Generator | None = None,
+                allow_upscale: bool = False) -> dict:
+  """Square crop of `example` (random with `rng`, else centred) resized to resolution.
+
+  Pixels are resized with area (down) or bilinear (up) interpolation, dense
+  annotations with nearest neighbours; flow vectors and boxes are scaled to match and
+  boxes are clipped to the crop (emptied boxes dropped). Other keys are dropped.
+  """
+  pixel_key = next((k for k in PIXEL_KEYS if k in example), None)
+  if pixel_key is None:
+    raise ValueError(f"Example has no 'image' or 'video' (keys {sorted(example)}).")
+  height, width = example[pixel_key].shape[-3:-1]
+  side = min(height, width)
+  if side < resolution and not allow_upscale:
+    raise ValueError(
+        f'{pixel_key} is {height}x{width}, smaller than the resolution {resolution}; '
+        'use a source of larger images, lower the resolution, or set allow_upscale.')
+  if rng is None:
+    y0, x0 = (height - side) // 2, (width - side) // 2
+  else:
+    y0, x0 = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+  scale = resolution / side
+  out = {}
+  for key in PIXEL_KEYS + NEAREST_KEYS:
+    if key in example:
+      array = np.asarray(example[key])
+      crop = (slice(y0, y0 + side), slice(x0, x0 + side))
+      if _CHANNELS[key]:
+        crop += (slice(None),)
+      cropped = array[(Ellipsis,) + crop]
+      out[key] = _resize_frames(cropped, key, side, resolution)
+  if 'flow' in out:
+    out['flow'] = (out['flow'] * scale).astype(np.float32)
+  if 'boxes' in example:
+    boxes = np.asarray(example['boxes'], np.float32).reshape(-1, 4)
+    boxes = np.clip((boxes - [y0, x0, y0, x0]) * scale, 0, resolution)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    out['boxes'] = boxes[keep]
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Episodes.
+# ---------------------------------------------------------------------------
+
+
+def context_indices(rng: np.random.Generator, num_pairs: int, pool_size: int,
+                    query: int | None = None, repeat: bool = False) -> np.ndarray:
+  """`num_pairs` indices into range(pool_size), never `query` (an index of the pool).
+
+  Distinct while the pool, less the query, holds num_pairs examples; a smaller pool is
+  drawn from with replacement when `repeat`, else it is a ValueError.
+  """
+  available = pool_size - (query is not None)
+  replace = num_pairs > available
+  if replace and not repeat:
+    besides = ' besides the query' if query is not None else ''
+    raise ValueError(f'{num_pairs} distinct context examples asked of a pool of '
+                     f'{available}{besides}.')
+  if query is None:
+    return rng.choice(pool_size, num_pairs, replace=replace)
+  others = rng.choice(available, num_pairs, replace=replace)
+  return others + (others >= query)  # Skips the query.
+
+
+def render_pair(task: tasks.Task, example: dict, resolution: int, rng: np.random.Generator,
+                *, random_crop: bool = False, window: bool = True,
+                allow_upscale: bool = False) -> tasks.Pair:
+  """`task`'s (input, target) of one source example, each float32 (T, H, W, 3).
+
+  `rng` draws, in turn, the frame window of a video task (with `window` False, its
+  first frames), the crop when `random_crop` (else it is centred) and the task's own
+  randomness.
+  """
+  if window:
+    example = task.window(example, rng)
+  example = fit_example(example, resolution, rng if random_crop else None, allow_upscale)
+  return task(example, rng)
+
+
+def assemble(query: tasks.Pair, context: tasks.Pair, task_id: int,
+             k_max: int | None = None) -> dict:
+  """The episode of a query pair and K context pairs stacked (K, ...), in k_max slots.
+
+  k_max defaults to K (no padding).
+  """
+  inputs, targets = context
+  num_pairs = len(inputs)
+  k_max = num_pairs if k_max is None else k_max
+  slots = np.zeros((2, k_max) + inputs.shape[1:], np.float32)
+  slots[0, :num_pairs] = inputs
+  slots[1, :num_pairs] = targets
+  return {
+      'context_inputs': slots[0],
+      'context_targets': slots[1],
+      'query': query[0],
+      'target': query[1],
+      'num_pairs': np.int32(num_pairs),
+      'task_id': np.int32(task_id),
+  }
+
+
+def render_episode(task: tasks.Task, source, index: int, context: Sequence[int],
+                   rngs: Sequence[np.random.Generator], resolution: int,
+                   k_max: int | None = None, *, pool=None, random_crop: bool = False,
+                   allow_upscale: bool = False) -> dict:
+  """The episode of query `source[index]` with the context examples `pool[j]`, j in context.
+
+  Args:
+    task: the task rendering every pair.
+    source: random-access source examples; `index` is the query's.
+    context: the K context examples' indices into `pool`.
+    rngs: K + 1 generators, the query's first, then one per context slot (a generator
+      repeated K + 1 times draws for all of them in turn).
+    resolution, random_crop, allow_upscale: as in `render_pair` and `fit_example`.
+    k_max: context slots (default K).
+    pool: the examples `context` indexes; None: `source`.
+  Raises:
+    ValueError naming the source or context example that does not fit the task.
+  """
+  def render(examples, i, rng, name):
+    try:
+      return render_pair(task, examples[int(i)], resolution, rng, random_crop=random_crop,
+                         allow_upscale=allow_upscale)
+    except ValueError as e:
+      raise ValueError(f'{name} example {i}: {e}') from e
+
+  name, pool = ('Source', source) if pool is None else ('Context', pool)
+  query = render(source, index, rngs[0], 'Source')
+  pairs = [render(pool, j, rng, name) for j, rng in zip(context, rngs[1:], strict=True)]
+  return assemble(query, tuple(np.stack(clips) for clips in zip(*pairs)), task.id, k_max)
