@@ -18,8 +18,9 @@ class _IntegerListParser(flags.ListParser):
 
 def define_integers(name: str, default: str, help_: str) -> flags.FlagHolder:
   """A flag `--name=1,4` whose value is a list of integers."""
-  return flags.DEFINE(_IntegerListParser(), name, default, help_,
-                      serializer=flags.CsvListSerializer(","))
+  return flags.DEFINE(
+    _IntegerListParser(), name, default, help_, serializer=flags.CsvListSerializer(",")
+  )
 
 
 def define_choices(name: str, default, choices, help_: str) -> flags.FlagHolder:
@@ -30,7 +31,8 @@ def define_choices(name: str, default, choices, help_: str) -> flags.FlagHolder:
     unknown = [value for value in values if value not in choices]
     if unknown:
       raise flags.ValidationError(
-          f"unknown {name} {', '.join(unknown)}; choose from {', '.join(choices)}.")
+        f"unknown {name} {', '.join(unknown)}; choose from {', '.join(choices)}."
+      )
     return True
 
   flags.register_validator(holder, check)

@@ -12,26 +12,32 @@ import time
 
 from absl import app
 from absl import flags
-
 import common
+
 from lavin_jax.configs import data as data_configs
 from lavin_jax.data import pipeline
 from lavin_jax.data import specs
 
-TASKS = ('colorization', 'inpainting', 'canny_edges', 'de_motion_blur', 'de_glass_blur',
-         'de_raining')
+TASKS = (
+  "colorization",
+  "inpainting",
+  "canny_edges",
+  "de_motion_blur",
+  "de_glass_blur",
+  "de_raining",
+)
 
-_WORKERS = flags.DEFINE_integer('workers', 0, 'Pipeline worker processes.')
-_BATCHES = flags.DEFINE_integer('batches', 20, 'Batches timed after the first.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Examples per batch.')
-_SOURCE = flags.DEFINE_string('source', 'photos', 'A `specs.get_source` spec.')
+_WORKERS = flags.DEFINE_integer("workers", 0, "Pipeline worker processes.")
+_BATCHES = flags.DEFINE_integer("batches", 20, "Batches timed after the first.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Examples per batch.")
+_SOURCE = flags.DEFINE_string("source", "photos", "A `specs.get_source` spec.")
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   source = specs.get_source(_SOURCE.value)
-  config = data_configs.pipeline('image')
+  config = data_configs.pipeline("image")
   config.resolution = 256
   config.k_min = config.k_max = 4
   config.batch_size = _BATCH_SIZE.value
@@ -47,14 +53,21 @@ def main(argv):
   seconds = time.perf_counter() - start
   if _WORKERS.value:
     iterator.close()
-  common.print_figure({
-      'figure': 'data_examples_per_second',
-      'value': round(_BATCHES.value * _BATCH_SIZE.value / seconds, 2),
-      'resolution': 256, 'pairs': 4, 'batch_size': _BATCH_SIZE.value,
-      'workers': _WORKERS.value, 'source': _SOURCE.value, 'read_threads': config.read_threads,
-      'cpus': os.cpu_count(), 'tasks': list(TASKS),
-  })
+  common.print_figure(
+    {
+      "figure": "data_examples_per_second",
+      "value": round(_BATCHES.value * _BATCH_SIZE.value / seconds, 2),
+      "resolution": 256,
+      "pairs": 4,
+      "batch_size": _BATCH_SIZE.value,
+      "workers": _WORKERS.value,
+      "source": _SOURCE.value,
+      "read_threads": config.read_threads,
+      "cpus": os.cpu_count(),
+      "tasks": list(TASKS),
+    }
+  )
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   app.run(main)

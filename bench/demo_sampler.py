@@ -12,8 +12,8 @@ import pathlib
 
 from absl import app
 from absl import flags
-
 import common
+
 from lavin_jax import demo
 from lavin_jax.configs import demo as demo_configs
 from lavin_jax.configs import sampling
@@ -31,24 +31,37 @@ def main(argv):
   workdir = pathlib.Path(_WORKDIR.value)
   bundle = workdir / "bundle"
   if not (bundle / bundle_lib.CONFIG_FILE).is_file():
-    raise app.UsageError(f"{workdir} is not a demo run with a trained model (no "
-                         f"{bundle_lib.CONFIG_FILE} in {bundle}): run lavin-demo "
-                         f"--workdir={workdir} first.")
+    raise app.UsageError(
+      f"{workdir} is not a demo run with a trained model (no "
+      f"{bundle_lib.CONFIG_FILE} in {bundle}): run lavin-demo "
+      f"--workdir={workdir} first."
+    )
   config = demo_configs.get_config("default")
   config.eval.sampling.num_steps = _NUM_STEPS.value
   config.eval.sampling.cfg_scale = _CFG_SCALE.value
   train_pairs = demo.data_stage(config, workdir)
   results = demo.evaluate_stage(
-      config, workdir, train_pairs, bundle,
-      eval_dir=f"eval_steps{_NUM_STEPS.value}_cfg{_CFG_SCALE.value:g}")
+    config,
+    workdir,
+    train_pairs,
+    bundle,
+    eval_dir=f"eval_steps{_NUM_STEPS.value}_cfg{_CFG_SCALE.value:g}",
+  )
   for name, metric in config.tasks.items():
     r = results[name]
-    common.print_figure({
-        "figure": "demo_sampler", "task": name, "metric": metric,
-        "num_steps": _NUM_STEPS.value, "cfg_scale": _CFG_SCALE.value,
-        "model": round(r["model"], 4), "mean_target": round(r["mean_target"], 4),
+    common.print_figure(
+      {
+        "figure": "demo_sampler",
+        "task": name,
+        "metric": metric,
+        "num_steps": _NUM_STEPS.value,
+        "cfg_scale": _CFG_SCALE.value,
+        "model": round(r["model"], 4),
+        "mean_target": round(r["mean_target"], 4),
         "copy_query": round(r["copy_query"], 4),
-        "beats_both": demo.beats_both(config, name, r)})
+        "beats_both": demo.beats_both(config, name, r),
+      }
+    )
 
 
 if __name__ == "__main__":

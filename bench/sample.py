@@ -12,12 +12,12 @@ PyTorch code's numbers for the same shapes are in the project's PERF notes (e.g.
 
 from absl import app
 from absl import flags
+import common
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import common
 from lavin_jax import configs
 from lavin_jax import flow
 from lavin_jax.configs import sampling
@@ -44,8 +44,9 @@ def bench(size, pairs):
   cond = jnp.asarray(rng.standard_normal((1, cond_frames) + x_shape[2:]), jnp.float32)
   cond_null = jdit.null_condition(cond[:, -1:])
   shapes = jax.eval_shape(model.init, jax.random.key(0), noise, jnp.zeros((1,)), cond)
-  params = jax.tree.map(lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape), s.dtype),
-                        nn.unbox(shapes["params"]))
+  params = jax.tree.map(
+    lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape), s.dtype), nn.unbox(shapes["params"])
+  )
   grid = jnp.asarray(flow.time_grid(_NUM_STEPS.value))
   sampler = flow.make_guided_sampler(model)
   args = (params, noise, cond, cond_null, grid, _RELEASED.cfg_scale)
@@ -54,12 +55,17 @@ def bench(size, pairs):
   times = common.repeat_seconds(lambda: compiled(*args), _REPEATS.value)
   tokens_per_frame = (latent // config.patch_size) ** 2
   return {
-      "figure": "guided_sampling_latency", "size": size, "pairs": pairs,
-      "resolution": _RESOLUTION.value, "dtype": _DTYPE.value, "grid_points": _NUM_STEPS.value,
-      "tokens_cond_pass": (cond_frames + 1) * tokens_per_frame,
-      "tokens_null_pass": 3 * tokens_per_frame,
-      "seconds_per_example": float(np.median(times)), "compile_seconds": compile_s,
-      "backend": jax.default_backend(),
+    "figure": "guided_sampling_latency",
+    "size": size,
+    "pairs": pairs,
+    "resolution": _RESOLUTION.value,
+    "dtype": _DTYPE.value,
+    "grid_points": _NUM_STEPS.value,
+    "tokens_cond_pass": (cond_frames + 1) * tokens_per_frame,
+    "tokens_null_pass": 3 * tokens_per_frame,
+    "seconds_per_example": float(np.median(times)),
+    "compile_seconds": compile_s,
+    "backend": jax.default_backend(),
   }
 
 

@@ -27,12 +27,12 @@ import sys
 
 from absl import app
 from absl import flags
+import common
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import common
 from lavin_jax import configs
 from lavin_jax.models import stvae
 from lavin_jax.models import stvae_tiling
@@ -45,8 +45,9 @@ _CASES = common.define_choices("cases", list(CASES), CASES, "Cases to run")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per figure (untiled cases).")
 _CLIP_FRAMES = flags.DEFINE_integer("clip_frames", 9, "Frames of the clip256 case (1 + 4k).")
 _CLIP_CHUNK = flags.DEFINE_integer("clip_chunk", 17, "Frames per temporal chunk, clip65.")
-_LOW_MEMORY = flags.DEFINE_bool("low_memory_scheduler", True,
-                                "Run cases with XLA's memory-minimising CPU scheduler.")
+_LOW_MEMORY = flags.DEFINE_bool(
+  "low_memory_scheduler", True, "Run cases with XLA's memory-minimising CPU scheduler."
+)
 _WEIGHTS = flags.DEFINE_string("weights", "", "Released stvae.pt; random weights if empty.")
 _CHILD = flags.DEFINE_string("child", "", "Internal: run this one case in this process.")
 
@@ -55,6 +56,7 @@ def _params(module, config):
   """Released weights, or fan-in scaled Gaussian weights (fast on CPU; no denormals)."""
   if _WEIGHTS.value:
     from lavin_jax.convert import load_released_stvae  # pylint: disable=g-import-not-at-top
+
     return load_released_stvae(_WEIGHTS.value, config)[1]
   video = jax.ShapeDtypeStruct((1, 1, 8, 8, 3), jnp.float32)
   shapes = jax.eval_shape(module.init, jax.random.key(0), video)["params"]
@@ -99,10 +101,20 @@ def _run_case(case, module, params):
     dec_first, dec_s = _timed(lambda: dec(z, tiled=False), _REPEATS.value)
     unit = "images" if frames == 1 else "frames"
     info = {"resolution": 256, "frames": frames, "batch": 1}
-    yield {"figure": f"stvae_encode_{unit}_per_second", "value": frames / enc_s,
-           "seconds": enc_s, "first_run_seconds": enc_first, **info}
-    yield {"figure": f"stvae_decode_{unit}_per_second", "value": frames / dec_s,
-           "seconds": dec_s, "first_run_seconds": dec_first, **info}
+    yield {
+      "figure": f"stvae_encode_{unit}_per_second",
+      "value": frames / enc_s,
+      "seconds": enc_s,
+      "first_run_seconds": enc_first,
+      **info,
+    }
+    yield {
+      "figure": f"stvae_decode_{unit}_per_second",
+      "value": frames / dec_s,
+      "seconds": dec_s,
+      "first_run_seconds": dec_first,
+      **info,
+    }
     yield {"figure": f"stvae_{unit}_per_second", "value": frames / (enc_s + dec_s), **info}
   else:
     frames, size = (1, 1024) if case == "image1024" else (65, 256)
@@ -111,10 +123,17 @@ def _run_case(case, module, params):
     mean, enc_s = common.timed(lambda: enc(video, tiled=True, **tiling)[0])
     recon, dec_s = common.timed(lambda: dec(mean, tiled=True, **tiling))
     assert recon.shape == video.shape and bool(jnp.all(jnp.isfinite(recon)))
-    yield {"figure": f"stvae_tiled_{case}_seconds", "value": enc_s + dec_s,
-           "encode_seconds": enc_s, "decode_seconds": dec_s, "frames": frames,
-           "resolution": size, "latents": list(mean.shape), "compile_included": True,
-           **tiling}
+    yield {
+      "figure": f"stvae_tiled_{case}_seconds",
+      "value": enc_s + dec_s,
+      "encode_seconds": enc_s,
+      "decode_seconds": dec_s,
+      "frames": frames,
+      "resolution": size,
+      "latents": list(mean.shape),
+      "compile_included": True,
+      **tiling,
+    }
   yield {"figure": f"stvae_{case}_peak_memory_gib", "value": _peak_rss_gib()}
 
 
@@ -126,9 +145,13 @@ def main(argv):
     config.dtype = _DTYPE.value
     module = stvae.STVAE(config)
     params = _params(module, config)
-    context = {"config": ",".join(map(str, config.block_out_channels)),
-               "xla_flags": os.environ.get("XLA_FLAGS", ""),
-               "dtype": config.dtype, "devices": jax.device_count(), "cpus": os.cpu_count()}
+    context = {
+      "config": ",".join(map(str, config.block_out_channels)),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "dtype": config.dtype,
+      "devices": jax.device_count(),
+      "cpus": os.cpu_count(),
+    }
     for figure in _run_case(_CHILD.value, module, params):
       figure = {k: round(v, 4) if isinstance(v, float) else v for k, v in figure.items()}
       common.print_figure({**figure, **context})
@@ -136,11 +159,11 @@ def main(argv):
   passthrough = [a for a in sys.argv[1:] if not a.startswith("--cases")]
   env = dict(os.environ)
   if _LOW_MEMORY.value:
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        " --xla_cpu_enable_concurrency_optimized_scheduler=false").strip()
+    env["XLA_FLAGS"] = (
+      env.get("XLA_FLAGS", "") + " --xla_cpu_enable_concurrency_optimized_scheduler=false"
+    ).strip()
   for case in _CASES.value:
-    subprocess.run([sys.executable, __file__, f"--child={case}", *passthrough], check=True,
-                   env=env)
+    subprocess.run([sys.executable, __file__, f"--child={case}", *passthrough], check=True, env=env)
 
 
 if __name__ == "__main__":

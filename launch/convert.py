@@ -21,18 +21,25 @@ _DIT_PATH = flags.DEFINE_string("dit_path", None, "Released lavin_dit.safetensor
 _VAE_PATH = flags.DEFINE_string("vae_path", None, "Released stvae.pt.")
 _OUTPUT = flags.DEFINE_string("output", None, "Bundle directory to write.")
 _SIZE = flags.DEFINE_enum("size", "3.4b", configs.JDIT_SIZES, "J-DiT size of --dit_path.")
-_STVAE_SIZE = flags.DEFINE_enum("stvae_size", "released", configs.STVAE_SIZES,
-                                "ST-VAE size of --vae_path.")
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
-                           "Store floating params in this dtype.")
+_STVAE_SIZE = flags.DEFINE_enum(
+  "stvae_size", "released", configs.STVAE_SIZES, "ST-VAE size of --vae_path."
+)
+_DTYPE = flags.DEFINE_enum(
+  "dtype", None, ["float32", "bfloat16"], "Store floating params in this dtype."
+)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  counts = bundle.convert_to_bundle(_OUTPUT.value, dit_path=_DIT_PATH.value,
-                                    vae_path=_VAE_PATH.value, size=_SIZE.value,
-                                    stvae_size=_STVAE_SIZE.value, dtype=_DTYPE.value)
+  counts = bundle.convert_to_bundle(
+    _OUTPUT.value,
+    dit_path=_DIT_PATH.value,
+    vae_path=_VAE_PATH.value,
+    size=_SIZE.value,
+    stvae_size=_STVAE_SIZE.value,
+    dtype=_DTYPE.value,
+  )
   print(json.dumps(counts))
 
 

@@ -27,7 +27,8 @@ from lavin_jax.eval import model_eval
 from lavin_jax.inference import loading
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", configs.path("evaluate"), "Evaluation settings: evaluate.py:<task>.")
+  "config", configs.path("evaluate"), "Evaluation settings: evaluate.py:<task>."
+)
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory.")
 _BUNDLE = flags.DEFINE_string("bundle", None, "Inference bundle directory.")
 _VAE_PATH = flags.DEFINE_string("vae_path", None, "Released stvae.pt (with --dit_path).")

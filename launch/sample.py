@@ -43,13 +43,19 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   settings = sampling.released()
-  settings.update(num_steps=_TIMESTEPS.value, cfg_scale=_CFG_SCALE.value,
-                  sampler=_SAMPLER.value)
+  settings.update(num_steps=_TIMESTEPS.value, cfg_scale=_CFG_SCALE.value, sampler=_SAMPLER.value)
   model = loading.ModelFiles(_BUNDLE.value, _VAE_PATH.value, _DIT_PATH.value, _SIZE.value)
-  templates.predict_templates(model, _TASK_DIR.value, _QUERY.value, _OUTPUT.value,
-                              height=_HEIGHT.value, width=_WIDTH.value,
-                              num_prompt=_NUM_PROMPT.value, seed=_SEED.value,
-                              sampling=settings)
+  templates.predict_templates(
+    model,
+    _TASK_DIR.value,
+    _QUERY.value,
+    _OUTPUT.value,
+    height=_HEIGHT.value,
+    width=_WIDTH.value,
+    num_prompt=_NUM_PROMPT.value,
+    seed=_SEED.value,
+    sampling=settings,
+  )
 
 
 if __name__ == "__main__":

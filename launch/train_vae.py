@@ -18,8 +18,8 @@ from lavin_jax import configs
 from lavin_jax.train import vae
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", configs.path("train_vae"), "Training config, e.g. train_vae.py:demo.",
-    lock_config=True)
+  "config", configs.path("train_vae"), "Training config, e.g. train_vae.py:demo.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, bundle/.")
 
 

@@ -49,8 +49,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (flags.Error, AttributeError, KeyError) as e:  # config overrides of unknown fields
     if _debugging():
       raise
-    print(one_line(ValueError(_flag_error(e))) + " (--helpshort lists the flags)",
-          file=sys.stderr, flush=True)
+    print(
+      one_line(ValueError(_flag_error(e))) + " (--helpshort lists the flags)",
+      file=sys.stderr,
+      flush=True,
+    )
     sys.exit(1)
 
 

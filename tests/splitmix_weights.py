@@ -8,7 +8,6 @@ here means no large weight file has to ship with the tests.
 import json
 
 import numpy as np
-
 import torch_files
 
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -44,8 +43,7 @@ def state_dict(keys_file) -> dict[str, np.ndarray]:
   """The deterministic state dict of a [[key, shape], ...] file."""
   with open(keys_file) as f:
     keys = json.load(f)
-  return {name: deterministic_tensor(k, name, tuple(shape))
-          for k, (name, shape) in enumerate(keys)}
+  return {name: deterministic_tensor(k, name, tuple(shape)) for k, (name, shape) in enumerate(keys)}
 
 
 def save_state_dict(keys_file, path):

@@ -18,9 +18,11 @@ def _config():
 
 def _params(seed):
   rng = np.random.default_rng(seed)
-  return {"blocks": {"kernel": rng.normal(size=(2, 3, 4)).astype(np.float32)},
-          "embed": jnp.asarray(rng.normal(size=(1, 4)), jnp.float32),
-          "count": np.arange(3, dtype=np.int32)}
+  return {
+    "blocks": {"kernel": rng.normal(size=(2, 3, 4)).astype(np.float32)},
+    "embed": jnp.asarray(rng.normal(size=(1, 4)), jnp.float32),
+    "count": np.arange(3, dtype=np.int32),
+  }
 
 
 def _assert_tree_equal(a, b):
@@ -53,8 +55,11 @@ def test_dtype_and_single_model(tmp_path):
   assert params["stvae"] is None
   assert params["jdit"]["embed"].dtype == jnp.bfloat16
   assert params["jdit"]["count"].dtype == np.int32  # integers keep their dtype
-  np.testing.assert_allclose(params["jdit"]["blocks"]["kernel"].astype(np.float32),
-                             jdit_params["blocks"]["kernel"], rtol=1e-2)
+  np.testing.assert_allclose(
+    params["jdit"]["blocks"]["kernel"].astype(np.float32),
+    jdit_params["blocks"]["kernel"],
+    rtol=1e-2,
+  )
 
 
 def test_replaces_an_existing_bundle(tmp_path):
@@ -86,5 +91,8 @@ def test_errors(tmp_path):
   with pytest.raises(ValueError, match="needs jdit_params, stvae_params"):
     bundle.save_bundle(tmp_path / "b", _config())
   with pytest.raises(ValueError, match=r"sub-configs \['stvae'\]"):
-    bundle.save_bundle(tmp_path / "b", ml_collections.ConfigDict({"jdit": configs.jdit("tiny")}),
-                       stvae_params=_params(0))
+    bundle.save_bundle(
+      tmp_path / "b",
+      ml_collections.ConfigDict({"jdit": configs.jdit("tiny")}),
+      stvae_params=_params(0),
+    )

@@ -29,8 +29,9 @@ from lavin_jax.train import state as train_state
 # A toy training loop: MLP, AdamW with clipping, EMA, per-step RNG, Grain batches.
 # ----------------------------------------------------------------------------------
 _MODEL = nn.Sequential([nn.Dense(16), nn.gelu, nn.Dense(1)])
-_TX = optax.chain(optax.clip_by_global_norm(1.0),
-                  optax.adamw(1e-2, b1=0.9, b2=0.95, weight_decay=0.01))
+_TX = optax.chain(
+  optax.clip_by_global_norm(1.0), optax.adamw(1e-2, b1=0.9, b2=0.95, weight_decay=0.01)
+)
 
 
 def _example(i):
@@ -58,7 +59,7 @@ def _train_step(state, batch):
   x = batch["x"] + 0.1 * jax.random.normal(key, batch["x"].shape)
 
   def loss_fn(params):
-    return jnp.mean((_MODEL.apply({"params": params}, x) - batch["y"])**2)
+    return jnp.mean((_MODEL.apply({"params": params}, x) - batch["y"]) ** 2)
 
   return train_state.apply_gradients(state, jax.grad(loss_fn)(state.params), _TX, 0.9)[0]
 
@@ -78,10 +79,17 @@ def _assert_trees_equal(a, b):
 # Child processes.
 # ----------------------------------------------------------------------------------
 def _run_child(case, directory, devices=1, **popen):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  return subprocess.Popen([sys.executable, __file__, case, str(directory)], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+  env = dict(
+    os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"
+  )
+  return subprocess.Popen(
+    [sys.executable, __file__, case, str(directory)],
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    **popen,
+  )
 
 
 def _finish(proc, timeout=300):
@@ -120,6 +128,7 @@ def _child_resume(directory):
 def _child_killed_mid_save(directory):
   """Completes step 1, then stalls step 2 between writing and committing."""
   from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
+
   ckpt = checkpoint.CheckpointManager(directory, save_every=1)
   ckpt.save(1, {"x": jnp.full((256, 256), 1.0)})
   ckpt.wait_until_finished()
@@ -138,8 +147,10 @@ def _child_stop_on_sigterm(directory):
   """Trains until SIGTERM, then saves the current step and exits normally."""
   iterator = iter(_dataset(epochs=100))
   state = _init_state()
-  with checkpoint.StopGuard() as guard, \
-      checkpoint.CheckpointManager(directory, save_every=1000) as ckpt:
+  with (
+    checkpoint.StopGuard() as guard,
+    checkpoint.CheckpointManager(directory, save_every=1000) as ckpt,
+  ):
     for step in range(1, 100000):
       state = _train_step(state, next(iterator))
       print(f"STEP {step}", flush=True)
@@ -184,8 +195,10 @@ def _child_mesh_8(directory):
   mesh = jax.make_mesh((4, 2), ("data", "fsdp"))
   spec = jax.sharding.PartitionSpec("fsdp", "data")
   target = jax.eval_shape(lambda: {"w": jnp.zeros((8, 16)), "step": jnp.int32(0)})
-  shardings = {"w": jax.sharding.NamedSharding(mesh, spec),
-               "step": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())}
+  shardings = {
+    "w": jax.sharding.NamedSharding(mesh, spec),
+    "step": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+  }
   with checkpoint.CheckpointManager(directory, save_every=1) as ckpt:
     state, _ = ckpt.restore(checkpoint.with_shardings(target, shardings))
   np.testing.assert_array_equal(state["w"], _expected_w(2))
@@ -195,12 +208,12 @@ def _child_mesh_8(directory):
 
 
 _CHILDREN = {
-    "resume": _child_resume,
-    "killed_mid_save": _child_killed_mid_save,
-    "stop_on_sigterm": _child_stop_on_sigterm,
-    "mesh_save8": _child_mesh_save8,
-    "mesh_1": _child_mesh_1,
-    "mesh_8": _child_mesh_8,
+  "resume": _child_resume,
+  "killed_mid_save": _child_killed_mid_save,
+  "stop_on_sigterm": _child_stop_on_sigterm,
+  "mesh_save8": _child_mesh_save8,
+  "mesh_1": _child_mesh_1,
+  "mesh_8": _child_mesh_8,
 }
 
 
@@ -211,8 +224,9 @@ def test_exact_resume_in_a_new_process(tmp_path):
   straight = _train(_init_state(), iter(_dataset()), 6)
   iterator = iter(_dataset())
   with checkpoint.CheckpointManager(tmp_path, save_every=3) as ckpt:
-    assert ckpt.save(3, _train(_init_state(), iterator, 3), config=_config(),
-                     data_iterator=iterator)
+    assert ckpt.save(
+      3, _train(_init_state(), iterator, 3), config=_config(), data_iterator=iterator
+    )
   _finish(_run_child("resume", tmp_path))
   with checkpoint.CheckpointManager(tmp_path, save_every=3) as ckpt:
     assert ckpt.all_steps() == [3, 6]
@@ -318,13 +332,16 @@ if __name__ == "__main__":
 
 
 def test_export_bundle_loads_in_one_call(tmp_path):
-  from lavin_jax.inference import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
   import tiny_model  # pylint: disable=g-import-not-at-top
+
+  from lavin_jax.inference import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+
   model_config = tiny_model.tiny_model_config()
   jdit_params, vae_params = tiny_model.tiny_model_params(model_config)
   config = ml_collections.ConfigDict({"model": model_config.jdit, "vae": model_config.stvae})
-  checkpoint.export_bundle(tmp_path / "bundle", jdit_params, config, vae_params=vae_params,
-                           dtype="bfloat16")
+  checkpoint.export_bundle(
+    tmp_path / "bundle", jdit_params, config, vae_params=vae_params, dtype="bfloat16"
+  )
   pipe = pipeline_lib.Pipeline.from_bundle(tmp_path / "bundle")
   assert pipe.config.jdit.hidden_size == model_config.jdit.hidden_size
   for got, want in zip(jax.tree.leaves(pipe.jdit_params), jax.tree.leaves(jdit_params)):
@@ -332,3 +349,4 @@ def test_export_bundle_loads_in_one_call(tmp_path):
     np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=1e-2, atol=1e-6)
   for got, want in zip(jax.tree.leaves(pipe.stvae_params), jax.tree.leaves(vae_params)):
     assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=1e-2, atol=1e-6)

@@ -12,8 +12,8 @@ import pytest
 from safetensors.numpy import load_file
 from safetensors.numpy import save_file
 
-from lavin_jax.convert import load_released_jdit
 from lavin_jax.convert import jdit as convert_jdit
+from lavin_jax.convert import load_released_jdit
 from lavin_jax.io import bundle
 from lavin_jax.models import jdit
 
@@ -54,8 +54,9 @@ def _max_err(a, b):
 @pytest.mark.parametrize("case", ["fwdA", "fwdB"])
 def test_forward_matches_released(io, scanned, case):
   module, params = scanned
-  v = jax.jit(module.apply)({"params": params}, _latents(io[f"{case}_x"]),
-                            io[f"{case}_t"], _latents(io[f"{case}_cond"]))
+  v = jax.jit(module.apply)(
+    {"params": params}, _latents(io[f"{case}_x"]), io[f"{case}_t"], _latents(io[f"{case}_cond"])
+  )
   assert v.dtype == np.float32
   assert _max_err(v, _channels_last(io[f"{case}_out"])) < TOL
 
@@ -67,8 +68,15 @@ def test_guided_matches_released(io, scanned):
   x, cond, cond_null = (_channels_last(io[k]) for k in ("cfg_x", "cfg_cond", "cfg_cond_null"))
   b = cond.shape[0]
   guided = jax.jit(module.apply, static_argnames="method")(
-      {"params": params}, x[:b], io["cfg_t"][:b], cond, cond_null, io["cfg_scale"],
-      x_null=x[b:], method="forward_with_cfg")
+    {"params": params},
+    x[:b],
+    io["cfg_t"][:b],
+    cond,
+    cond_null,
+    io["cfg_scale"],
+    x_null=x[b:],
+    method="forward_with_cfg",
+  )
   ref = _channels_last(io["cfg_out"])
   assert _max_err(guided, ref[:b]) < TOL and _max_err(guided, ref[b:]) < TOL
 
@@ -77,8 +85,9 @@ def test_unscanned_layout_matches_released(io, scanned):
   module, params = load_released_jdit(STATE, _config(scan_layers=False, remat_policy="none"))
   assert "blocks_1" in params and "blocks" not in params
   jax.tree.map(np.testing.assert_array_equal, jdit.scan_params(params, 2), scanned[1])
-  v = jax.jit(module.apply)({"params": params}, _latents(io["fwdA_x"]), io["fwdA_t"],
-                            _latents(io["fwdA_cond"]))
+  v = jax.jit(module.apply)(
+    {"params": params}, _latents(io["fwdA_x"]), io["fwdA_t"], _latents(io["fwdA_cond"])
+  )
   assert _max_err(v, _channels_last(io["fwdA_out"])) < TOL
 
 
@@ -116,16 +125,28 @@ def test_wrong_config_is_refused():
   # A deeper model misses blocks.2; wrong head counts mismatch the kv projections.
   with pytest.raises(ValueError, match=r"missing \(\d+\): \['blocks.2"):
     load_released_jdit(STATE, _config(depth=3))
-  with pytest.raises(ValueError, match=r"joint_attn.cond_k.weight: stored \(48, 96\), model "
-                                       r"\(96, 96\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"joint_attn.cond_k.weight: stored \(48, 96\), model "
+    r"\(96, 96\)",
+  ):
     load_released_jdit(STATE, _config(num_kv_heads=4))
 
 
 def test_convert_command_writes_a_bundle(tmp_path, scanned):
   root = pathlib.Path(__file__).parents[1]
   out = tmp_path / "bundle"
-  subprocess.run([sys.executable, str(root / "launch" / "convert.py"), f"--dit_path={STATE}",
-                  "--size=tiny", f"--output={out}"], check=True, capture_output=True)
+  subprocess.run(
+    [
+      sys.executable,
+      str(root / "launch" / "convert.py"),
+      f"--dit_path={STATE}",
+      "--size=tiny",
+      f"--output={out}",
+    ],
+    check=True,
+    capture_output=True,
+  )
   config, params = bundle.load_bundle(out)
   assert config.jdit.hidden_size == 96 and config.jdit.num_kv_heads == 2
   assert params["stvae"] is None
@@ -134,6 +155,7 @@ def test_convert_command_writes_a_bundle(tmp_path, scanned):
 
 def test_bfloat16_file_loads_into_float32_params(tmp_path, scanned):
   import ml_dtypes  # pylint: disable=g-import-not-at-top
+
   state = {k: v.astype(ml_dtypes.bfloat16) for k, v in load_file(STATE).items()}
   path = tmp_path / "bf16.safetensors"
   save_file(state, path)

@@ -10,13 +10,13 @@ import ml_dtypes
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
+import torch_files
 
 from lavin_jax import configs
 from lavin_jax.convert import load_released_stvae
 from lavin_jax.convert import stvae as convert_stvae
 from lavin_jax.io import torch_checkpoint
 from lavin_jax.models import stvae
-import torch_files
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "stvae"
 STATE = FIXTURES / "vae_state.pt"
@@ -24,7 +24,8 @@ STATE = FIXTURES / "vae_state.pt"
 
 def _config(**fields):
   c = ml_collections.ConfigDict(
-      dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=16))
+    dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=16)
+  )
   c.update(fields)
   return c
 
@@ -40,31 +41,37 @@ def _save_pt(path, state_dict):
 
 def test_every_parameter_is_filled_in_flax_layout(state):
   module, params = load_released_stvae(STATE, _config())
-  expected = nn.unbox(jax.eval_shape(module.init, jax.random.key(0),
-                                     np.zeros((1, 1, 8, 8, 3), np.float32))["params"])
+  expected = nn.unbox(
+    jax.eval_shape(module.init, jax.random.key(0), np.zeros((1, 1, 8, 8, 3), np.float32))["params"]
+  )
   assert jax.tree.structure(params) == jax.tree.structure(expected)
   assert len(jax.tree.leaves(params)) == len(state)
   # Spot checks of the layout change (out, in, *k) -> (*k, in, out).
   w = state["encoder.down_blocks.1.resnets.0.conv2.conv.weight"]
   np.testing.assert_array_equal(
-      params["encoder"]["down_blocks_1"]["resnets_0"]["conv2"]["kernel"],
-      w.transpose(2, 3, 4, 1, 0))
+    params["encoder"]["down_blocks_1"]["resnets_0"]["conv2"]["kernel"], w.transpose(2, 3, 4, 1, 0)
+  )
   w = state["decoder.up_blocks.0.upsamplers.0.conv.weight"]
   np.testing.assert_array_equal(
-      params["decoder"]["up_blocks_0"]["upsamplers_0"]["kernel"], w.transpose(2, 3, 1, 0))
+    params["decoder"]["up_blocks_0"]["upsamplers_0"]["kernel"], w.transpose(2, 3, 1, 0)
+  )
   np.testing.assert_array_equal(
-      params["decoder"]["norm_out"]["norm_layer"]["scale"],
-      state["decoder.norm_out.norm_layer.weight"])
+    params["decoder"]["norm_out"]["norm_layer"]["scale"],
+    state["decoder.norm_out.norm_layer.weight"],
+  )
   assert module.config.norm_num_groups == 32 and module.config.tile_frames == 129
 
 
 def test_released_keys_of_the_released_size():
   """The released model's own names, including the shortcut convs the fixture lacks."""
   module = stvae.STVAE(configs.stvae("released"))
-  params = nn.unbox(jax.eval_shape(module.init, jax.random.key(0),
-                                   np.zeros((1, 1, 8, 8, 3), np.float32))["params"])
-  keys = {convert_stvae.released_key(tuple(k.key for k in path))
-          for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+  params = nn.unbox(
+    jax.eval_shape(module.init, jax.random.key(0), np.zeros((1, 1, 8, 8, 3), np.float32))["params"]
+  )
+  keys = {
+    convert_stvae.released_key(tuple(k.key for k in path))
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
   assert "encoder.down_blocks.1.resnets.0.conv_shortcut.weight" in keys
   assert "decoder.up_blocks.1.resnets.0.conv_shortcut.bias" in keys
   assert "decoder.up_blocks.3.resnets.3.norm2.conv_b.conv.weight" in keys
@@ -119,8 +126,10 @@ def test_keys_outside_the_model_are_skipped(state, tmp_path):
 
 def test_config_fields():
   with pytest.raises(ValueError, match="missing \\['layers_per_block'\\]"):
-    load_released_stvae(STATE, ml_collections.ConfigDict(
-        dict(block_out_channels=(32, 32, 32, 32), latent_channels=16)))
+    load_released_stvae(
+      STATE,
+      ml_collections.ConfigDict(dict(block_out_channels=(32, 32, 32, 32), latent_channels=16)),
+    )
   with pytest.raises(ValueError, match="Unknown ST-VAE config fields \\['tile_px'\\]"):
     load_released_stvae(STATE, _config(tile_px=4))
 
@@ -137,8 +146,10 @@ def test_pickled_code_is_refused(tmp_path):
   path = tmp_path / "evil.pt"
   config_dict = torch_files.Call(torch_files.Global("ml_collections", "ConfigDict"))
   torch_files.save({"state_dict": {"x": config_dict}}, path)
-  with pytest.raises(torch_checkpoint.TorchCheckpointError,
-                     match=r"evil.pt refers to the global ml_collections.ConfigDict"):
+  with pytest.raises(
+    torch_checkpoint.TorchCheckpointError,
+    match=r"evil.pt refers to the global ml_collections.ConfigDict",
+  ):
     load_released_stvae(path, _config())
 
 

@@ -15,8 +15,8 @@ import ml_collections
 
 from lavin_jax import configs
 from lavin_jax import demo
-from lavin_jax.io import bundle as bundle_lib
 from lavin_jax.configs import demo as demo_configs
+from lavin_jax.io import bundle as bundle_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,9 +25,19 @@ def _run_command_line(workdir):
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
   result = subprocess.run(
-      [sys.executable, str(ROOT / "launch" / "demo.py"),
-       f"--config={ROOT / 'lavin_jax' / 'configs' / 'demo.py'}:smoke", f"--workdir={workdir}"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+    [
+      sys.executable,
+      str(ROOT / "launch" / "demo.py"),
+      f"--config={ROOT / 'lavin_jax' / 'configs' / 'demo.py'}:smoke",
+      f"--workdir={workdir}",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-4000:]
   return result.stdout
 
@@ -42,8 +52,14 @@ def test_smoke_run_writes_every_output_and_resumes(tmp_path):
       assert (tmp_path / folder / f"{name}.png").is_file()
       report = json.loads((tmp_path / folder / f"{name}.json").read_text())
       assert config.tasks[name] in report["metrics"]
-  for path in ("metrics.json", "loss_curves.png", "bundle/config.json",
-               "vae_bundle/config.json", "dit/metrics.jsonl", "vae/metrics.jsonl"):
+  for path in (
+    "metrics.json",
+    "loss_curves.png",
+    "bundle/config.json",
+    "vae_bundle/config.json",
+    "dit/metrics.jsonl",
+    "vae/metrics.jsonl",
+  ):
     assert (tmp_path / path).is_file(), path
   written = json.loads((tmp_path / "metrics.json").read_text())
   assert set(written["results"]) == set(tasks)
@@ -65,7 +81,9 @@ def test_smoke_run_writes_every_output_and_resumes(tmp_path):
   again = demo.run(config, tmp_path)
   assert again["results"] == written["results"]
   assert report.stat().st_mtime_ns == written_at
-  assert len((tmp_path / "dit" / "metrics.jsonl").read_text().splitlines()) == config.dit.total_steps
+  assert (
+    len((tmp_path / "dit" / "metrics.jsonl").read_text().splitlines()) == config.dit.total_steps
+  )
 
 
 def test_finished_report_is_reused_only_for_the_same_bundle_and_settings(tmp_path):
@@ -87,8 +105,7 @@ def test_finished_report_is_reused_only_for_the_same_bundle_and_settings(tmp_pat
 
 def test_learning_check_counts_tasks_beating_both_baselines():
   config = demo_configs.get_config("smoke")
-  results = {name: {"model": 0.5, "mean_target": 0.4, "copy_query": 0.6}
-             for name in config.tasks}
+  results = {name: {"model": 0.5, "mean_target": 0.4, "copy_query": 0.6} for name in config.tasks}
   table, wins = demo.learning_check(config, results)
   higher = [n for n in config.tasks if config.higher_is_better[n]]
   assert wins == 0  # 0.5 is between the baselines whichever way is better

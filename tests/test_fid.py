@@ -13,11 +13,11 @@ import jax
 import numpy as np
 import pytest
 import scipy.linalg
+import splitmix_weights
+import torch_files
 
 from lavin_jax.eval import fid
 from lavin_jax.eval import weights
-import splitmix_weights
-import torch_files
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "metrics"
 
@@ -60,14 +60,22 @@ def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 def _torch_bilinear(images: np.ndarray, size: int) -> np.ndarray:
   """(B, H, W, C) -> (B, size, size, C) in float64 by `_bilinear_matrix` on each axis."""
-  return np.einsum("oh,bhwc,pw->bopc", _bilinear_matrix(images.shape[1], size),
-                   images.astype(np.float64), _bilinear_matrix(images.shape[2], size))
+  return np.einsum(
+    "oh,bhwc,pw->bopc",
+    _bilinear_matrix(images.shape[1], size),
+    images.astype(np.float64),
+    _bilinear_matrix(images.shape[2], size),
+  )
 
 
 def test_bilinear_closed_form_is_torch_convention():
   # nn.Upsample(scale_factor=2, mode="bilinear") of [[1, 2], [3, 4]], from PyTorch's docs.
-  docs = [[1.0, 1.25, 1.75, 2.0], [1.5, 1.75, 2.25, 2.5], [2.5, 2.75, 3.25, 3.5],
-          [3.0, 3.25, 3.75, 4.0]]
+  docs = [
+    [1.0, 1.25, 1.75, 2.0],
+    [1.5, 1.75, 2.25, 2.5],
+    [2.5, 2.75, 3.25, 3.5],
+    [3.0, 3.25, 3.75, 4.0],
+  ]
   got = _torch_bilinear(np.array([[1.0, 2.0], [3.0, 4.0]])[None, :, :, None], 4)
   np.testing.assert_array_equal(got[0, :, :, 0], docs)
   # OpenCV's INTER_LINEAR has the same half-pixel centres, edge clamping and no
@@ -83,8 +91,7 @@ def test_bilinear_closed_form_is_torch_convention():
 @pytest.mark.parametrize("size", [(96, 80), (300, 451)])
 def test_resize_matches_torch_bilinear(size):
   images = np.random.default_rng(0).uniform(-1, 1, (1,) + size + (3,)).astype(np.float32)
-  np.testing.assert_allclose(fid.resize_bilinear(images), _torch_bilinear(images, 299),
-                             atol=1e-6)
+  np.testing.assert_allclose(fid.resize_bilinear(images), _torch_bilinear(images, 299), atol=1e-6)
 
 
 def test_loader_rejects_a_wrong_file(tmp_path):
@@ -111,8 +118,9 @@ def test_missing_weight_file_says_where_to_get_and_put_it(tmp_path, monkeypatch)
     fid.load_fid_inception(tmp_path / "elsewhere.pth")
 
 
-@pytest.mark.parametrize("images", [np.zeros((2, 64, 64)), np.zeros((2, 64, 64, 4)),
-                                    np.zeros((1, 4, 64, 3))])
+@pytest.mark.parametrize(
+  "images", [np.zeros((2, 64, 64)), np.zeros((2, 64, 64, 4)), np.zeros((1, 4, 64, 3))]
+)
 def test_bad_images_raise(images):
   with pytest.raises(ValueError, match="FID Inception"):
     jax.eval_shape(fid.InceptionV3Pool3().init, jax.random.key(0), images)
@@ -122,7 +130,7 @@ def test_frechet_distance_of_diagonal_gaussians_is_closed_form():
   rng = np.random.default_rng(1)
   mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
   v1, v2 = rng.uniform(0.1, 3, 5), rng.uniform(0.1, 3, 5)
-  want = np.sum((mu1 - mu2)**2) + np.sum((np.sqrt(v1) - np.sqrt(v2))**2)
+  want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2)
   got = fid.frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2))
   np.testing.assert_allclose(got, want, rtol=1e-12)
 
@@ -135,7 +143,7 @@ def test_frechet_distance_of_commuting_covariances_is_closed_form():
   a[0] = 0.0  # singular is fine
   mu = rng.normal(size=6)
   got = fid.frechet_distance(mu, q @ np.diag(a) @ q.T, mu + 1.0, q @ np.diag(b) @ q.T)
-  np.testing.assert_allclose(got, 6.0 + np.sum((np.sqrt(a) - np.sqrt(b))**2), rtol=1e-10)
+  np.testing.assert_allclose(got, 6.0 + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2), rtol=1e-10)
   assert abs(fid.frechet_distance(mu, q @ np.diag(b) @ q.T, mu, q @ np.diag(b) @ q.T)) < 1e-10
 
 
@@ -144,8 +152,12 @@ def test_frechet_distance_matches_scipy_sqrtm_on_general_covariances():
   x, y = rng.normal(size=(50, 8)), rng.normal(size=(40, 8)) @ rng.normal(size=(8, 8))
   s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
   mu1, mu2 = x.mean(0), y.mean(0)
-  want = (np.sum((mu1 - mu2)**2) + np.trace(s1) + np.trace(s2)
-          - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2).real))
+  want = (
+    np.sum((mu1 - mu2) ** 2)
+    + np.trace(s1)
+    + np.trace(s2)
+    - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2).real)
+  )
   np.testing.assert_allclose(fid.frechet_distance(mu1, s1, mu2, s2), want, rtol=1e-9)
 
 
@@ -158,8 +170,7 @@ def test_running_stats_equal_numpy_on_the_full_set():
   want = features.astype(np.float32).astype(np.float64)
   assert stats.count == 103
   np.testing.assert_allclose(stats.mean, want.mean(0), rtol=1e-12)
-  np.testing.assert_allclose(stats.covariance(), np.cov(want, rowvar=False), rtol=1e-10,
-                             atol=1e-12)
+  np.testing.assert_allclose(stats.covariance(), np.cov(want, rowvar=False), rtol=1e-10, atol=1e-12)
 
 
 def test_bad_statistics_inputs_raise():

@@ -27,7 +27,11 @@ def ref():
 def test_released_defaults():
   c = flow_configs.training()
   assert (c.time_sampling, c.logit_mean, c.logit_std, c.time_shift) == (
-      "logit_normal", 0.0, 1.0, 1.0)
+    "logit_normal",
+    0.0,
+    1.0,
+    1.0,
+  )
   assert (c.l1_weight, c.uncond_ratio) == (0.1, 0.1)
   s = sampling_configs.released()
   assert (s.num_steps, s.cfg_scale, s.sampler, s.posterior) == (20, 1.5, "euler", "sample")
@@ -63,8 +67,9 @@ def test_uniform_times():
   assert np.all(np.abs(hist - 2000) < 4 * np.sqrt(2000))
 
 
-@pytest.mark.parametrize("field,value", [("time_sampling", "cosine"),
-                                         ("time_shift", 0.0), ("logit_std", -1.0)])
+@pytest.mark.parametrize(
+  "field,value", [("time_sampling", "cosine"), ("time_shift", 0.0), ("logit_std", -1.0)]
+)
 def test_bad_time_config(field, value):
   config = flow_configs.training()
   config[field] = value
@@ -81,8 +86,9 @@ def test_interpolation_and_target_match_released(ref):
 
 def test_interpolation_endpoints():
   x, e = np.full((2, 3), 5.0, np.float32), np.full((2, 3), -1.0, np.float32)
-  np.testing.assert_array_equal(flow.interpolate(x, e, jnp.array([0.0, 1.0])),
-                                [[-1.0] * 3, [5.0] * 3])
+  np.testing.assert_array_equal(
+    flow.interpolate(x, e, jnp.array([0.0, 1.0])), [[-1.0] * 3, [5.0] * 3]
+  )
 
 
 def test_loss_matches_released(ref):
@@ -109,14 +115,15 @@ def test_loss_against_numpy_with_mask():
   # Padding takes no part: the same as example 0 cut to its valid frames.
   alone = flow.flow_loss(v[:1, :4], u[:1, :4], 0.1)
   np.testing.assert_allclose(flow.flow_loss(v[:1], u[:1], 0.1, mask[:1]), alone, rtol=1e-6)
-  np.testing.assert_allclose(flow.flow_loss(v, u, 0.1, np.ones(v.shape)),
-                             flow.flow_loss(v, u, 0.1), rtol=1e-6)
+  np.testing.assert_allclose(
+    flow.flow_loss(v, u, 0.1, np.ones(v.shape)), flow.flow_loss(v, u, 0.1), rtol=1e-6
+  )
 
 
 def test_zero_l1_weight_is_mse():
   rng = np.random.default_rng(1)
   v, u = rng.normal(size=(2, 3, 5)).astype(np.float32)
-  np.testing.assert_allclose(flow.flow_loss(v, u, 0.0), np.mean((v - u)**2), rtol=1e-6)
+  np.testing.assert_allclose(flow.flow_loss(v, u, 0.0), np.mean((v - u) ** 2), rtol=1e-6)
 
 
 def test_loss_bad_inputs():

@@ -4,12 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tiny_model
 
 from lavin_jax import flow
-from lavin_jax.io import bundle
 from lavin_jax.inference import pipeline as pipeline_lib
+from lavin_jax.io import bundle
 from lavin_jax.models import stvae
-import tiny_model
 
 SIZE = 32  # pixels; tiny ST-VAE -> 4x4 latents -> 2x2 J-DiT tokens
 
@@ -50,8 +50,15 @@ def _manual_prediction(pipe, ctx_in, ctx_tgt, query, num_steps, cfg_scale):
   x = jax.random.normal(key_noise, (1,) + frames[-1].shape, jnp.float32)
   grid = flow.time_grid(num_steps)
   for t0, t1 in zip(grid[:-1], grid[1:]):
-    v = pipe.jdit.apply({"params": pipe.jdit_params}, x, jnp.full((1,), t0), cond, cond_null,
-                        cfg_scale, method="forward_with_cfg")
+    v = pipe.jdit.apply(
+      {"params": pipe.jdit_params},
+      x,
+      jnp.full((1,), t0),
+      cond,
+      cond_null,
+      cfg_scale,
+      method="forward_with_cfg",
+    )
     x = x + (t1 - t0) * v
   z = stvae.denormalize_latents(x, pipe.config.stvae)
   return np.clip(np.asarray(vae.apply({"params": params}, z, method="decode")), -1, 1)[0]
@@ -79,25 +86,36 @@ def test_seeded_and_batched(pipe):
   assert np.isfinite(heun).all() and np.abs(heun - a).max() > 1e-4
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize(
+  "change, message",
+  [
     (lambda i, t, q: (i, t, q[:, :, :24]), "same frames and size"),
-    (lambda i, t, q: (i[:, :, :, :24, :24], t[:, :, :, :24, :24], q[:, :, :24, :24]),
-     "multiples of 16"),
+    (
+      lambda i, t, q: (i[:, :, :, :24, :24], t[:, :, :, :24, :24], q[:, :, :24, :24]),
+      "multiples of 16",
+    ),
     (lambda i, t, q: (i, t[:, :1], q), "same shape"),
     (lambda i, t, q: (i[:, :0], t[:, :0], q), "at least one context pair"),
     (lambda i, t, q: (i[..., :1], t[..., :1], q[..., :1]), "RGB"),
     (lambda i, t, q: (np.repeat(i, 2, 2), np.repeat(t, 2, 2), np.repeat(q, 2, 1)), r"1 \+ 4k"),
-])
+  ],
+)
 def test_bad_input_is_a_clear_error(pipe, change, message):
-  inputs = change(_images(0, (1, 2, 1, SIZE, SIZE, 3)), _images(1, (1, 2, 1, SIZE, SIZE, 3)),
-                  _images(2, (1, 1, SIZE, SIZE, 3)))
+  inputs = change(
+    _images(0, (1, 2, 1, SIZE, SIZE, 3)),
+    _images(1, (1, 2, 1, SIZE, SIZE, 3)),
+    _images(2, (1, 1, SIZE, SIZE, 3)),
+  )
   with pytest.raises(ValueError, match=message):
     pipe(*inputs)
 
 
 def test_bad_options_and_missing_bundle(pipe, tmp_path):
-  args = (_images(0, (1, 1, SIZE, SIZE, 3)), _images(1, (1, 1, SIZE, SIZE, 3)),
-          _images(2, (1, SIZE, SIZE, 3)))
+  args = (
+    _images(0, (1, 1, SIZE, SIZE, 3)),
+    _images(1, (1, 1, SIZE, SIZE, 3)),
+    _images(2, (1, SIZE, SIZE, 3)),
+  )
   with pytest.raises(ValueError, match="sampler"):
     pipe(*args, sampler="rk4")
   with pytest.raises(ValueError, match="posterior"):

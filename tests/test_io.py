@@ -50,15 +50,20 @@ def test_pixel_coding_round_trips_every_byte():
   assert as_float.dtype == np.float32
   np.testing.assert_allclose(as_float, everything / 127.5 - 1, atol=1e-7)
   np.testing.assert_array_equal(pixels.to_uint8(as_float), everything)
-  np.testing.assert_array_equal(pixels.to_uint8(np.array([-3.0, 3.0, np.float32(1 / 255)])),
-                                [0, 255, 128])
+  np.testing.assert_array_equal(
+    pixels.to_uint8(np.array([-3.0, 3.0, np.float32(1 / 255)])), [0, 255, 128]
+  )
 
 
 def test_tree_fit_names_every_kind_of_misfit():
   tree_fit.check_fits({"a": (1,), "b": (2, 3)}, {"a": [1], "b": (2, 3)}, "f", "hint")
   with pytest.raises(ValueError) as error:
-    tree_fit.check_fits({"a": (1,), "b": (2, 3), "c": ()}, {"a": (1,), "b": (3, 2), "d": (4,)},
-                        "model.safetensors", "check the size")
+    tree_fit.check_fits(
+      {"a": (1,), "b": (2, 3), "c": ()},
+      {"a": (1,), "b": (3, 2), "d": (4,)},
+      "model.safetensors",
+      "check the size",
+    )
   message = str(error.value)
   assert message.startswith("model.safetensors does not fit the model (check the size)")
   assert "missing (1): ['d']" in message and "unexpected (1): ['c']" in message

@@ -3,19 +3,23 @@
 import numpy as np
 import pytest
 
-from lavin_jax.data import latents
-from lavin_jax.data import pipeline as pipeline_lib
-from lavin_jax.data import tasks
-from lavin_jax.configs import tasks as task_table
 from lavin_jax.configs import data as data_configs
+from lavin_jax.configs import tasks as task_table
+from lavin_jax.data import latents
+from lavin_jax.data import tasks
 
 N, RES = 6, 32
 
 
 def _source():
   rng = np.random.default_rng(0)
-  return [{"image": rng.integers(0, 256, (40, 40, 3), dtype=np.uint8),
-           "depth": rng.uniform(1, 10, (40, 40)).astype(np.float32)} for _ in range(N)]
+  return [
+    {
+      "image": rng.integers(0, 256, (40, 40, 3), dtype=np.uint8),
+      "depth": rng.uniform(1, 10, (40, 40)).astype(np.float32),
+    }
+    for _ in range(N)
+  ]
 
 
 def _encode(pixels):
@@ -37,8 +41,14 @@ def _config(**overrides):
 
 @pytest.fixture(scope="module")
 def tables():
-  return latents.encode_task_pairs(_source(), ["depth_estimation", "colorization"], RES,
-                                   _encode, task_table.options(), batch_size=4)
+  return latents.encode_task_pairs(
+    _source(),
+    ["depth_estimation", "colorization"],
+    RES,
+    _encode,
+    task_table.options(),
+    batch_size=4,
+  )
 
 
 def test_table_holds_each_task_pair_encoded(tables):
@@ -46,17 +56,21 @@ def test_table_holds_each_task_pair_encoded(tables):
   task = tasks.get_task("depth_estimation")
   inputs, targets = latents.render_task_pairs(source, task, RES)
   assert set(tables) == {"depth_estimation", "colorization"}
-  np.testing.assert_allclose(tables["depth_estimation"]["target_mean"], _encode(targets)[0],
-                             rtol=1e-6)
-  np.testing.assert_allclose(tables["depth_estimation"]["input_mean"], _encode(inputs)[0],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    tables["depth_estimation"]["target_mean"], _encode(targets)[0], rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    tables["depth_estimation"]["input_mean"], _encode(inputs)[0], rtol=1e-6
+  )
   assert tables["colorization"]["input_mean"].shape == (N, 1, 4, 4, 16)
 
 
 def test_tasks_sharing_their_inputs_encode_them_once():
   source = _source()
-  pairs = {name: latents.render_task_pairs(source, tasks.get_task(name), RES)
-           for name in ("depth_estimation", "colorization")}
+  pairs = {
+    name: latents.render_task_pairs(source, tasks.get_task(name), RES)
+    for name in ("depth_estimation", "colorization")
+  }
   calls = []
 
   def encode(pixels):
@@ -67,12 +81,15 @@ def test_tasks_sharing_their_inputs_encode_them_once():
   tables = latents.encode_pairs(shared, encode, batch_size=N)
   # The photograph (depth input, colorization target), the depth map, the grey input.
   assert len(calls) == 3
-  np.testing.assert_array_equal(tables["depth_copy"]["input_mean"],
-                                tables["depth_estimation"]["input_mean"])
-  np.testing.assert_array_equal(tables["colorization"]["target_mean"],
-                                tables["depth_estimation"]["input_mean"])
-  np.testing.assert_allclose(tables["colorization"]["input_mean"],
-                             _encode(pairs["colorization"][0])[0], rtol=1e-6)
+  np.testing.assert_array_equal(
+    tables["depth_copy"]["input_mean"], tables["depth_estimation"]["input_mean"]
+  )
+  np.testing.assert_array_equal(
+    tables["colorization"]["target_mean"], tables["depth_estimation"]["input_mean"]
+  )
+  np.testing.assert_allclose(
+    tables["colorization"]["input_mean"], _encode(pairs["colorization"][0])[0], rtol=1e-6
+  )
 
 
 def test_episodes_layout_padding_and_normalisation(tables):
@@ -92,11 +109,16 @@ def test_episodes_layout_padding_and_normalisation(tables):
       raw = batch["query"][b] / scale + shift
       query = [i for i in range(N) if np.allclose(table["input_mean"][i], raw, atol=1e-5)]
       assert len(query) == 1
-      contexts = [i for i in range(N) for c in batch["context_inputs"][b, :k]
-                  if np.allclose(table["input_mean"][i], c / scale + shift, atol=1e-5)]
+      contexts = [
+        i
+        for i in range(N)
+        for c in batch["context_inputs"][b, :k]
+        if np.allclose(table["input_mean"][i], c / scale + shift, atol=1e-5)
+      ]
       assert len(contexts) == k and query[0] not in contexts
-      np.testing.assert_allclose(batch["target"][b] / scale + shift,
-                                 table["target_mean"][query[0]], atol=1e-5)
+      np.testing.assert_allclose(
+        batch["target"][b] / scale + shift, table["target_mean"][query[0]], atol=1e-5
+      )
     assert {tasks.TASK_NAMES[i] for i in batch["task_id"]} <= set(names)
 
 
@@ -115,20 +137,25 @@ def test_deterministic_and_resumable(tables):
 
 def test_process_shards_split_the_batch(tables):
   config = _config()
-  halves = [next(iter(latents.make_latent_pipeline(tables, config, 0.0, 1.0, p, 2)))
-            for p in range(2)]
+  halves = [
+    next(iter(latents.make_latent_pipeline(tables, config, 0.0, 1.0, p, 2))) for p in range(2)
+  ]
   assert all(h["query"].shape[0] == 2 for h in halves)
   assert not np.array_equal(halves[0]["query"], halves[1]["query"])
 
 
-@pytest.mark.parametrize("overrides, match", [
+@pytest.mark.parametrize(
+  "overrides, match",
+  [
     (dict(k_max=6), "more than k_max"),
     (dict(batch_size=3), "split"),
-])
+  ],
+)
 def test_bad_settings(tables, overrides, match):
   with pytest.raises(ValueError, match=match):
-    latents.make_latent_pipeline(tables, _config(**overrides), 0.0, 1.0,
-                                 *((0, 2) if "batch_size" in overrides else ()))
+    latents.make_latent_pipeline(
+      tables, _config(**overrides), 0.0, 1.0, *((0, 2) if "batch_size" in overrides else ())
+    )
 
 
 def test_no_weighted_task(tables):

@@ -3,12 +3,12 @@
 import numpy as np
 from PIL import Image
 import pytest
+import tiny_model
 
 from lavin_jax.configs import sampling
 from lavin_jax.inference import loading
 from lavin_jax.inference import templates
 from lavin_jax.io import bundle
-import tiny_model
 
 SIZE = 32
 
@@ -34,15 +34,27 @@ def files(tmp_path_factory):
 
 
 def _predict(files, model=None, seed=0, timesteps=3, cfg_scale=1.5, **overrides):
-  args = dict(task_dir=files / "task", query=files / "queries" / "q0.png",
-              output=files / "out.png", height=SIZE, width=SIZE, num_prompt=2)
+  args = dict(
+    task_dir=files / "task",
+    query=files / "queries" / "q0.png",
+    output=files / "out.png",
+    height=SIZE,
+    width=SIZE,
+    num_prompt=2,
+  )
   args.update(overrides)
   settings = sampling.released()
   settings.update(num_steps=timesteps, cfg_scale=cfg_scale)
   model = model or loading.ModelFiles(bundle=str(files / "bundle"))
-  return templates.predict_templates(model, args.pop("task_dir"), args.pop("query"),
-                                     args.pop("output"), seed=seed, sampling=settings,
-                                     **args)
+  return templates.predict_templates(
+    model,
+    args.pop("task_dir"),
+    args.pop("query"),
+    args.pop("output"),
+    seed=seed,
+    sampling=settings,
+    **args,
+  )
 
 
 def test_one_query_writes_the_released_layout(files):
@@ -50,10 +62,10 @@ def test_one_query_writes_the_released_layout(files):
   grid = np.asarray(Image.open(files / "out.png"))
   pad = 4
   assert grid.shape == (SIZE + 2 * pad, 2 * SIZE + 3 * pad, 3)
-  assert grid[:pad].max() == 0 and grid[:, SIZE + pad:SIZE + 2 * pad].max() == 0
+  assert grid[:pad].max() == 0 and grid[:, SIZE + pad : SIZE + 2 * pad].max() == 0
   # The left cell is the query, resized bicubically to SIZE x SIZE.
   query = Image.open(files / "queries" / "q0.png").resize((SIZE, SIZE), Image.Resampling.BICUBIC)
-  np.testing.assert_allclose(grid[pad:pad + SIZE, pad:pad + SIZE], np.asarray(query), atol=1)
+  np.testing.assert_allclose(grid[pad : pad + SIZE, pad : pad + SIZE], np.asarray(query), atol=1)
   # Seeded: the same settings give the same picture.
   _predict(files, seed=1, output=files / "again.png")
   np.testing.assert_array_equal(grid, np.asarray(Image.open(files / "again.png")))
@@ -65,20 +77,26 @@ def test_folder_mode_writes_one_png_per_query(files):
   assert sorted(p.name for p in out.iterdir()) == ["q0.png", "q1.png"] == [p.name for p in written]
 
 
-@pytest.mark.parametrize("overrides, error, match", [
+@pytest.mark.parametrize(
+  "overrides, error, match",
+  [
     (dict(height=40), ValueError, "multiples of 16"),
     (dict(width=0), ValueError, "multiples of 16"),
     (dict(task_dir="missing"), FileNotFoundError, "does not exist"),
     (dict(query="missing.png"), FileNotFoundError, "No query"),
     (dict(model=loading.ModelFiles(bundle="missing")), FileNotFoundError, "--bundle"),
-    (dict(model=loading.ModelFiles(dit_path="x.safetensors", vae_path="y.pt")),
-     FileNotFoundError, "--vae_path"),
+    (
+      dict(model=loading.ModelFiles(dit_path="x.safetensors", vae_path="y.pt")),
+      FileNotFoundError,
+      "--vae_path",
+    ),
     (dict(model=loading.ModelFiles()), ValueError, "--bundle"),
     (dict(timesteps=1), ValueError, "timesteps"),
     (dict(cfg_scale=float("nan")), ValueError, "cfg_scale"),
     (dict(cfg_scale=float("inf")), ValueError, "cfg_scale"),
     (dict(num_prompt=0), ValueError, "num_prompt"),
-])
+  ],
+)
 def test_bad_input_fails_before_loading(files, monkeypatch, overrides, error, match, tmp_path):
   monkeypatch.setattr(loading.ModelFiles, "load", lambda self: pytest.fail("model loaded"))
   with pytest.raises(error, match=match):

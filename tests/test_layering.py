@@ -19,16 +19,16 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Layers, lowest first; a name is the first component under lavin_jax.
 LAYERS = (
-    ("configs",),
-    ("io",),
-    ("models",),
-    ("flow",),
-    ("data",),
-    ("convert",),
-    ("parallel",),
-    ("train", "inference", "eval"),
-    ("cli",),
-    ("demo",),
+  ("configs",),
+  ("io",),
+  ("models",),
+  ("flow",),
+  ("data",),
+  ("convert",),
+  ("parallel",),
+  ("train", "inference", "eval"),
+  ("cli",),
+  ("demo",),
 )
 ONLY_CONFIGS = ("configs", "models", "flow")  # may import nothing else of the package
 
@@ -40,8 +40,9 @@ def _module_name(path: pathlib.Path, package_dir: pathlib.Path) -> str:
   return ".".join(parts)
 
 
-def _imports(tree: ast.AST, module: str, is_package: bool, modules: set[str],
-             root: str) -> set[str]:
+def _imports(
+  tree: ast.AST, module: str, is_package: bool, modules: set[str], root: str
+) -> set[str]:
   """The package modules `tree` imports (resolving `from x import submodule`)."""
   found = set()
   for node in ast.walk(tree):
@@ -51,10 +52,9 @@ def _imports(tree: ast.AST, module: str, is_package: bool, modules: set[str],
       base = node.module or ""
       if node.level:
         anchor = module.split(".") if is_package else module.split(".")[:-1]
-        anchor = anchor[:len(anchor) - node.level + 1]
+        anchor = anchor[: len(anchor) - node.level + 1]
         base = ".".join(anchor + ([base] if base else []))
-      names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
-               for a in node.names]
+      names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
     else:
       continue
     for name in names:
@@ -70,8 +70,10 @@ def import_graph(package_dir: pathlib.Path) -> dict[str, set[str]]:
   """{module: modules of the package it imports} for every .py file under package_dir."""
   files = {_module_name(p, package_dir): p for p in package_dir.rglob("*.py")}
   root = package_dir.name
-  return {m: _imports(ast.parse(p.read_text()), m, p.name == "__init__.py", set(files), root)
-          for m, p in files.items()}
+  return {
+    m: _imports(ast.parse(p.read_text()), m, p.name == "__init__.py", set(files), root)
+    for m, p in files.items()
+  }
 
 
 def _part(module: str) -> str:
@@ -129,14 +131,18 @@ def violations(package_dir: pathlib.Path) -> list[str]:
   parts = {}
   for module, imported in graph.items():
     parts.setdefault(_part(module), set()).update(
-        _part(t) for t in imported if _part(t) != _part(module))
+      _part(t) for t in imported if _part(t) != _part(module)
+    )
   problems += [f"subpackage cycle: {' -> '.join(c)}" for c in _cycles(parts)]
   return problems
 
 
 def test_every_layer_is_named():
-  names = {p.stem if p.is_file() else p.name for p in (ROOT / "lavin_jax").iterdir()
-           if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()}
+  names = {
+    p.stem if p.is_file() else p.name
+    for p in (ROOT / "lavin_jax").iterdir()
+    if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()
+  }
   assert names == {n for group in LAYERS for n in group}
 
 
@@ -155,38 +161,64 @@ def _package(tmp_path, files: dict[str, str]) -> pathlib.Path:
   return root
 
 
-@pytest.mark.parametrize("files, expected", [
+@pytest.mark.parametrize(
+  "files, expected",
+  [
     # inference/pipeline imports the J-DiT trainer while the trainer imports inference.
-    ({"inference/pipeline.py": "from lavin_jax.train import dit\n",
-      "train/dit.py": "from lavin_jax.inference import bundle\n",
-      "inference/bundle.py": ""}, "subpackage cycle: inference -> train"),
+    (
+      {
+        "inference/pipeline.py": "from lavin_jax.train import dit\n",
+        "train/dit.py": "from lavin_jax.inference import bundle\n",
+        "inference/bundle.py": "",
+      },
+      "subpackage cycle: inference -> train",
+    ),
     # sources imports synthetic inside a function, synthetic imports sources.
-    ({"data/sources.py": "def f():\n  from lavin_jax.data import synthetic\n",
-      "data/synthetic.py": "from lavin_jax.data import sources\n"},
-     "module cycle: lavin_jax.data.sources -> lavin_jax.data.synthetic"),
+    (
+      {
+        "data/sources.py": "def f():\n  from lavin_jax.data import synthetic\n",
+        "data/synthetic.py": "from lavin_jax.data import sources\n",
+      },
+      "module cycle: lavin_jax.data.sources -> lavin_jax.data.synthetic",
+    ),
     # A config function importing the flow and data code.
-    ({"configs/train.py": "def get_config():\n  from lavin_jax import flow\n",
-      "flow/transport.py": ""}, "may import only configs"),
-    ({"configs/train.py": "def get_config():\n  from lavin_jax.data import pipeline\n",
-      "data/pipeline.py": ""}, "may import only configs"),
+    (
+      {
+        "configs/train.py": "def get_config():\n  from lavin_jax import flow\n",
+        "flow/transport.py": "",
+      },
+      "may import only configs",
+    ),
+    (
+      {
+        "configs/train.py": "def get_config():\n  from lavin_jax.data import pipeline\n",
+        "data/pipeline.py": "",
+      },
+      "may import only configs",
+    ),
     # The ST-VAE trainer importing the J-DiT trainer is fine; models importing data is not.
-    ({"models/jdit.py": "from lavin_jax.data import tasks\n", "data/tasks.py": ""},
-     "models may import only configs"),
-    ({"data/pipeline.py": "import lavin_jax.train.dit\n", "train/dit.py": ""},
-     "a higher layer"),
+    (
+      {"models/jdit.py": "from lavin_jax.data import tasks\n", "data/tasks.py": ""},
+      "models may import only configs",
+    ),
+    ({"data/pipeline.py": "import lavin_jax.train.dit\n", "train/dit.py": ""}, "a higher layer"),
     ({"io/files.py": "from .. import demo\n", "demo.py": ""}, "a higher layer"),
-])
+  ],
+)
 def test_the_checker_finds_each_kind_of_violation(tmp_path, files, expected):
   problems = violations(_package(tmp_path, files))
   assert any(expected in p for p in problems), problems
 
 
 def test_the_checker_accepts_a_clean_package(tmp_path):
-  root = _package(tmp_path, {
+  root = _package(
+    tmp_path,
+    {
       "configs/models.py": "from lavin_jax.configs import tasks\n",
       "configs/tasks.py": "",
       "models/jdit.py": "from lavin_jax import configs\nfrom . import layers\n",
       "models/layers.py": "",
       "train/dit.py": "def f():\n  from lavin_jax.models import jdit\n",
-  })
+    },
+  )
   assert violations(root) == []

@@ -34,18 +34,35 @@ def batches(values):
   return iter([np.full((2, 3), v, np.float32) for v in values])
 
 
-def train(workdir, batch_iter, *, total_steps, log_every, checkpoint_every,
-          step_fn=add_batch_mean, data_iterator=None, **kwargs):
+def train(
+  workdir,
+  batch_iter,
+  *,
+  total_steps,
+  log_every,
+  checkpoint_every,
+  step_fn=add_batch_mean,
+  data_iterator=None,
+  **kwargs,
+):
   """Resumes from workdir's latest checkpoint (state and data position), then runs."""
   config = ml_collections.ConfigDict(dict(total_steps=total_steps, log_every=log_every))
   state = State(step=jnp.zeros((), jnp.int32), w=jnp.zeros((3,), jnp.float32))
-  with checkpoint.CheckpointManager(workdir / "checkpoints",
-                                    save_every=checkpoint_every) as ckpt:
+  with checkpoint.CheckpointManager(workdir / "checkpoints", save_every=checkpoint_every) as ckpt:
     if ckpt.latest_step() is not None:
       state, _ = ckpt.restore(state, data_iterator=data_iterator)
-    return loop.run(step_fn, state, batch_iter, ckpt=ckpt, total_steps=total_steps,
-                    log_every=log_every, workdir=str(workdir), config=config,
-                    data_iterator=data_iterator, **kwargs)
+    return loop.run(
+      step_fn,
+      state,
+      batch_iter,
+      ckpt=ckpt,
+      total_steps=total_steps,
+      log_every=log_every,
+      workdir=str(workdir),
+      config=config,
+      data_iterator=data_iterator,
+      **kwargs,
+    )
 
 
 def records(workdir):
@@ -70,8 +87,15 @@ def test_metrics_fetched_checked_and_written_only_at_sync_points(tmp_path, monke
     return add_batch_mean(state, batch)
 
   monkeypatch.setattr(jax, "device_get", counting_device_get)
-  state = train(tmp_path, batches(range(1, 11)), total_steps=10, log_every=4,
-                checkpoint_every=5, step_fn=step_fn, tokens_per_example=lambda batch: 7)
+  state = train(
+    tmp_path,
+    batches(range(1, 11)),
+    total_steps=10,
+    log_every=4,
+    checkpoint_every=5,
+    step_fn=step_fn,
+    tokens_per_example=lambda batch: 7,
+  )
   # Sync points: every 4 steps, each checkpoint (5, 10) and the last step.
   assert fetched_after == [4, 5, 8, 10]
   logged = records(tmp_path)
@@ -82,18 +106,27 @@ def test_metrics_fetched_checked_and_written_only_at_sync_points(tmp_path, monke
   assert int(state.step) == 10 and float(state.w[0]) == 55
 
 
-@pytest.mark.parametrize("nan_step, checked_at, saved, logged", [
+@pytest.mark.parametrize(
+  "nan_step, checked_at, saved, logged",
+  [
     (7, 8, [5], [4, 5]),  # between sync points: caught at the next one
     (5, 5, [], [4]),  # at a checkpoint step: caught before saving
-])
+  ],
+)
 def test_non_finite_step_is_caught_at_the_next_sync_point_and_never_saved(
-    tmp_path, nan_step, checked_at, saved, logged):
+  tmp_path, nan_step, checked_at, saved, logged
+):
   values = [np.nan if v == nan_step else v for v in range(1, 13)]
-  good = (f"The last good checkpoint is step 5 in {tmp_path}/checkpoints" if saved
-          else "No checkpoint was saved yet")
-  with pytest.raises(FloatingPointError,
-                     match=rf"Step {nan_step}: loss is nan \(non-finite: loss, w_max; "
-                     rf"metrics checked at step {checked_at}\).*{good}"):
+  good = (
+    f"The last good checkpoint is step 5 in {tmp_path}/checkpoints"
+    if saved
+    else "No checkpoint was saved yet"
+  )
+  with pytest.raises(
+    FloatingPointError,
+    match=rf"Step {nan_step}: loss is nan \(non-finite: loss, w_max; "
+    rf"metrics checked at step {checked_at}\).*{good}",
+  ):
     train(tmp_path, batches(values), total_steps=12, log_every=4, checkpoint_every=5)
   assert saved_steps(tmp_path) == saved
   assert [r["step"] for r in records(tmp_path)] == logged
@@ -114,8 +147,9 @@ def test_resume_continues_at_the_saved_step_and_data_position(tmp_path):
     return add_batch_mean(state, batch)
 
   it = data()  # a fresh iterator: its position comes from the checkpoint
-  state = train(tmp_path, it, total_steps=10, log_every=2, checkpoint_every=3,
-                step_fn=step_fn, data_iterator=it)
+  state = train(
+    tmp_path, it, total_steps=10, log_every=2, checkpoint_every=3, step_fn=step_fn, data_iterator=it
+  )
   assert steps_run == [7, 8, 9, 10]
   assert int(state.step) == 10 and float(state.w[0]) == 55  # as one run of 10 steps
   assert [r["step"] for r in records(tmp_path)] == [2, 3, 4, 6, 8, 9, 10]
@@ -129,8 +163,14 @@ def test_stop_request_saves_at_the_next_sync_point_and_exits(tmp_path):
     return add_batch_mean(state, batch)
 
   handler = signal.getsignal(signal.SIGTERM)
-  state = train(tmp_path, batches(range(1, 11)), total_steps=10, log_every=3,
-                checkpoint_every=100, step_fn=step_fn)
+  state = train(
+    tmp_path,
+    batches(range(1, 11)),
+    total_steps=10,
+    log_every=3,
+    checkpoint_every=100,
+    step_fn=step_fn,
+  )
   assert int(state.step) == 3  # the first sync point after the signal
   assert saved_steps(tmp_path) == [3]
   assert [r["step"] for r in records(tmp_path)] == [3]

@@ -6,11 +6,11 @@ import sys
 import jax
 import numpy as np
 import pytest
+import splitmix_weights
+import torch_files
 
 from lavin_jax.eval import lpips
 from lavin_jax.eval import weights
-import splitmix_weights
-import torch_files
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "metrics"
 LIN_FILE = FIXTURES / "lpips_vgg_lin_v0.1.pth"
@@ -26,8 +26,9 @@ def test_splitmix_stream_is_the_standard_generator():
   # splitmix64 seeded with 0 starts 0xe220a8397b1dcdaf, 0x6e789e6aa1b965f4,
   # 0x06c45d188009454f: the first element of keys 0, 1, 2 keeps their top 53 bits.
   firsts = [splitmix_weights.splitmix_uniform(k, (1,))[0] for k in range(3)]
-  want = [(v >> 11) * 2.0**-53 for v in
-          (0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F)]
+  want = [
+    (v >> 11) * 2.0**-53 for v in (0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F)
+  ]
   assert firsts == want
   u = splitmix_weights.splitmix_uniform(7, (200_000,))
   assert 0.0 <= u.min() and u.max() < 1.0
@@ -84,12 +85,15 @@ def test_weights_are_read_without_torch(vgg_file, monkeypatch):
   assert params["lin0"]["kernel"].shape == (64, 1)
 
 
-@pytest.mark.parametrize("x0,x1", [
+@pytest.mark.parametrize(
+  "x0,x1",
+  [
     (np.zeros((2, 32, 32, 3)), np.zeros((2, 32, 30, 3))),
     (np.zeros((32, 32, 3)), np.zeros((32, 32, 3))),
     (np.zeros((1, 32, 32, 1)), np.zeros((1, 32, 32, 1))),
     (np.zeros((1, 8, 32, 3)), np.zeros((1, 8, 32, 3))),
-])
+  ],
+)
 def test_bad_images_raise(x0, x1):
   with pytest.raises(ValueError, match="LPIPS"):
     lpips.LPIPS().init(jax.random.key(0), x0, x1)

@@ -19,8 +19,12 @@ def _image_pair(seed, shape=(2, 3, 36, 44, 3)):
 
 
 def _per_image(fn, pred, target):
-  flat = [fn(t, p) for t, p in zip(target.reshape((-1,) + target.shape[-3:]),
-                                    pred.reshape((-1,) + pred.shape[-3:]))]
+  flat = [
+    fn(t, p)
+    for t, p in zip(
+      target.reshape((-1,) + target.shape[-3:]), pred.reshape((-1,) + pred.shape[-3:])
+    )
+  ]
   return np.asarray(flat).reshape(pred.shape[:-3])
 
 
@@ -28,7 +32,8 @@ def test_mse_and_psnr_match_skimage():
   pred, target = _image_pair(0)
   want_mse = _per_image(skimage.metrics.mean_squared_error, pred, target)
   want_psnr = _per_image(
-      lambda t, p: skimage.metrics.peak_signal_noise_ratio(t, p, data_range=2.0), pred, target)
+    lambda t, p: skimage.metrics.peak_signal_noise_ratio(t, p, data_range=2.0), pred, target
+  )
   np.testing.assert_allclose(metrics.mse(pred, target), want_mse, rtol=1e-5)
   np.testing.assert_allclose(metrics.psnr(pred, target), want_psnr, atol=1e-4)
 
@@ -38,21 +43,19 @@ def test_mse_and_psnr_match_skimage():
 def test_ssim_matches_skimage(gaussian, data_range, shift):
   pred, target = _image_pair(1)
   pred, target = pred * data_range / 2 + shift, target * data_range / 2 + shift
-  kwargs = (dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
-            if gaussian else {})
+  kwargs = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False) if gaussian else {}
 
   def reference(t, p):
     return skimage.metrics.structural_similarity(
-        t.astype(np.float64), p.astype(np.float64), data_range=data_range, channel_axis=-1,
-        **kwargs)
+      t.astype(np.float64), p.astype(np.float64), data_range=data_range, channel_axis=-1, **kwargs
+    )
 
   want = _per_image(reference, pred, target)
   got = metrics.ssim(pred, target, data_range=data_range, gaussian=gaussian)
   assert got.shape == pred.shape[:-3]
   np.testing.assert_allclose(got, want, atol=1e-4)
   # The metric must be able to tell images apart: identical images score 1.
-  np.testing.assert_allclose(metrics.ssim(target, target, data_range, gaussian), 1.0,
-                             atol=1e-5)
+  np.testing.assert_allclose(metrics.ssim(target, target, data_range, gaussian), 1.0, atol=1e-5)
   assert np.all(np.asarray(got) < 0.99)
 
 
@@ -76,11 +79,10 @@ def test_depth_alignment_and_metrics_match_closed_form():
     np.testing.assert_allclose([scale[i], shift[i]], [want_scale, want_shift], rtol=1e-4)
     aligned = np.maximum(want_scale * pred[i][valid] + want_shift, 1e-3)
     g = gt[i][valid].astype(np.float64)
-    np.testing.assert_allclose(got["abs_rel"][i], np.mean(np.abs(aligned - g) / g),
-                               rtol=1e-4)
-    np.testing.assert_allclose(got["delta1"][i],
-                               np.mean(np.maximum(aligned / g, g / aligned) < 1.25),
-                               atol=1e-6)
+    np.testing.assert_allclose(got["abs_rel"][i], np.mean(np.abs(aligned - g) / g), rtol=1e-4)
+    np.testing.assert_allclose(
+      got["delta1"][i], np.mean(np.maximum(aligned / g, g / aligned) < 1.25), atol=1e-6
+    )
   assert 0.0 < float(np.min(got["abs_rel"])) and float(np.max(got["delta1"])) < 1.0
 
 
@@ -151,14 +153,17 @@ def test_mean_iou_pools_per_class_then_averages():
   assert metrics.mean_iou([0], [0]) == 1.0  # nothing there, nothing predicted
 
 
-@pytest.mark.parametrize("fn,args", [
+@pytest.mark.parametrize(
+  "fn,args",
+  [
     (metrics.mse, (np.zeros((2, 8, 8, 3)), np.zeros((2, 8, 9, 3)))),
     (metrics.psnr, (np.zeros((8, 8)), np.zeros((8, 8)))),
     (metrics.ssim, (np.zeros((1, 6, 40, 3)), np.zeros((1, 6, 40, 3)))),
     (metrics.depth_metrics, (np.ones((2, 8, 8)), np.ones((2, 8, 7)))),
     (metrics.normal_metrics, (np.ones((8, 8, 2)), np.ones((8, 8, 2)))),
     (metrics.iou_counts, (np.ones((8, 8)), np.ones((8, 7)))),
-])
+  ],
+)
 def test_bad_shapes_raise(fn, args):
   with pytest.raises(ValueError):
     fn(*args)

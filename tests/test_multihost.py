@@ -26,23 +26,33 @@ def _free_port():
 
 
 def _launch(tmp_path, name, workdir, *args, devices):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = dict(
+    os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"
+  )
   log = open(tmp_path / f"{name}.log", "w")
-  proc = subprocess.Popen([sys.executable, __file__, str(tmp_path / workdir), *args],
-                          env=env, stdout=log, stderr=subprocess.STDOUT)
+  proc = subprocess.Popen(
+    [sys.executable, __file__, str(tmp_path / workdir), *args],
+    env=env,
+    stdout=log,
+    stderr=subprocess.STDOUT,
+  )
   return proc, log
 
 
 def test_two_processes_match_one_process(tmp_path):
   port = str(_free_port())
   # The workers share one workdir, as hosts share a file system.
-  runs = {"worker0": ("multi", "2", "0", port), "worker1": ("multi", "2", "1", port),
-          "single": ("single", "1", "0", "0")}
-  procs = {name: _launch(tmp_path, name, *args, devices=2 if name != "single" else 1)
-           for name, args in runs.items()}
+  runs = {
+    "worker0": ("multi", "2", "0", port),
+    "worker1": ("multi", "2", "1", port),
+    "single": ("single", "1", "0", "0"),
+  }
+  procs = {
+    name: _launch(tmp_path, name, *args, devices=2 if name != "single" else 1)
+    for name, args in runs.items()
+  }
   try:
-    for name, (proc, _) in procs.items():
+    for proc, _ in procs.values():
       proc.wait(timeout=TIMEOUT)
   finally:
     for proc, log in procs.values():
@@ -70,22 +80,27 @@ def test_two_processes_match_one_process(tmp_path):
 
 def _main(workdir, num_processes, process_id, port):
   import jax  # pylint: disable=g-import-not-at-top
+
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   from lavin_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+
   if num_processes > 1:
     mesh_lib.initialize_distributed(f"127.0.0.1:{port}", num_processes, process_id)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   sys.path.insert(0, HERE)
   import test_train_dit  # pylint: disable=g-import-not-at-top
+
   from lavin_jax.train import dit  # pylint: disable=g-import-not-at-top
 
   config = test_train_dit.tiny_config()
   config.total_steps, config.checkpoint_every = 3, 3
   config.mesh = {"data": 2, "fsdp": 2} if num_processes > 1 else {"data": 1}
   rng = np.random.default_rng(0)
-  global_batches = [test_train_dit.latent_batch(rng, batch=4, pairs=2,
-                                                num_pairs=np.array([2, 1, 2, 1]))
-                    for _ in range(config.total_steps)]
+  global_batches = [
+    test_train_dit.latent_batch(rng, batch=4, pairs=2, num_pairs=np.array([2, 1, 2, 1]))
+    for _ in range(config.total_steps)
+  ]
   rows = slice(4 // num_processes * process_id, 4 // num_processes * (process_id + 1))
   local_batches = [{k: v[rows] for k, v in b.items()} for b in global_batches]
 
@@ -94,10 +109,17 @@ def _main(workdir, num_processes, process_id, port):
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       losses = [json.loads(line)["loss"] for line in f]
-    flat = {"params/" + jax.tree_util.keystr(p): np.asarray(x)
-            for p, x in jax.tree_util.tree_leaves_with_path(params)}
-    np.savez(os.path.join(workdir, "result.npz"), losses=np.array(losses),
-             processes=jax.process_count(), devices=jax.device_count(), **flat)
+    flat = {
+      "params/" + jax.tree_util.keystr(p): np.asarray(x)
+      for p, x in jax.tree_util.tree_leaves_with_path(params)
+    }
+    np.savez(
+      os.path.join(workdir, "result.npz"),
+      losses=np.array(losses),
+      processes=jax.process_count(),
+      devices=jax.device_count(),
+      **flat,
+    )
 
 
 if __name__ == "__main__":

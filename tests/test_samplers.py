@@ -5,8 +5,8 @@ import pathlib
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import ml_collections
+import numpy as np
 import pytest
 
 from lavin_jax import convert
@@ -16,15 +16,15 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "jdit"
 
 # The released grids as SPEC.md prints them.
 RELEASED_GRIDS = {
-    20: "0.0000, 0.0056, 0.0111, 0.0167, 0.0222, 0.0278, 0.0333, 0.0389, 0.0444, 0.0500, "
-        "0.0524, 0.0730, 0.1148, 0.1777, 0.2618, 0.3671, 0.4936, 0.6412, 0.8100, 1.0000",
-    30: "0.0000, 0.0036, 0.0071, 0.0107, 0.0143, 0.0179, 0.0214, 0.0250, 0.0286, 0.0321, "
-        "0.0357, 0.0393, 0.0429, 0.0464, 0.0500, 0.0511, 0.0600, 0.0779, 0.1049, 0.1410, "
-        "0.1862, 0.2403, 0.3036, 0.3759, 0.4573, 0.5477, 0.6472, 0.7557, 0.8733, 1.0000",
-    40: "0.0000, 0.0026, 0.0053, 0.0079, 0.0105, 0.0132, 0.0158, 0.0184, 0.0211, 0.0237, "
-        "0.0263, 0.0289, 0.0316, 0.0342, 0.0368, 0.0395, 0.0421, 0.0447, 0.0474, 0.0500, "
-        "0.0506, 0.0555, 0.0655, 0.0804, 0.1004, 0.1253, 0.1553, 0.1902, 0.2302, 0.2752, "
-        "0.3251, 0.3801, 0.4401, 0.5051, 0.5750, 0.6500, 0.7300, 0.8150, 0.9050, 1.0000",
+  20: "0.0000, 0.0056, 0.0111, 0.0167, 0.0222, 0.0278, 0.0333, 0.0389, 0.0444, 0.0500, "
+  "0.0524, 0.0730, 0.1148, 0.1777, 0.2618, 0.3671, 0.4936, 0.6412, 0.8100, 1.0000",
+  30: "0.0000, 0.0036, 0.0071, 0.0107, 0.0143, 0.0179, 0.0214, 0.0250, 0.0286, 0.0321, "
+  "0.0357, 0.0393, 0.0429, 0.0464, 0.0500, 0.0511, 0.0600, 0.0779, 0.1049, 0.1410, "
+  "0.1862, 0.2403, 0.3036, 0.3759, 0.4573, 0.5477, 0.6472, 0.7557, 0.8733, 1.0000",
+  40: "0.0000, 0.0026, 0.0053, 0.0079, 0.0105, 0.0132, 0.0158, 0.0184, 0.0211, 0.0237, "
+  "0.0263, 0.0289, 0.0316, 0.0342, 0.0368, 0.0395, 0.0421, 0.0447, 0.0474, 0.0500, "
+  "0.0506, 0.0555, 0.0655, 0.0804, 0.1004, 0.1253, 0.1553, 0.1902, 0.2302, 0.2752, "
+  "0.3251, 0.3801, 0.4401, 0.5051, 0.5750, 0.6500, 0.7300, 0.8150, 0.9050, 1.0000",
 }
 
 
@@ -110,8 +110,7 @@ def test_linear_field_matches_closed_form_steps():
   euler = flow.euler_sample(lambda x, t: lam * x, x0, grid)
   heun = flow.heun_sample(lambda x, t: lam * x, x0, grid)
   np.testing.assert_allclose(euler, x0_64 * np.prod(1 + lam * dt), rtol=1e-5)
-  np.testing.assert_allclose(
-      heun, x0_64 * np.prod(1 + lam * dt + (lam * dt)**2 / 2), rtol=1e-5)
+  np.testing.assert_allclose(heun, x0_64 * np.prod(1 + lam * dt + (lam * dt) ** 2 / 2), rtol=1e-5)
   exact = x0_64 * np.exp(lam)
   assert np.abs(heun - exact).max() < np.abs(euler - exact).max() / 5
 
@@ -152,8 +151,7 @@ class _ToyGuidedModel(nn.Module):
   @nn.compact
   def __call__(self, x_t, t, cond, cond_mask=None):
     w = self.param("w", nn.initializers.constant(-0.5), ())
-    return w * x_t + t[:, None, None, None, None] + jnp.mean(cond, axis=(1, 2, 3, 4),
-                                                               keepdims=True)
+    return w * x_t + t[:, None, None, None, None] + jnp.mean(cond, axis=(1, 2, 3, 4), keepdims=True)
 
   def forward_with_cfg(self, x_t, t, cond, cond_null, cfg_scale, cond_mask=None):
     v_cond = self(x_t, t, cond, cond_mask)
@@ -183,8 +181,7 @@ def test_guided_euler_reproduces_released_trajectory():
   # The released 20-point Euler sampler with guidance (scale 1.5) on the released
   # model in its key layout (random weights): every state of the trajectory.
   ref = np.load(FIXTURES / "dit_io.npz")
-  config = ml_collections.ConfigDict(
-      dict(hidden_size=96, depth=2, num_heads=4, num_kv_heads=2))
+  config = ml_collections.ConfigDict(dict(hidden_size=96, depth=2, num_heads=4, num_kv_heads=2))
   model, params = convert.load_released_jdit(FIXTURES / "dit_state.safetensors", config)
   channels_last = lambda a: jnp.asarray(np.moveaxis(a, 1, -1))  # (B, C, T, H, W) -> (B, T, H, W, C)
   # The released sampler runs the doubled batch [cond half, null half]; both halves
@@ -192,8 +189,9 @@ def test_guided_euler_reproduces_released_trajectory():
   noise = channels_last(ref["sample_init"][:1])
   cond, cond_null = channels_last(ref["cfg_cond"]), channels_last(ref["cfg_cond_null"])
   sampler = flow.make_guided_sampler(model, return_trajectory=True)
-  final, states = sampler(params, noise, cond, cond_null, flow.time_grid(20),
-                          float(ref["cfg_scale"]))
+  final, states = sampler(
+    params, noise, cond, cond_null, flow.time_grid(20), float(ref["cfg_scale"])
+  )
   expected = np.moveaxis(ref["sample_traj"][:, :1], 2, -1)  # (N, B, T, H, W, C)
   assert states.shape == expected.shape
   np.testing.assert_allclose(states, expected, rtol=0, atol=1e-5)

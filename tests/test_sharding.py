@@ -55,10 +55,10 @@ def test_initialize_distributed_single_process_and_missing_values(monkeypatch):
 
 
 def test_eight_devices_match_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True,
-                        text=True, timeout=600, check=False)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+    [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600, check=False
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result["devices"] == 8
@@ -88,21 +88,30 @@ def _one_step(config, mesh, local_batch):
 
   def grads_fn(state, batch):  # the gradient the step takes
     inputs, k_dropout = dit.step_inputs(state, None, batch, config=config)
-    return jax.grad(lambda p: dit.velocity_loss(
-        model, p, *inputs, config.flow.l1_weight, dropout_key=k_dropout))(state.params)
+    return jax.grad(
+      lambda p: dit.velocity_loss(model, p, *inputs, config.flow.l1_weight, dropout_key=k_dropout)
+    )(state.params)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.AXIS_RULES):
     batch = mesh_lib.global_batch(local_batch, mesh)
     grads = jax.jit(grads_fn, out_shardings=shardings.params)(state, batch)
     old_params = jax.device_get(state.params)
-    specs = {jax.tree_util.keystr(p): str(x.sharding.spec)
-             for p, x in jax.tree_util.tree_leaves_with_path(state.params)
-             if any(axis is not None for axis in x.sharding.spec)}
+    specs = {
+      jax.tree_util.keystr(p): str(x.sharding.spec)
+      for p, x in jax.tree_util.tree_leaves_with_path(state.params)
+      if any(axis is not None for axis in x.sharding.spec)
+    }
     kernel = state.params["blocks"]["x_mlp"]["gate_proj"]["kernel"]
     fraction = kernel.addressable_shards[0].data.size / kernel.size
     new_state, metrics = step(state, None, batch)
-  return (float(metrics["loss"]), jax.device_get(grads), old_params,
-          jax.device_get(new_state.params), specs, fraction)
+  return (
+    float(metrics["loss"]),
+    jax.device_get(grads),
+    old_params,
+    jax.device_get(new_state.params),
+    specs,
+    fraction,
+  )
 
 
 def _main():
@@ -112,24 +121,31 @@ def _main():
   config = test_train_dit.tiny_config(depth=2, scan_layers=True, num_kv_heads=2)
   config.optimizer.lr = 1e-3
   local_batch = test_train_dit.latent_batch(
-      np.random.default_rng(0), batch=4, pairs=3, num_pairs=np.array([1, 3, 2, 3]))
+    np.random.default_rng(0), batch=4, pairs=3, num_pairs=np.array([1, 3, 2, 3])
+  )
   one = _one_step(config, mesh_lib.create_mesh({"data": 1}, jax.devices()[:1]), local_batch)
-  eight = _one_step(config, mesh_lib.create_mesh({"data": 2, "fsdp": 2, "tensor": 2}),
-                    local_batch)
-  flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(x, np.float64)
-                       for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  eight = _one_step(config, mesh_lib.create_mesh({"data": 2, "fsdp": 2, "tensor": 2}), local_batch)
+  flat = lambda tree: {
+    jax.tree_util.keystr(p): np.asarray(x, np.float64)
+    for p, x in jax.tree_util.tree_leaves_with_path(tree)
+  }
   g1, g8 = flat(one[1]), flat(eight[1])
   p0, p1, p8 = flat(one[2]), flat(one[3]), flat(eight[3])
-  print(json.dumps({
-      "devices": jax.device_count(),
-      "loss": [one[0], eight[0]],
-      "grad_rel_err": {k: float(np.abs(g8[k] - g1[k]).max() / max(np.abs(g1[k]).max(), 1e-12))
-                       for k in g1},
-      "param_max_abs_diff": max(float(np.abs(p8[k] - p1[k]).max()) for k in p1),
-      "param_max_abs_update": max(float(np.abs(p1[k] - p0[k]).max()) for k in p1),
-      "sharded_specs": sorted(set(eight[4].values())),
-      "mlp_kernel_shard_fraction": eight[5],
-  }))
+  print(
+    json.dumps(
+      {
+        "devices": jax.device_count(),
+        "loss": [one[0], eight[0]],
+        "grad_rel_err": {
+          k: float(np.abs(g8[k] - g1[k]).max() / max(np.abs(g1[k]).max(), 1e-12)) for k in g1
+        },
+        "param_max_abs_diff": max(float(np.abs(p8[k] - p1[k]).max()) for k in p1),
+        "param_max_abs_update": max(float(np.abs(p1[k] - p0[k]).max()) for k in p1),
+        "sharded_specs": sorted(set(eight[4].values())),
+        "mlp_kernel_shard_fraction": eight[5],
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ def _decode(module, params, z):
 def released():
   """The released model's code with the fixture's random weights (tiny config)."""
   config = ml_collections.ConfigDict(
-      dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=16))
+    dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=16)
+  )
   return load_released_stvae(FIXTURES / "vae_state.pt", config)
 
 
@@ -62,8 +63,7 @@ def test_matches_released(released, case):
   mean, logvar = _encode(module, params, to_ours(io[case]))
   recon = _decode(module, params, mean)
   moments = np.concatenate([mean, logvar], axis=-1)
-  for name, ours in [("moments", moments), ("mean", mean), ("logvar", logvar),
-                     ("recon", recon)]:
+  for name, ours in [("moments", moments), ("mean", mean), ("logvar", logvar), ("recon", recon)]:
     ref = to_ours(io[f"{case}_{name}"])
     assert ours.shape == ref.shape, name
     assert np.max(np.abs(np.asarray(ours) - ref)) < TOL, name
@@ -76,9 +76,16 @@ def test_causal_conv_is_conv3d_with_first_frame_replicated(frames):
   conv = stvae.CausalConv3d(features=3)
   params = nn.unbox(jax.jit(conv.init)(jax.random.key(2), x)["params"])
   padded = jnp.concatenate([x[:, :1], x[:, :1], x], axis=1)
-  want = jax.lax.conv_general_dilated(
-      padded, params["kernel"], (1, 1, 1), ((0, 0), (1, 1), (1, 1)),
-      dimension_numbers=("NDHWC", "DHWIO", "NDHWC")) + params["bias"]
+  want = (
+    jax.lax.conv_general_dilated(
+      padded,
+      params["kernel"],
+      (1, 1, 1),
+      ((0, 0), (1, 1), (1, 1)),
+      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+    )
+    + params["bias"]
+  )
   got = jax.jit(conv.apply)({"params": params}, x)
   np.testing.assert_allclose(got, want, atol=1e-5)
 
@@ -128,16 +135,18 @@ def test_shapes(frames):
   video = jax.ShapeDtypeStruct((2, frames, 24, 16, 3), jnp.float32)
   params = jax.eval_shape(module.init, jax.random.key(0), video)["params"]
   mean, logvar = jax.eval_shape(
-      lambda p, x: module.apply({"params": p}, x, method="encode"), params, video)
+    lambda p, x: module.apply({"params": p}, x, method="encode"), params, video
+  )
   latent_frames = 1 + (frames - 1) // 4
   assert mean.shape == logvar.shape == (2, latent_frames, 3, 2, 16)
   assert mean.dtype == jnp.float32
-  recon = jax.eval_shape(lambda p, z: module.apply({"params": p}, z, method="decode"),
-                         params, mean)
+  recon = jax.eval_shape(lambda p, z: module.apply({"params": p}, z, method="decode"), params, mean)
   assert recon.shape == (2, frames, 24, 16, 3)
 
 
-@pytest.mark.parametrize("shape, match", [
+@pytest.mark.parametrize(
+  "shape, match",
+  [
     ((1, 2, 16, 16, 3), "Frame count 2"),
     ((1, 4, 16, 16, 3), "Frame count 4"),
     ((1, 6, 16, 16, 3), "Frame count 6"),
@@ -145,7 +154,8 @@ def test_shapes(frames):
     ((1, 1, 16, 12, 3), "multiples of 8"),
     ((1, 1, 16, 16, 4), "Expected 3 channels"),
     ((1, 16, 16, 3), "add a time axis"),
-])
+  ],
+)
 def test_bad_video(shape, match):
   module = stvae.STVAE(_tiny())
   with pytest.raises(ValueError, match=match):
@@ -167,7 +177,7 @@ def test_remat_wraps_each_resnet_block(remat):
   video = jnp.zeros((1, 1, 8, 8, 3))
   params = jax.eval_shape(module.init, jax.random.key(0), video)
   jaxpr = str(jax.make_jaxpr(lambda p: module.apply(p, video))(params))
-  blocks = (len(config.block_out_channels) * (2 * config.layers_per_block + 1) + 2 * 2)
+  blocks = len(config.block_out_channels) * (2 * config.layers_per_block + 1) + 2 * 2
   assert jaxpr.count("remat2[") == (blocks if remat else 0)
 
 
@@ -181,15 +191,20 @@ def test_remat_block_gives_same_gradients():
     loss = lambda p, x: jnp.sum(jnp.sin(block.apply({"params": p}, x, z)))
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
 
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
-               grads(blocks[1]), grads(blocks[0]))  # gradients of size ~1-10: f32 rounding
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+    grads(blocks[1]),
+    grads(blocks[0]),
+  )  # gradients of size ~1-10: f32 rounding
 
 
 def test_params_carry_logical_axis_names():
   module = stvae.STVAE(_tiny())
   boxed = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 1, 8, 8, 3)))
-  specs = jax.tree.leaves(nn.get_partition_spec(boxed)["params"],
-                          is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
+  specs = jax.tree.leaves(
+    nn.get_partition_spec(boxed)["params"],
+    is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec),
+  )
   names = {n for spec in specs for n in spec}
   assert names == {None, "conv_in", "conv_out", "norm"}
 
@@ -228,10 +243,12 @@ def test_kl_divergence_matches_closed_form():
 def test_latent_normalisation():
   config = configs.stvae("released")
   z = jnp.linspace(-3.0, 3.0, 32).reshape(1, 1, 1, 2, 16)
-  np.testing.assert_allclose(stvae.normalize_latents(z, config),
-                             (np.asarray(z) - 0.032470703125) * 1.08936170213, rtol=1e-6)
   np.testing.assert_allclose(
-      stvae.denormalize_latents(stvae.normalize_latents(z, config), config), z, atol=1e-6)
+    stvae.normalize_latents(z, config), (np.asarray(z) - 0.032470703125) * 1.08936170213, rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    stvae.denormalize_latents(stvae.normalize_latents(z, config), config), z, atol=1e-6
+  )
 
 
 @pytest.mark.parametrize("compress_time, frames", [(False, 3), (True, 3)])
@@ -244,7 +261,14 @@ def test_upsample_is_nearest_then_conv(compress_time, frames):
   if compress_time and frames > 1:
     big = jnp.concatenate([big[:, :1], jnp.repeat(big[:, 1:], 2, axis=1)], axis=1)
   t = big.shape[1]
-  want = jax.lax.conv_general_dilated(
-      big.reshape(-1, 6, 8, 5), params["kernel"], (1, 1), ((1, 1), (1, 1)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC")).reshape(2, t, 6, 8, 6) + params["bias"]
+  want = (
+    jax.lax.conv_general_dilated(
+      big.reshape(-1, 6, 8, 5),
+      params["kernel"],
+      (1, 1),
+      ((1, 1), (1, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    ).reshape(2, t, 6, 8, 6)
+    + params["bias"]
+  )
   np.testing.assert_allclose(jax.jit(up.apply)({"params": params}, x), want, atol=1e-5)

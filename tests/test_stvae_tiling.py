@@ -29,7 +29,8 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "stvae"
 @pytest.fixture(scope="module")
 def model():
   config = ml_collections.ConfigDict(
-      dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=16))
+    dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=16)
+  )
   return load_released_stvae(FIXTURES / "vae_state.pt", config)
 
 
@@ -53,12 +54,14 @@ def _unpool8(z):
 @pytest.mark.parametrize("size, tile, stride", [(64, 32, 24), (80, 32, 16), (72, 40, 40)])
 def test_tile_spatially_is_exact_for_local_maps(size, tile, stride):
   x = _uniform(0, (2, 1, size, size + 8, 3))
-  tiled = jax.jit(lambda x: stvae_tiling.tile_spatially(
-      _pool8, x, tile, stride, tile // 8, (tile - stride) // 8))
+  tiled = jax.jit(
+    lambda x: stvae_tiling.tile_spatially(_pool8, x, tile, stride, tile // 8, (tile - stride) // 8)
+  )
   np.testing.assert_allclose(tiled(x), _pool8(x), atol=1e-6)
   z = _pool8(x)
-  tiled = jax.jit(lambda z: stvae_tiling.tile_spatially(
-      _unpool8, z, tile // 8, stride // 8, tile, tile - stride))
+  tiled = jax.jit(
+    lambda z: stvae_tiling.tile_spatially(_unpool8, z, tile // 8, stride // 8, tile, tile - stride)
+  )
   np.testing.assert_allclose(tiled(z), _unpool8(z), atol=1e-6)
 
 
@@ -68,8 +71,9 @@ def test_tile_spatially_blends_linearly():
   calls = iter([1.0, 2.0])
   fn = lambda t: jnp.full(t.shape, next(calls))
   got = stvae_tiling.tile_spatially(fn, x, tile=12, stride=8, out_tile=12, blend=4)
-  np.testing.assert_allclose(got[0, 0, 0, :, 0],
-                             [1] * 8 + [1, 1.25, 1.5, 1.75] + [2] * 4, atol=1e-6)
+  np.testing.assert_allclose(
+    got[0, 0, 0, :, 0], [1] * 8 + [1, 1.25, 1.5, 1.75] + [2] * 4, atol=1e-6
+  )
 
 
 @pytest.mark.parametrize("frames, chunk", [(17, 5), (17, 9), (13, 9), (9, 9)])
@@ -89,8 +93,10 @@ def test_one_tile_is_untiled(model):
   tiled_mean, tiled_logvar = stvae_tiling.tiled_encode(module, params, video)
   np.testing.assert_array_equal(tiled_mean, mean)
   np.testing.assert_array_equal(tiled_logvar, logvar)
-  np.testing.assert_array_equal(stvae_tiling.tiled_decode(module, params, mean),
-                                stvae_tiling.decode(module, params, mean, tiled=False))
+  np.testing.assert_array_equal(
+    stvae_tiling.tiled_decode(module, params, mean),
+    stvae_tiling.decode(module, params, mean, tiled=False),
+  )
 
 
 def _mean_abs(a, b):
@@ -163,14 +169,17 @@ def test_tiling_switches_on_by_size(model, monkeypatch):
   assert calls == ["enc", "enc", "dec", "dec", "enc"]
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(tile_size=36), "multiple of 8"),
     (dict(tile_size=0), "multiple of 8"),
     (dict(tile_size=32, overlap=1.0), "overlap"),
     (dict(tile_size=32, overlap=0.1), "overlap"),
     (dict(tile_frames=8), "tile_frames"),
     (dict(tile_frames=1), "tile_frames"),
-])
+  ],
+)
 def test_bad_tiling_settings(model, kwargs, match):
   module, params = model
   with pytest.raises(ValueError, match=match):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from lavin_jax.data import tasks
 from lavin_jax.configs import tasks as task_table
+from lavin_jax.data import tasks
 
 H, W, FRAMES = 32, 40, 10
 
@@ -26,33 +26,33 @@ def _annotations(rng, lead):
   instances[..., 4:12, 5:15] = 1
   instances[..., 16:30, 20:38] = 2
   return {
-      'depth': rng.uniform(0.5, 30.0, lead + (H, W)).astype(np.float32),
-      'normals': normals / np.linalg.norm(normals, axis=-1, keepdims=True),
-      'instances': instances,
-      'semantic': np.where(instances > 0, 1, 3).astype(np.int32),
+    "depth": rng.uniform(0.5, 30.0, lead + (H, W)).astype(np.float32),
+    "normals": normals / np.linalg.norm(normals, axis=-1, keepdims=True),
+    "instances": instances,
+    "semantic": np.where(instances > 0, 1, 3).astype(np.int32),
   }
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def image_example():
   rng = _rng(1)
-  ex = {'image': _textured(rng, (H, W, 3)), **_annotations(rng, ())}
-  ex['boxes'] = np.array([[4, 5, 12, 15], [16, 20, 30, 38]], np.float32)
+  ex = {"image": _textured(rng, (H, W, 3)), **_annotations(rng, ())}
+  ex["boxes"] = np.array([[4, 5, 12, 15], [16, 20, 30, 38]], np.float32)
   return ex
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def video_example():
   rng = _rng(2)
-  ex = {'video': _textured(rng, (FRAMES, H, W, 3)), **_annotations(rng, (FRAMES,))}
-  ex['flow'] = rng.normal(0, 6, (FRAMES - 1, H, W, 2)).astype(np.float32)
+  ex = {"video": _textured(rng, (FRAMES, H, W, 3)), **_annotations(rng, (FRAMES,))}
+  ex["flow"] = rng.normal(0, 6, (FRAMES - 1, H, W, 2)).astype(np.float32)
   return ex
 
 
-@pytest.mark.parametrize('name', tasks.TASK_NAMES)
+@pytest.mark.parametrize("name", tasks.TASK_NAMES)
 def test_shapes_ranges_and_determinism(name, image_example, video_example):
   task = tasks.get_task(name)
-  example = image_example if task.media == 'image' else video_example
+  example = image_example if task.media == "image" else video_example
   inputs, targets = task(example, _rng(3))
   assert inputs.shape == targets.shape == (task.num_frames, H, W, 3)
   assert inputs.dtype == targets.dtype == np.float32
@@ -66,15 +66,34 @@ def test_shapes_ranges_and_determinism(name, image_example, video_example):
 
 
 def test_every_required_task_is_registered():
-  images = {'colorization', 'inpainting', 'canny_edges', 'de_motion_blur', 'de_glass_blur',
-            'de_raining', 'depth_estimation', 'depth_to_image', 'normal_estimation',
-            'normal_to_image', 'instance_segmentation', 'panoptic_segmentation',
-            'detection', 'foreground_segmentation'}
-  videos = {'frame_prediction', 'video_depth', 'video_normals', 'optical_flow',
-            'video_instance_segmentation', 'depth_to_video', 'normal_to_video'}
-  assert {n for n in tasks.TASK_NAMES if tasks.get_task(n).media == 'image'} >= images
-  assert {n for n in tasks.TASK_NAMES if tasks.get_task(n).media == 'video'} >= videos
-  assert tasks.get_task('video_depth').num_frames == task_table.options().num_frames
+  images = {
+    "colorization",
+    "inpainting",
+    "canny_edges",
+    "de_motion_blur",
+    "de_glass_blur",
+    "de_raining",
+    "depth_estimation",
+    "depth_to_image",
+    "normal_estimation",
+    "normal_to_image",
+    "instance_segmentation",
+    "panoptic_segmentation",
+    "detection",
+    "foreground_segmentation",
+  }
+  videos = {
+    "frame_prediction",
+    "video_depth",
+    "video_normals",
+    "optical_flow",
+    "video_instance_segmentation",
+    "depth_to_video",
+    "normal_to_video",
+  }
+  assert {n for n in tasks.TASK_NAMES if tasks.get_task(n).media == "image"} >= images
+  assert {n for n in tasks.TASK_NAMES if tasks.get_task(n).media == "video"} >= videos
+  assert tasks.get_task("video_depth").num_frames == task_table.options().num_frames
 
 
 # ---------------------------------------------------------------------------
@@ -83,17 +102,17 @@ def test_every_required_task_is_registered():
 
 
 def test_colorization_input_is_luma_grey(image_example):
-  inputs, targets = tasks.get_task('colorization')(image_example, _rng())
+  inputs, targets = tasks.get_task("colorization")(image_example, _rng())
   np.testing.assert_array_equal(inputs[..., 0], inputs[..., 1])
   np.testing.assert_array_equal(inputs[..., 0], inputs[..., 2])
-  rgb = image_example['image'].astype(np.float64)
+  rgb = image_example["image"].astype(np.float64)
   luma = rgb @ np.array([0.299, 0.587, 0.114])  # ITU-R BT.601
   np.testing.assert_allclose((inputs[0, ..., 0] + 1) * 127.5, luma, atol=0.51)
   np.testing.assert_allclose(targets[0], rgb / 127.5 - 1, atol=1e-6)
 
 
 def test_inpainting_hole_is_where_the_mask_says(image_example):
-  task = tasks.get_task('inpainting')
+  task = tasks.get_task("inpainting")
   inputs, targets = task(image_example, _rng())
   hole = np.zeros((H, W), bool)
   hole[8:24, 12:28] = True  # Side 0.5 * 32 = 16, centred in 32 x 40.
@@ -111,7 +130,7 @@ def test_inpainting_hole_is_128_at_256():
 def test_random_inpainting_hole_follows_the_rng(image_example):
   config = task_table.options()
   config.inpaint_random = True
-  task = tasks.get_task('inpainting', config)
+  task = tasks.get_task("inpainting", config)
   holes = set()
   for seed in range(6):
     inputs, targets = task(image_example, _rng(seed))
@@ -126,7 +145,7 @@ def test_random_inpainting_hole_follows_the_rng(image_example):
 def test_canny_marks_a_step_edge_only():
   image = np.full((H, W, 3), 40, np.uint8)
   image[:, 20:] = 220
-  inputs, targets = tasks.get_task('canny_edges')({'image': image}, _rng())
+  inputs, targets = tasks.get_task("canny_edges")({"image": image}, _rng())
   assert set(np.unique(targets)) == {-1.0, 1.0}
   edge_cols = np.unique(np.nonzero(targets[0, ..., 0] > 0)[1])
   assert set(edge_cols) <= {19, 20} and len(edge_cols) >= 1
@@ -138,10 +157,10 @@ def _gradient_energy(x):
   return np.abs(np.diff(x, axis=-2)).mean() + np.abs(np.diff(x, axis=-3)).mean()
 
 
-@pytest.mark.parametrize('name', ['de_motion_blur', 'de_glass_blur'])
+@pytest.mark.parametrize("name", ["de_motion_blur", "de_glass_blur"])
 def test_blurs_keep_constants_and_smooth(name, image_example):
   task = tasks.get_task(name)
-  flat = {'image': np.full((H, W, 3), 77, np.uint8)}
+  flat = {"image": np.full((H, W, 3), 77, np.uint8)}
   inputs, targets = task(flat, _rng())
   np.testing.assert_array_equal(inputs, targets)
   inputs, targets = task(image_example, _rng())
@@ -158,7 +177,7 @@ def test_line_kernel_is_a_normalised_segment():
 
 
 def test_rain_only_brightens(image_example):
-  inputs, targets = tasks.get_task('de_raining')(image_example, _rng())
+  inputs, targets = tasks.get_task("de_raining")(image_example, _rng())
   assert np.all(inputs >= targets - 1e-6)
   assert (inputs > targets + 0.05).mean() > 0.005
 
@@ -171,14 +190,13 @@ def test_rain_only_brightens(image_example):
 def test_depth_rendering_closed_form_and_round_trip(image_example):
   config = task_table.options()
   lo, hi = config.depth_min, config.depth_max
-  special = np.array([[np.sqrt(lo * hi), lo, hi, lo / 10, hi * 10, 0.0, np.inf]],
-                     np.float32)
+  special = np.array([[np.sqrt(lo * hi), lo, hi, lo / 10, hi * 10, 0.0, np.inf]], np.float32)
   pixels = tasks.render_depth(special, config)
   np.testing.assert_allclose(pixels[0, :, 0], [0, 1, -1, 1, -1, -1, -1], atol=1e-6)
-  task = tasks.get_task('depth_estimation', config)
+  task = tasks.get_task("depth_estimation", config)
   inputs, targets = task(image_example, _rng())
   np.testing.assert_array_equal(targets[..., 0], targets[..., 2])
-  depth = image_example['depth'][None]
+  depth = image_example["depth"][None]
   np.testing.assert_allclose(task.decode(targets), depth, rtol=1e-4)
   # Stored as 8 bits, the decoded depth is within half a quantisation step (in log).
   stored = np.round((targets + 1) * 127.5) / 127.5 - 1
@@ -188,16 +206,16 @@ def test_depth_rendering_closed_form_and_round_trip(image_example):
 
 
 def test_depth_to_image_is_the_swapped_pair(image_example):
-  forward = tasks.get_task('depth_estimation')(image_example, _rng())
-  backward = tasks.get_task('depth_to_image')(image_example, _rng())
+  forward = tasks.get_task("depth_estimation")(image_example, _rng())
+  backward = tasks.get_task("depth_to_image")(image_example, _rng())
   np.testing.assert_array_equal(forward[0], backward[1])
   np.testing.assert_array_equal(forward[1], backward[0])
 
 
 def test_normals_are_half_shifted_rgb(image_example):
-  task = tasks.get_task('normal_estimation')
+  task = tasks.get_task("normal_estimation")
   _, targets = task(image_example, _rng())
-  normals = image_example['normals']
+  normals = image_example["normals"]
   np.testing.assert_allclose((targets[0] + 1) / 2, (normals + 1) / 2, atol=1e-6)
   np.testing.assert_allclose(task.decode(targets)[0], normals, atol=1e-6)
   assert np.all(tasks.decode_normals(np.zeros((2, 2, 3))) == 0)
@@ -215,8 +233,7 @@ def test_flow_colour_wheel_round_trips_and_is_a_hue_wheel():
   # Full length: +x red, +y (down) chartreuse (hue 90), -x cyan; zero flow white.
   known = np.array([[[[m, 0], [0, m], [-m, 0], [0, 0]]]], np.float32)
   expected = np.array([[1, 0, 0], [0.5, 1, 0], [0, 1, 1], [1, 1, 1]])
-  np.testing.assert_allclose((tasks.render_flow(known, config)[0, 0] + 1) / 2, expected,
-                             atol=1e-5)
+  np.testing.assert_allclose((tasks.render_flow(known, config)[0, 0] + 1) / 2, expected, atol=1e-5)
   # Longer than flow_max saturates: decodes to the same direction at length flow_max.
   long = tasks.decode_flow(tasks.render_flow(known * 3, config), config)
   np.testing.assert_allclose(long, known, atol=1e-3 * m)
@@ -225,10 +242,10 @@ def test_flow_colour_wheel_round_trips_and_is_a_hue_wheel():
 def test_optical_flow_task_decodes_to_the_source_flow(video_example):
   config = task_table.options()
   config.flow_max = 100.0  # Above every sampled flow: no saturation.
-  task = tasks.get_task('optical_flow', config)
+  task = tasks.get_task("optical_flow", config)
   inputs, targets = task(video_example, _rng())
   np.testing.assert_allclose(targets[0], 1.0, atol=1e-6)  # Frame 0: zero flow, white.
-  flow = video_example['flow'][:task.num_frames - 1]
+  flow = video_example["flow"][: task.num_frames - 1]
   np.testing.assert_allclose(task.decode(targets), flow, atol=1e-3)
 
 
@@ -238,16 +255,16 @@ def test_instance_palette_round_trips(image_example):
   np.testing.assert_array_equal(tasks.palette(64), tasks.palette(1))  # Period 63.
   ids = _rng().integers(0, 64, (3, 5))
   np.testing.assert_array_equal(tasks.decode_palette(tasks.palette(ids)), ids)
-  task = tasks.get_task('instance_segmentation')
+  task = tasks.get_task("instance_segmentation")
   _, targets = task(image_example, _rng())
   noisy = targets + _rng().normal(0, 0.1, targets.shape).astype(np.float32)
-  np.testing.assert_array_equal(task.decode(noisy)[0], image_example['instances'])
+  np.testing.assert_array_equal(task.decode(noisy)[0], image_example["instances"])
 
 
 def test_panoptic_colours_classes_and_shades_instances(image_example):
   config = task_table.options()
-  _, targets = tasks.get_task('panoptic_segmentation', config)(image_example, _rng())
-  semantic, instances = image_example['semantic'], image_example['instances']
+  _, targets = tasks.get_task("panoptic_segmentation", config)(image_example, _rng())
+  semantic, instances = image_example["semantic"], image_example["instances"]
   stuff = instances == 0
   np.testing.assert_allclose(targets[0][stuff], tasks.palette(semantic[stuff]), atol=1e-6)
   for k in (1, 2):
@@ -257,13 +274,13 @@ def test_panoptic_colours_classes_and_shades_instances(image_example):
 
 
 def test_foreground_mask_round_trips(image_example):
-  task = tasks.get_task('foreground_segmentation')
+  task = tasks.get_task("foreground_segmentation")
   _, targets = task(image_example, _rng())
-  np.testing.assert_array_equal(task.decode(targets)[0], image_example['instances'] > 0)
+  np.testing.assert_array_equal(task.decode(targets)[0], image_example["instances"] > 0)
 
 
 def test_detection_renders_the_largest_box(image_example):
-  task = tasks.get_task('detection')
+  task = tasks.get_task("detection")
   _, targets = task(image_example, _rng())
   expected = np.zeros((H, W), bool)
   expected[16:30, 20:38] = True  # The larger of the two boxes, y1 / x1 exclusive.
@@ -278,12 +295,12 @@ def test_detection_renders_the_largest_box(image_example):
 
 
 def test_frame_prediction_continues_the_clip(video_example):
-  task = tasks.get_task('frame_prediction')
+  task = tasks.get_task("frame_prediction")
   t = task.num_frames
   inputs, targets = task(video_example, _rng())
-  frames = video_example['video'] / 127.5 - 1
+  frames = video_example["video"] / 127.5 - 1
   np.testing.assert_allclose(inputs, frames[:t], atol=1e-6)
-  np.testing.assert_allclose(targets, frames[t:2 * t], atol=1e-6)
+  np.testing.assert_allclose(targets, frames[t : 2 * t], atol=1e-6)
   assert task.source_frames == 2 * t
 
 
@@ -292,23 +309,23 @@ def test_window_keeps_frames_and_annotations_aligned():
   video = np.broadcast_to(t[:, None, None, None], (FRAMES, 4, 4, 3)).astype(np.uint8)
   flow = np.broadcast_to(t[:-1, None, None, None], (FRAMES - 1, 4, 4, 2)).astype(np.float32)
   depth = np.broadcast_to(t[:, None, None], (FRAMES, 4, 4)).astype(np.float32)
-  example = {'video': video, 'flow': flow, 'depth': depth}
-  task = tasks.get_task('optical_flow')
+  example = {"video": video, "flow": flow, "depth": depth}
+  task = tasks.get_task("optical_flow")
   starts = set()
   for seed in range(8):
     window = task.window(example, _rng(seed))
-    start = int(window['video'][0, 0, 0, 0])
+    start = int(window["video"][0, 0, 0, 0])
     starts.add(start)
-    np.testing.assert_array_equal(window['video'][:, 0, 0, 0], start + np.arange(5))
-    np.testing.assert_array_equal(window['depth'][:, 0, 0], start + np.arange(5))
-    np.testing.assert_array_equal(window['flow'][:, 0, 0, 0], start + np.arange(4))
+    np.testing.assert_array_equal(window["video"][:, 0, 0, 0], start + np.arange(5))
+    np.testing.assert_array_equal(window["depth"][:, 0, 0], start + np.arange(5))
+    np.testing.assert_array_equal(window["flow"][:, 0, 0, 0], start + np.arange(4))
   assert len(starts) > 1 and max(starts) <= FRAMES - 5
 
 
 def test_video_tasks_follow_num_frames(video_example):
   config = task_table.options()
   config.num_frames = 9
-  inputs, targets = tasks.get_task('video_normals', config)(video_example, _rng())
+  inputs, targets = tasks.get_task("video_normals", config)(video_example, _rng())
   assert inputs.shape == targets.shape == (9, H, W, 3)
 
 
@@ -319,30 +336,31 @@ def test_video_tasks_follow_num_frames(video_example):
 
 def test_unknown_task_name():
   with pytest.raises(ValueError, match="Unknown task 'segmentation'.*colorization"):
-    tasks.get_task('segmentation')
+    tasks.get_task("segmentation")
 
 
 def test_missing_annotation_names_task_and_key(image_example):
-  photo = {'image': image_example['image']}
+  photo = {"image": image_example["image"]}
   with pytest.raises(ValueError, match="'depth_estimation' needs 'depth'"):
-    tasks.get_task('depth_estimation')(photo, _rng())
+    tasks.get_task("depth_estimation")(photo, _rng())
   with pytest.raises(ValueError, match="'video_depth' needs 'video'"):
-    tasks.get_task('video_depth')(image_example, _rng())
+    tasks.get_task("video_depth")(image_example, _rng())
   with pytest.raises(ValueError, match="'panoptic_segmentation' needs 'semantic'"):
-    tasks.get_task('panoptic_segmentation')(
-        {'image': photo['image'], 'instances': image_example['instances']}, _rng())
+    tasks.get_task("panoptic_segmentation")(
+      {"image": photo["image"], "instances": image_example["instances"]}, _rng()
+    )
 
 
 def test_short_clip_and_bad_frame_count(video_example):
   short = tasks.take_frames(video_example, 0, 7)
   with pytest.raises(ValueError, match="'frame_prediction' needs clips of at least 10"):
-    tasks.get_task('frame_prediction')(short, _rng())
+    tasks.get_task("frame_prediction")(short, _rng())
   config = task_table.options()
   config.num_frames = 6
-  with pytest.raises(ValueError, match='1 \\+ 4k'):
-    tasks.get_task('video_depth', config)
+  with pytest.raises(ValueError, match="1 \\+ 4k"):
+    tasks.get_task("video_depth", config)
 
 
 def test_decode_without_decoder():
   with pytest.raises(ValueError, match="'colorization' has no decoder"):
-    tasks.get_task('colorization').decode(np.zeros((1, 4, 4, 3)))
+    tasks.get_task("colorization").decode(np.zeros((1, 4, 4, 3)))

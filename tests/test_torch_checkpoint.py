@@ -20,14 +20,24 @@ from hypothesis import strategies as st
 import ml_dtypes
 import numpy as np
 import pytest
+import torch_files
 
 from lavin_jax.io import torch_checkpoint
 from lavin_jax.io.torch_checkpoint import TorchCheckpointError
-import torch_files
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
-DTYPES = [np.float32, np.float16, ml_dtypes.bfloat16, np.float64, np.int64, np.int32,
-          np.int16, np.int8, np.uint8, np.bool_]
+DTYPES = [
+  np.float32,
+  np.float16,
+  ml_dtypes.bfloat16,
+  np.float64,
+  np.int64,
+  np.int32,
+  np.int16,
+  np.int8,
+  np.uint8,
+  np.bool_,
+]
 FORMATS = {"zip": {}, "zip_big_endian": {"byteorder": "big"}, "legacy": {"legacy": True}}
 
 
@@ -65,8 +75,12 @@ def _rewrite_zip(path, changes: dict):
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_every_dtype_round_trips(tmp_path, dtype, fmt):
-  state = {"matrix": _values(dtype, (3, 5)), "scalar": _values(dtype, (), seed=1),
-           "empty": _values(dtype, (0, 4)), "cube": _values(dtype, (2, 1, 3), seed=2)}
+  state = {
+    "matrix": _values(dtype, (3, 5)),
+    "scalar": _values(dtype, (), seed=1),
+    "empty": _values(dtype, (0, 4)),
+    "cube": _values(dtype, (2, 1, 3), seed=2),
+  }
   path = torch_files.save(state, tmp_path / "x.pt", **FORMATS[fmt])
   got = torch_checkpoint.load_state_dict(path)
   assert list(got) == list(state)
@@ -89,13 +103,14 @@ def test_bfloat16_is_widened_exactly(tmp_path, fmt):
 def test_views_of_a_shared_storage(tmp_path, fmt):
   base = np.arange(30, dtype=np.float32)
   state = {
-      "transposed": torch_files.Strided(base, 3, (4, 5), (1, 4)),  # a .T with an offset
-      "broadcast": torch_files.Strided(base, 28, (3, 2), (0, 1)),  # an .expand()
-      "tail": torch_files.Strided(base, 29, (1,), (1,)),
-      "nothing": torch_files.Strided(base, 30, (0, 7), (7, 1)),
+    "transposed": torch_files.Strided(base, 3, (4, 5), (1, 4)),  # a .T with an offset
+    "broadcast": torch_files.Strided(base, 28, (3, 2), (0, 1)),  # an .expand()
+    "tail": torch_files.Strided(base, 29, (1,), (1,)),
+    "nothing": torch_files.Strided(base, 30, (0, 7), (7, 1)),
   }
   got = torch_checkpoint.load_state_dict(
-      torch_files.save(state, tmp_path / "views.pt", **FORMATS[fmt]))
+    torch_files.save(state, tmp_path / "views.pt", **FORMATS[fmt])
+  )
   np.testing.assert_array_equal(got["transposed"], base[3:23].reshape(5, 4).T)
   np.testing.assert_array_equal(got["broadcast"], np.broadcast_to(base[28:30], (3, 2)))
   np.testing.assert_array_equal(got["tail"], [29.0])
@@ -111,28 +126,38 @@ def scratch(tmp_path_factory):
 
 @hypothesis.settings(derandomize=True, max_examples=60, deadline=None)
 @hypothesis.given(
-    shape=st.lists(st.integers(0, 4), max_size=4), data=st.data(),
-    dtype=st.sampled_from(DTYPES), offset=st.integers(0, 5), legacy=st.booleans())
+  shape=st.lists(st.integers(0, 4), max_size=4),
+  data=st.data(),
+  dtype=st.sampled_from(DTYPES),
+  offset=st.integers(0, 5),
+  legacy=st.booleans(),
+)
 def test_permuted_blocks_inside_a_storage(scratch, shape, data, dtype, offset, legacy):
   """A C-order block at `offset` in a larger storage, its axes permuted, vs numpy."""
   perm = data.draw(st.permutations(range(len(shape))))
   n = int(np.prod(shape))
   base = _values(dtype, (offset + n + 3,))
-  block = base[offset:offset + n].reshape(shape)
+  block = base[offset : offset + n].reshape(shape)
   want = block.transpose(perm)
   strides = tuple(s // base.itemsize for s in block.strides)
   tensor = torch_files.Strided(base, offset, want.shape, tuple(strides[p] for p in perm))
-  got = torch_checkpoint.load_state_dict(
-      torch_files.save({"t": tensor}, scratch, legacy=legacy))["t"]
+  got = torch_checkpoint.load_state_dict(torch_files.save({"t": tensor}, scratch, legacy=legacy))[
+    "t"
+  ]
   np.testing.assert_array_equal(got, want.astype(got.dtype))
   assert got.shape == want.shape
 
 
 def test_training_checkpoint_gives_its_state_dict(tmp_path):
   state = {"b": np.ones(2, np.float32), "a": np.zeros((1, 2), np.float16)}
-  checkpoint = {"epoch": 3, "lr": 1e-4, "name": "stvae", "flags": (True, None),
-                "optimizer": {"state": {0: {"step": np.array(7)}}, "groups": [[0, 1]]},
-                "state_dict": state}
+  checkpoint = {
+    "epoch": 3,
+    "lr": 1e-4,
+    "name": "stvae",
+    "flags": (True, None),
+    "optimizer": {"state": {0: {"step": np.array(7)}}, "groups": [[0, 1]]},
+    "state_dict": state,
+  }
   got = torch_checkpoint.load_state_dict(torch_files.save(checkpoint, tmp_path / "c.pt"))
   assert list(got) == ["b", "a"]
   np.testing.assert_array_equal(got["a"], state["a"])
@@ -150,7 +175,8 @@ def test_reads_the_torch_written_fixtures():
   # metrics/lpips_vgg_lin_v0.1.pth: the legacy format (the lpips package's own file).
   lin = torch_checkpoint.load_state_dict(FIXTURES / "metrics" / "lpips_vgg_lin_v0.1.pth")
   assert {k: v.shape for k, v in lin.items()} == {
-      f"lin{i}.model.1.weight": (1, c, 1, 1) for i, c in enumerate((64, 128, 256, 512, 512))}
+    f"lin{i}.model.1.weight": (1, c, 1, 1) for i, c in enumerate((64, 128, 256, 512, 512))
+  }
   assert all(v.min() >= 0 and v.max() > 0 for v in lin.values())  # LPIPS heads are >= 0
 
 
@@ -161,11 +187,11 @@ def test_reading_needs_no_torch(monkeypatch):
 
 # Calls a malicious pickle could make, as {"module.name": args}; each creates `marker`.
 EVIL = {
-    "os.system": lambda marker: (f"touch {marker}",),
-    "posix.system": lambda marker: (f"touch {marker}",),
-    "builtins.exec": lambda marker: (f"open({str(marker)!r}, 'w')",),
-    "builtins.eval": lambda marker: (f"open({str(marker)!r}, 'w')",),
-    "subprocess.Popen": lambda marker: (["touch", str(marker)],),
+  "os.system": lambda marker: (f"touch {marker}",),
+  "posix.system": lambda marker: (f"touch {marker}",),
+  "builtins.exec": lambda marker: (f"open({str(marker)!r}, 'w')",),
+  "builtins.eval": lambda marker: (f"open({str(marker)!r}, 'w')",),
+  "subprocess.Popen": lambda marker: (["touch", str(marker)],),
 }
 
 
@@ -224,15 +250,28 @@ def test_other_global_opcodes_are_refused(tmp_path, opcodes):
 @pytest.fixture(name="sample")
 def fixture_sample():
   rng = np.random.default_rng(3)
-  return {"a": rng.normal(size=(64, 9)).astype(np.float32),
-          "b": rng.integers(0, 9, 300).astype(np.int64), "c": np.ones((2, 2), np.float16)}
+  return {
+    "a": rng.normal(size=(64, 9)).astype(np.float32),
+    "b": rng.integers(0, 9, 300).astype(np.int64),
+    "c": np.ones((2, 2), np.float16),
+  }
 
 
 @pytest.mark.parametrize("legacy", [False, True])
 def test_truncated_files(tmp_path, sample, legacy):
   data = torch_files.save(sample, tmp_path / "full.pt", legacy=legacy).read_bytes()
-  for cut in (0, 1, 16, 100, 500, len(data) // 2, len(data) - 600, len(data) - 2000,
-              len(data) - 30, len(data) - 1):
+  for cut in (
+    0,
+    1,
+    16,
+    100,
+    500,
+    len(data) // 2,
+    len(data) - 600,
+    len(data) - 2000,
+    len(data) - 30,
+    len(data) - 1,
+  ):
     path = tmp_path / f"cut{cut}.pt"
     path.write_bytes(data[:cut])
     message = _load_error(path)
@@ -267,16 +306,20 @@ def test_other_kinds_of_file(tmp_path):
 def test_broken_zip_records(tmp_path, sample):
   def broken(changes):
     return _rewrite_zip(torch_files.save(sample, tmp_path / "x.pt"), changes)
+
   short = np.zeros(64 * 9 - 1, np.float32).tobytes()
   assert "record x/data/0 holds 2300 bytes, storage 0 needs 576 x 4 = 2304" in _load_error(
-      broken({"x/data/0": short}))
+    broken({"x/data/0": short})
+  )
   assert "record x/data/1 is missing" in _load_error(broken({"x/data/1": None}))
   assert "unknown byteorder record 'middle'" in _load_error(broken({"x/byteorder": b"middle"}))
   assert "with 0 <folder>/data.pkl records" in _load_error(broken({"x/data.pkl": None}))
 
 
 @pytest.mark.parametrize("legacy", [False, True])
-@pytest.mark.parametrize("offset,size,stride,problem", [
+@pytest.mark.parametrize(
+  "offset,size,stride,problem",
+  [
     (25, (2, 3), (3, 1), "reaches past the end of its storage (30 elements)"),
     (0, (4,), (10,), "reaches past the end"),
     (30, (1,), (1,), "reaches past the end"),
@@ -284,7 +327,8 @@ def test_broken_zip_records(tmp_path, sample):
     (-1, (2,), (1,), "want non-negative ints"),
     (0, (2,), (-1,), "want non-negative ints"),
     (0, (2.0,), (1,), "want non-negative ints"),
-])
+  ],
+)
 def test_tensors_outside_their_storage(tmp_path, offset, size, stride, problem, legacy):
   tensor = torch_files.Strided(np.zeros(30, np.float32), offset, size, stride)
   path = torch_files.save({"t": tensor}, tmp_path / "bad.pt", legacy=legacy)

@@ -30,9 +30,11 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures", "jdit")
 def persistent_compilation_cache(tmp_path_factory):
   """A persistent compilation cache for this module: programs that recur (the step of
   a resumed run, the overfitting step in `train`) compile once."""
-  options = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
-             "jax_persistent_cache_min_compile_time_secs": 0,
-             "jax_persistent_cache_min_entry_size_bytes": 0}
+  options = {
+    "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
+    "jax_persistent_cache_min_compile_time_secs": 0,
+    "jax_persistent_cache_min_entry_size_bytes": 0,
+  }
   previous = {name: jax.config.values[name] for name in options}
   for name, value in options.items():
     jax.config.update(name, value)
@@ -51,8 +53,17 @@ def tiny_config(**model):
   """
   c = train_dit_config.get_config("tiny,runlocal")
   c.input = "latents"
-  c.model.update(dict(hidden_size=32, depth=1, num_heads=2, num_kv_heads=1,
-                      scan_layers=False, remat_policy="none", dtype="float32"))
+  c.model.update(
+    dict(
+      hidden_size=32,
+      depth=1,
+      num_heads=2,
+      num_kv_heads=1,
+      scan_layers=False,
+      remat_policy="none",
+      dtype="float32",
+    )
+  )
   c.model.update(model)
   return c
 
@@ -60,10 +71,12 @@ def tiny_config(**model):
 def latent_batch(rng, batch=2, pairs=2, frames=1, size=4, num_pairs=None):
   """Random latents in the batch layout; pairs >= num_pairs are zero (padding)."""
   shape = (batch, pairs, frames, size, size, 16)
-  b = {"context_inputs": rng.standard_normal(shape, np.float32),
-       "context_targets": rng.standard_normal(shape, np.float32),
-       "query": rng.standard_normal((batch,) + shape[2:], np.float32),
-       "target": rng.standard_normal((batch,) + shape[2:], np.float32)}
+  b = {
+    "context_inputs": rng.standard_normal(shape, np.float32),
+    "context_targets": rng.standard_normal(shape, np.float32),
+    "query": rng.standard_normal((batch,) + shape[2:], np.float32),
+    "target": rng.standard_normal((batch,) + shape[2:], np.float32),
+  }
   num_pairs = np.full((batch,), pairs, np.int32) if num_pairs is None else num_pairs
   valid = (np.arange(pairs)[None] < num_pairs[:, None])[..., None, None, None, None]
   for k in ("context_inputs", "context_targets"):
@@ -139,8 +152,9 @@ def test_tiny_model_overfits_one_fixed_batch(overfit_run):
 def test_velocity_loss_matches_numpy():
   rng = np.random.default_rng(1)
   b = latent_batch(rng, batch=3)
-  cond, mask = incontext.build_condition(b["context_inputs"], b["context_targets"], b["query"],
-                                   b["num_pairs"], np.zeros(3, bool))
+  cond, mask = incontext.build_condition(
+    b["context_inputs"], b["context_targets"], b["query"], b["num_pairs"], np.zeros(3, bool)
+  )
   x, noise = b["target"], rng.standard_normal(b["target"].shape, np.float32)
   t = np.array([0.1, 0.5, 0.93], np.float32)
   params = init_params(x, t, cond, mask)
@@ -149,7 +163,7 @@ def test_velocity_loss_matches_numpy():
   x_t = t[:, None, None, None, None] * x + (1 - t[:, None, None, None, None]) * noise
   v = np.asarray(velocity(params, x_t, t, cond, mask), np.float64)
   err = v - (x - noise)
-  per_example = (err ** 2).mean(axis=(1, 2, 3, 4)) + 0.1 * np.abs(err).mean(axis=(1, 2, 3, 4))
+  per_example = (err**2).mean(axis=(1, 2, 3, 4)) + 0.1 * np.abs(err).mean(axis=(1, 2, 3, 4))
   np.testing.assert_allclose(loss, per_example.mean(), rtol=1e-5)
 
 
@@ -165,7 +179,7 @@ def numpy_adamw_clipped(params, grads_seq, lr, b1, b2, eps, wd, clip):
       g = grads[k] * scale
       m[k] = b1 * m[k] + (1 - b1) * g
       s[k] = b2 * s[k] + (1 - b2) * g * g
-      m_hat, s_hat = m[k] / (1 - b1 ** i), s[k] / (1 - b2 ** i)
+      m_hat, s_hat = m[k] / (1 - b1**i), s[k] / (1 - b2**i)
       p[k] = p[k] - lr * (m_hat / (np.sqrt(s_hat) + eps) + wd * p[k])
   return p
 
@@ -177,13 +191,23 @@ def test_clipped_adamw_matches_numpy():
   rng = np.random.default_rng(2)
   params = {"a": rng.standard_normal((5, 3), np.float32), "b": rng.standard_normal(7, np.float32)}
   # Gradient norms far above (clipped) and below (untouched) the clip norm 1.0.
-  grads_seq = [{k: (scale * rng.standard_normal(v.shape)).astype(np.float32)
-                for k, v in params.items()} for scale in (30.0, 0.01, 5.0)]
+  grads_seq = [
+    {k: (scale * rng.standard_normal(v.shape)).astype(np.float32) for k, v in params.items()}
+    for scale in (30.0, 0.01, 5.0)
+  ]
   state = state_lib.create_train_state(params, tx, jax.random.PRNGKey(0))
   for grads in grads_seq:
     state, _ = state_lib.apply_gradients(state, grads, tx, config.ema_decay)
-  want = numpy_adamw_clipped(params, grads_seq, config.lr, config.b1, config.b2, config.eps,
-                             config.weight_decay, config.clip_norm)
+  want = numpy_adamw_clipped(
+    params,
+    grads_seq,
+    config.lr,
+    config.b1,
+    config.b2,
+    config.eps,
+    config.weight_decay,
+    config.clip_norm,
+  )
   for k in params:
     np.testing.assert_allclose(state.params[k], want[k], rtol=1e-5, atol=1e-6)
   assert float(schedule(10_000)) == pytest.approx(config.lr)  # constant, no warmup
@@ -191,10 +215,12 @@ def test_clipped_adamw_matches_numpy():
 
 def test_train_step_ema_matches_numpy(overfit_run):
   _, before, after = overfit_run
-  want = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * np.asarray(p, np.float64),
-                      before.ema_params, after.params)
-  jax.tree.map(lambda got, w: np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-7),
-               after.ema_params, want)
+  want = jax.tree.map(
+    lambda e, p: 0.9 * e + 0.1 * np.asarray(p, np.float64), before.ema_params, after.params
+  )
+  jax.tree.map(
+    lambda got, w: np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-7), after.ema_params, want
+  )
   assert int(after.step) == int(before.step) + 1
 
 
@@ -227,7 +253,8 @@ def test_context_drop_rate_is_uncond_ratio():
   b = {k: jnp.ones((n, 1, 1, 2, 2, 1)) for k in ("context_inputs", "context_targets")}
   b.update({k: jnp.ones((n, 1, 2, 2, 1)) for k in ("query", "target")})
   _, _, _, cond, mask = dit.sample_training_inputs(
-      b, jnp.ones((n,), jnp.int32), jax.random.PRNGKey(4), config.flow)
+    b, jnp.ones((n,), jnp.int32), jax.random.PRNGKey(4), config.flow
+  )
   dropped = ~np.asarray(mask[:, 1])  # the first pair's target frame is hidden
   rate, p = dropped.mean(), config.flow.uncond_ratio
   assert abs(rate - p) <= 3 * np.sqrt(p * (1 - p) / n), rate
@@ -240,8 +267,9 @@ def test_context_drop_rate_is_uncond_ratio():
 def test_dropped_context_gives_null_condition_velocity():
   rng = np.random.default_rng(5)
   b = latent_batch(rng, batch=2, pairs=3, frames=2)
-  cond, mask = incontext.build_condition(b["context_inputs"], b["context_targets"], b["query"],
-                                   b["num_pairs"], np.ones(2, bool))
+  cond, mask = incontext.build_condition(
+    b["context_inputs"], b["context_targets"], b["query"], b["num_pairs"], np.ones(2, bool)
+  )
   x, t = b["target"], np.array([0.3, 0.8], np.float32)
   params = init_params(x, t, cond, mask)
   v_dropped = velocity(params, x, t, cond, mask)
@@ -268,8 +296,9 @@ def test_padding_to_eight_pairs_matches_true_pairs():
   no_drop = np.zeros(1, bool)
 
   def run(b, params=None):
-    cond, mask = incontext.build_condition(b["context_inputs"], b["context_targets"], b["query"],
-                                     b["num_pairs"], no_drop)
+    cond, mask = incontext.build_condition(
+      b["context_inputs"], b["context_targets"], b["query"], b["num_pairs"], no_drop
+    )
     if params is None:
       params = init_params(b["target"], t, cond, mask)
     x_t = t[:, None, None, None, None] * b["target"] + (1 - t) * noise
@@ -289,18 +318,23 @@ def test_padding_to_eight_pairs_matches_true_pairs():
 
 
 def test_loss_and_gradients_match_released():
-  from lavin_jax.convert import jdit as convert_jdit  # pylint: disable=g-import-not-at-top
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
+  from lavin_jax.convert import jdit as convert_jdit  # pylint: disable=g-import-not-at-top
 
   arch = ml_collections.ConfigDict(dict(hidden_size=96, depth=2, num_heads=4, num_kv_heads=2))
   module, params = convert_jdit.load_released_jdit(
-      os.path.join(FIXTURES, "dit_state.safetensors"), arch)
+    os.path.join(FIXTURES, "dit_state.safetensors"), arch
+  )
   io = np.load(os.path.join(FIXTURES, "dit_io.npz"))
   channels_last = lambda a: np.moveaxis(a, 1, -1)  # (B, C, T, H, W) -> (B, T, H, W, C)
   x, noise, cond = (channels_last(io[k]) for k in ("loss_x1", "loss_x0", "loss_cond"))
-  loss, grads = jax.jit(jax.value_and_grad(
-      lambda p: dit.velocity_loss(module, p, x, noise, io["loss_t"], cond, None, 0.1)))(params)
+  loss, grads = jax.jit(
+    jax.value_and_grad(
+      lambda p: dit.velocity_loss(module, p, x, noise, io["loss_t"], cond, None, 0.1)
+    )
+  )(params)
   np.testing.assert_allclose(loss, io["loss_value"], rtol=1e-5)
 
   released = load_file(os.path.join(FIXTURES, "dit_grads.safetensors"))
@@ -327,15 +361,18 @@ def test_loss_and_gradients_match_released():
 
 def test_non_finite_loss_stops_keeps_checkpoint_resume_and_sigterm(tmp_path):
   from lavin_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
+
   config = training_config()
   config.total_steps, config.checkpoint_every = 6, 2
   rng = np.random.default_rng(8)
   good = [latent_batch(rng) for _ in range(6)]
   poisoned = good[:4] + [dict(good[4], target=np.full_like(good[4]["target"], np.nan))]
-  with pytest.raises(FloatingPointError, match=r"Step 5: loss is nan.*last good checkpoint is step 4"):
+  with pytest.raises(
+    FloatingPointError, match=r"Step 5: loss is nan.*last good checkpoint is step 4"
+  ):
     dit.train(config, str(tmp_path), batches=iter(poisoned))
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-  assert len(lines) == 4 and all(np.isfinite(json.loads(l)["loss"]) for l in lines)
+  assert len(lines) == 4 and all(np.isfinite(json.loads(line)["loss"]) for line in lines)
   with checkpoint.CheckpointManager(tmp_path / "checkpoints", save_every=2) as ckpt:
     assert ckpt.all_steps() == [2, 4]
 
@@ -349,13 +386,22 @@ def test_non_finite_loss_stops_keeps_checkpoint_resume_and_sigterm(tmp_path):
   state = dit.train(config, str(tmp_path), batches=terminated_during_step_5())
   assert int(state.step) == 5
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state.params)))
-  steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  steps = [
+    json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+  ]
   assert steps == [1, 2, 3, 4, 5]
   with checkpoint.CheckpointManager(tmp_path / "checkpoints", save_every=2) as ckpt:
     assert ckpt.all_steps() == [2, 4, 5]
   keys = set(json.loads(lines[0]))
-  assert {"loss", "grad_norm", "param_norm", "update_norm", "lr", "examples_per_sec",
-          "tokens_per_sec"} <= keys
+  assert {
+    "loss",
+    "grad_norm",
+    "param_norm",
+    "update_norm",
+    "lr",
+    "examples_per_sec",
+    "tokens_per_sec",
+  } <= keys
 
 
 def test_bad_config_and_batches_raise_before_compile(tmp_path):
@@ -386,14 +432,20 @@ def test_bad_config_and_batches_raise_before_compile(tmp_path):
 
 def test_pixel_batches_encode_each_clip_separately():
   from lavin_jax.models import stvae  # pylint: disable=g-import-not-at-top
+
   vae_config = configs.stvae("tiny")
   vae = stvae.STVAE(vae_config)
   rng = np.random.default_rng(10)
   pixels = lambda *shape: rng.uniform(-1, 1, shape + (1, 16, 16, 3)).astype(np.float32)
-  batch = {"context_inputs": pixels(2, 2), "context_targets": pixels(2, 2),
-           "query": pixels(2), "target": pixels(2)}
+  batch = {
+    "context_inputs": pixels(2, 2),
+    "context_targets": pixels(2, 2),
+    "query": pixels(2),
+    "target": pixels(2),
+  }
   params = jax.jit(functools.partial(vae.init, method="encode"))(
-      jax.random.PRNGKey(0), batch["query"])["params"]  # the encoder is all training needs
+    jax.random.PRNGKey(0), batch["query"]
+  )["params"]  # the encoder is all training needs
   encode = jax.jit(lambda b: dit.encode_batch(vae, params, b, jax.random.PRNGKey(1), vae_config))
   latents = encode(batch)
   assert latents["context_inputs"].shape == (2, 2, 1, 2, 2, 16)
@@ -410,6 +462,7 @@ def test_pixel_batches_encode_each_clip_separately():
 
 def test_init_from_released_weights():
   from lavin_jax.convert import jdit as convert_jdit  # pylint: disable=g-import-not-at-top
+
   config = tiny_config(hidden_size=96, depth=2, num_heads=4, num_kv_heads=2, scan_layers=True)
   config.init_from = os.path.join(FIXTURES, "dit_state.safetensors")
   model = jdit.JDiT(config.model)
@@ -450,7 +503,8 @@ def test_bf16_compute_with_float32_master_weights():
   # ... while params, EMA, optimizer moments and the loss stay float32.
   new_state, metrics = traced[1]
   assert {x.dtype for x in jax.tree.leaves((new_state.params, new_state.ema_params))} == {
-      np.dtype("float32")}
+    np.dtype("float32")
+  }
   assert {x.dtype for x in jax.tree.leaves(new_state.opt_state) if x.ndim} == {np.dtype("float32")}
   assert metrics["loss"].dtype == np.float32
 
@@ -468,11 +522,19 @@ def test_config_argument_parsing():
 
 def test_launcher_rejects_bad_config_before_training(tmp_path):
   proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "launch", "train_dit.py"),
-       "--config=" + os.path.join(ROOT, "lavin_jax", "configs", "train_dit.py") + ":tiny,runlocal",
-       "--config.input=voxels", f"--workdir={tmp_path}"],
-      capture_output=True, text=True, timeout=300, check=False,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    [
+      sys.executable,
+      os.path.join(ROOT, "launch", "train_dit.py"),
+      "--config=" + os.path.join(ROOT, "lavin_jax", "configs", "train_dit.py") + ":tiny,runlocal",
+      "--config.input=voxels",
+      f"--workdir={tmp_path}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert proc.returncode != 0
   assert "error: config.input must be one of ('pixels', 'latents'), got 'voxels'" in proc.stderr
   assert "Traceback" not in proc.stderr

@@ -13,9 +13,9 @@ from lavin_jax.models import stvae
 
 def tiny_model_config() -> ml_collections.ConfigDict:
   """Pipeline config {'jdit', 'stvae'} of the tiny sizes, float32 compute."""
-  jdit_config = configs.jdit('tiny')
-  jdit_config.dtype = 'float32'
-  return ml_collections.ConfigDict({'jdit': jdit_config, 'stvae': configs.stvae('tiny')})
+  jdit_config = configs.jdit("tiny")
+  jdit_config.dtype = "float32"
+  return ml_collections.ConfigDict({"jdit": jdit_config, "stvae": configs.stvae("tiny")})
 
 
 def tiny_model_params(config: ml_collections.ConfigDict, seed: int = 0):
@@ -23,9 +23,11 @@ def tiny_model_params(config: ml_collections.ConfigDict, seed: int = 0):
   rng = np.random.default_rng(seed)
 
   def random_params(module, *inputs):
-    shapes = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), *inputs)['params'])
+    shapes = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), *inputs)["params"])
     return jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(s.dtype), shapes)
 
   latent = jnp.zeros((1, 1, 2, 2, 16))
-  return (random_params(jdit.JDiT(config.jdit), latent, jnp.zeros(1), latent),
-          random_params(stvae.STVAE(config.stvae), jnp.zeros((1, 1, 16, 16, 3))))
+  return (
+    random_params(jdit.JDiT(config.jdit), latent, jnp.zeros(1), latent),
+    random_params(stvae.STVAE(config.stvae), jnp.zeros((1, 1, 16, 16, 3))),
+  )

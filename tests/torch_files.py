@@ -21,20 +21,29 @@ import ml_dtypes
 import numpy as np
 
 _STORAGE_NAMES = {
-    np.dtype(np.float32): "FloatStorage", np.dtype(np.float16): "HalfStorage",
-    np.dtype(ml_dtypes.bfloat16): "BFloat16Storage", np.dtype(np.float64): "DoubleStorage",
-    np.dtype(np.int64): "LongStorage", np.dtype(np.int32): "IntStorage",
-    np.dtype(np.int16): "ShortStorage", np.dtype(np.int8): "CharStorage",
-    np.dtype(np.uint8): "ByteStorage", np.dtype(np.bool_): "BoolStorage",
+  np.dtype(np.float32): "FloatStorage",
+  np.dtype(np.float16): "HalfStorage",
+  np.dtype(ml_dtypes.bfloat16): "BFloat16Storage",
+  np.dtype(np.float64): "DoubleStorage",
+  np.dtype(np.int64): "LongStorage",
+  np.dtype(np.int32): "IntStorage",
+  np.dtype(np.int16): "ShortStorage",
+  np.dtype(np.int8): "CharStorage",
+  np.dtype(np.uint8): "ByteStorage",
+  np.dtype(np.bool_): "BoolStorage",
 }
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_LEGACY_SYS_INFO = {"protocol_version": 1001, "little_endian": True,
-                    "type_sizes": {"short": 2, "int": 4, "long": 4}}
+_LEGACY_SYS_INFO = {
+  "protocol_version": 1001,
+  "little_endian": True,
+  "type_sizes": {"short": 2, "int": 4, "long": 4},
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Global:
   """A reference to `module.name` (the GLOBAL opcode)."""
+
   module: str
   name: str
 
@@ -42,6 +51,7 @@ class Global:
 @dataclasses.dataclass(frozen=True)
 class Call:
   """`func(*args)` (the REDUCE opcode), as pickle rebuilds objects; e.g. os.system."""
+
   func: Global
   args: tuple = ()
 
@@ -52,6 +62,7 @@ class Strided:
 
   Written as given, unchecked; tensors sharing a storage array share one storage record.
   """
+
   storage: np.ndarray
   offset: int
   size: tuple[int, ...]
@@ -61,8 +72,9 @@ class Strided:
 def contiguous(array: np.ndarray) -> Strided:
   """The C-order tensor of `array`, with a storage of its own."""
   strides = np.cumprod((1,) + array.shape[:0:-1])[::-1] if array.ndim else ()
-  return Strided(np.ascontiguousarray(array).reshape(-1), 0, array.shape,
-                 tuple(int(s) for s in strides))
+  return Strided(
+    np.ascontiguousarray(array).reshape(-1), 0, array.shape, tuple(int(s) for s in strides)
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +116,7 @@ class _Pickler:
       w(pickle.NONE)
     elif isinstance(obj, bool):
       w(pickle.NEWTRUE if obj else pickle.NEWFALSE)
-    elif isinstance(obj, int) and -2**31 <= obj < 2**31:
+    elif isinstance(obj, int) and -(2**31) <= obj < 2**31:
       w(pickle.BININT + struct.pack("<i", obj))
     elif isinstance(obj, int):
       data = obj.to_bytes((obj.bit_length() >> 3) + 1, "little", signed=True)
@@ -138,12 +150,21 @@ class _Pickler:
     elif isinstance(obj, np.ndarray):
       self._save(contiguous(obj))
     elif isinstance(obj, Strided):
-      key, _ = self.storages.setdefault(id(obj.storage), (str(len(self.storages)),
-                                                          obj.storage))
+      key, _ = self.storages.setdefault(id(obj.storage), (str(len(self.storages)), obj.storage))
       storage = _StorageId(key, _STORAGE_NAMES[obj.storage.dtype], obj.storage.size)
-      self._save(Call(Global("torch._utils", "_rebuild_tensor_v2"),
-                      (storage, obj.offset, tuple(obj.size), tuple(obj.stride), False,
-                       collections.OrderedDict())))
+      self._save(
+        Call(
+          Global("torch._utils", "_rebuild_tensor_v2"),
+          (
+            storage,
+            obj.offset,
+            tuple(obj.size),
+            tuple(obj.stride),
+            False,
+            collections.OrderedDict(),
+          ),
+        )
+      )
     else:
       raise TypeError(f"torch_files cannot write a {type(obj).__name__}")
 
@@ -151,8 +172,9 @@ class _Pickler:
 def _raw(array: np.ndarray, byteorder: str) -> bytes:
   """The elements' bytes in `byteorder` (bfloat16 as its 16-bit pattern)."""
   words = np.dtype(f"u{array.itemsize}")
-  return array.view(words).astype(words.newbyteorder(
-      "<" if byteorder == "little" else ">")).tobytes()
+  return (
+    array.view(words).astype(words.newbyteorder("<" if byteorder == "little" else ">")).tobytes()
+  )
 
 
 def save(obj, path, *, legacy: bool = False, byteorder: str = "little"):

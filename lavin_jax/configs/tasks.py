@@ -24,29 +24,29 @@ _GENERATION = ("mse", "psnr", "lpips", "fid")
 _RESTORATION = ("psnr", "ssim")
 
 TASKS: dict[str, TaskInfo] = {
-    # Image tasks.
-    "colorization": TaskInfo("image", (), ("mse", "lpips")),
-    "inpainting": TaskInfo("image", (), _GENERATION),
-    "canny_edges": TaskInfo("image", (), ("mask_iou",)),
-    "de_motion_blur": TaskInfo("image", (), _RESTORATION),
-    "de_glass_blur": TaskInfo("image", (), _RESTORATION),
-    "de_raining": TaskInfo("image", (), _RESTORATION),
-    "depth_estimation": TaskInfo("image", ("depth",), ("depth",)),
-    "depth_to_image": TaskInfo("image", ("depth",), _GENERATION),
-    "normal_estimation": TaskInfo("image", ("normals",), ("normals",)),
-    "normal_to_image": TaskInfo("image", ("normals",), _GENERATION),
-    "instance_segmentation": TaskInfo("image", ("instances",), ("segment_iou",)),
-    "panoptic_segmentation": TaskInfo("image", ("semantic", "instances"), ("mse", "psnr")),
-    "detection": TaskInfo("image", ("boxes",), ("mask_iou",)),
-    "foreground_segmentation": TaskInfo("image", ("instances",), ("mask_iou",)),
-    # Video tasks.
-    "frame_prediction": TaskInfo("video", (), _RESTORATION + ("lpips",)),
-    "video_depth": TaskInfo("video", ("depth",), ("depth",)),
-    "video_normals": TaskInfo("video", ("normals",), ("normals",)),
-    "optical_flow": TaskInfo("video", ("flow",), ("flow",)),
-    "video_instance_segmentation": TaskInfo("video", ("instances",), ("segment_iou",)),
-    "depth_to_video": TaskInfo("video", ("depth",), _GENERATION),
-    "normal_to_video": TaskInfo("video", ("normals",), _GENERATION),
+  # Image tasks.
+  "colorization": TaskInfo("image", (), ("mse", "lpips")),
+  "inpainting": TaskInfo("image", (), _GENERATION),
+  "canny_edges": TaskInfo("image", (), ("mask_iou",)),
+  "de_motion_blur": TaskInfo("image", (), _RESTORATION),
+  "de_glass_blur": TaskInfo("image", (), _RESTORATION),
+  "de_raining": TaskInfo("image", (), _RESTORATION),
+  "depth_estimation": TaskInfo("image", ("depth",), ("depth",)),
+  "depth_to_image": TaskInfo("image", ("depth",), _GENERATION),
+  "normal_estimation": TaskInfo("image", ("normals",), ("normals",)),
+  "normal_to_image": TaskInfo("image", ("normals",), _GENERATION),
+  "instance_segmentation": TaskInfo("image", ("instances",), ("segment_iou",)),
+  "panoptic_segmentation": TaskInfo("image", ("semantic", "instances"), ("mse", "psnr")),
+  "detection": TaskInfo("image", ("boxes",), ("mask_iou",)),
+  "foreground_segmentation": TaskInfo("image", ("instances",), ("mask_iou",)),
+  # Video tasks.
+  "frame_prediction": TaskInfo("video", (), _RESTORATION + ("lpips",)),
+  "video_depth": TaskInfo("video", ("depth",), ("depth",)),
+  "video_normals": TaskInfo("video", ("normals",), ("normals",)),
+  "optical_flow": TaskInfo("video", ("flow",), ("flow",)),
+  "video_instance_segmentation": TaskInfo("video", ("instances",), ("segment_iou",)),
+  "depth_to_video": TaskInfo("video", ("depth",), _GENERATION),
+  "normal_to_video": TaskInfo("video", ("normals",), _GENERATION),
 }
 TASK_NAMES = tuple(TASKS)
 # Tasks that read nothing but a still: any image collection can train them.

@@ -24,6 +24,7 @@ from lavin_jax.configs import models
 from lavin_jax.configs import optimizer
 from lavin_jax.configs import tasks
 
+
 def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
   """J-DiT training for `<size>[,runlocal]`."""
   size, flags = common.parse_arg(arg, models.JDIT_SIZES, "0.1b", flags=("runlocal",))

@@ -17,9 +17,15 @@ def _count(params) -> int:
   return int(sum(np.size(a) for a in jax.tree.leaves(params)))
 
 
-def convert_to_bundle(output, *, dit_path: Optional[str] = None,
-                      vae_path: Optional[str] = None, size: str = "3.4b",
-                      stvae_size: str = "released", dtype: Optional[str] = None) -> dict:
+def convert_to_bundle(
+  output,
+  *,
+  dit_path: Optional[str] = None,
+  vae_path: Optional[str] = None,
+  size: str = "3.4b",
+  stvae_size: str = "released",
+  dtype: Optional[str] = None,
+) -> dict:
   """Writes the released J-DiT and/or ST-VAE files as a bundle at `output`.
 
   Args:
@@ -33,8 +39,9 @@ def convert_to_bundle(output, *, dit_path: Optional[str] = None,
   """
   if not (dit_path or vae_path):
     raise ValueError("Give --dit_path, --vae_path or both.")
-  config = ml_collections.ConfigDict({"jdit": model_configs.jdit(size),
-                                      "stvae": model_configs.stvae(stvae_size)})
+  config = ml_collections.ConfigDict(
+    {"jdit": model_configs.jdit(size), "stvae": model_configs.stvae(stvae_size)}
+  )
   if dtype not in (None, "float32", "bfloat16"):
     raise ValueError(f"--dtype must be float32 or bfloat16; got {dtype!r}.")
   for flag, path in (("--dit_path", dit_path), ("--vae_path", vae_path)):
@@ -48,5 +55,8 @@ def convert_to_bundle(output, *, dit_path: Optional[str] = None,
     module, stvae_params = convert_stvae.load_released_stvae(vae_path, config.stvae)
     config.stvae = module.config
   bundle_lib.save_bundle(output, config, jdit_params, stvae_params, dtype=dtype)
-  return {"bundle": os.fspath(output), "jdit_params": _count(jdit_params),
-          "stvae_params": _count(stvae_params)}
+  return {
+    "bundle": os.fspath(output),
+    "jdit_params": _count(jdit_params),
+    "stvae_params": _count(stvae_params),
+  }

@@ -25,13 +25,13 @@ from lavin_jax.models import jdit
 
 # Flax module names whose released name differs.
 _MODULE_RENAMES = {
-    "proj": "0",  # embedders: Linear
-    "norm": "1",  # embedders: LayerNorm
-    "fc1": "mlp.0",
-    "fc2": "mlp.2",
-    "cond_modulation": "cond_modulation.1",
-    "x_modulation": "x_modulation.1",
-    "modulation": "adaLN_modulation.1",
+  "proj": "0",  # embedders: Linear
+  "norm": "1",  # embedders: LayerNorm
+  "fc1": "mlp.0",
+  "fc2": "mlp.2",
+  "cond_modulation": "cond_modulation.1",
+  "x_modulation": "x_modulation.1",
+  "modulation": "adaLN_modulation.1",
 }
 _LEAF_RENAMES = {"kernel": "weight", "scale": "weight"}
 
@@ -55,8 +55,9 @@ def released_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   full.update(config)
   if full.hidden_size % full.num_heads or full.num_heads % full.num_kv_heads:
     raise ValueError(
-        f"hidden_size {full.hidden_size} must be a multiple of num_heads {full.num_heads}, "
-        f"and num_heads a multiple of num_kv_heads {full.num_kv_heads}.")
+      f"hidden_size {full.hidden_size} must be a multiple of num_heads {full.num_heads}, "
+      f"and num_heads a multiple of num_kv_heads {full.num_kv_heads}."
+    )
   return full
 
 
@@ -91,8 +92,9 @@ def _plan(expected, depth):
   for path, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]:
     names = tuple(k.key for k in path)
     if names[0] == "blocks":
-      plan.append((names, [released_key(names, i) for i in range(depth)], leaf.shape[1:],
-                   leaf.dtype))
+      plan.append(
+        (names, [released_key(names, i) for i in range(depth)], leaf.shape[1:], leaf.dtype)
+      )
     else:
       plan.append((names, [released_key(names)], leaf.shape, leaf.dtype))
   return plan
@@ -109,8 +111,9 @@ def _check(plan, file_shapes, path):
   for names, keys, shape, _ in plan:
     for key in keys:
       wanted[key] = tuple(shape)[::-1] if _is_kernel(names) else tuple(shape)  # released
-  tree_fit.check_fits(file_shapes, wanted, path,
-                      "check hidden_size, depth, num_heads, num_kv_heads")
+  tree_fit.check_fits(
+    file_shapes, wanted, path, "check hidden_size, depth, num_heads, num_kv_heads"
+  )
 
 
 def load_released_jdit(path: str | os.PathLike, config: ml_collections.ConfigDict):

@@ -27,8 +27,8 @@ import ml_collections
 import numpy as np
 
 from lavin_jax import configs
-from lavin_jax.io import torch_checkpoint
 from lavin_jax.io import safetensors_file
+from lavin_jax.io import torch_checkpoint
 from lavin_jax.io import tree_fit
 from lavin_jax.models import stvae
 
@@ -77,8 +77,10 @@ def _expected_params(module, config):
 
 def _read_pt(path):
   state = torch_checkpoint.load_state_dict(path)
-  return {k: np.asarray(v, np.float32) if np.issubdtype(v.dtype, np.floating) else v
-          for k, v in state.items()}
+  return {
+    k: np.asarray(v, np.float32) if np.issubdtype(v.dtype, np.floating) else v
+    for k, v in state.items()
+  }
 
 
 def _read_safetensors(path):
@@ -101,8 +103,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def _check(expected, state, path):
   """Raises ValueError listing every missing, unexpected and mismatched key."""
   stored = {k: _to_flax_layout(v).shape for k, v in state.items()}
-  tree_fit.check_fits(stored, expected, f"{path} (compared in the Flax layout)",
-                      "check block_out_channels, layers_per_block, latent_channels")
+  tree_fit.check_fits(
+    stored,
+    expected,
+    f"{path} (compared in the Flax layout)",
+    "check block_out_channels, layers_per_block, latent_channels",
+  )
 
 
 def load_released_stvae(path: str | os.PathLike, config: ml_collections.ConfigDict):
@@ -129,7 +135,7 @@ def load_released_stvae(path: str | os.PathLike, config: ml_collections.ConfigDi
   _check(expected, state, os.fspath(path))
   dtype = jnp.dtype(config.param_dtype)
   params = jax.tree_util.tree_map_with_path(
-      lambda p, _: jnp.asarray(
-          _to_flax_layout(state[released_key(tuple(k.key for k in p))]), dtype),
-      expected_tree)
+    lambda p, _: jnp.asarray(_to_flax_layout(state[released_key(tuple(k.key for k in p))]), dtype),
+    expected_tree,
+  )
   return module, params

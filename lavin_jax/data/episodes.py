@@ -23,10 +23,17 @@ import numpy as np
 
 from lavin_jax.data import tasks
 
-PIXEL_KEYS = ('image', 'video')
-NEAREST_KEYS = ('depth', 'normals', 'instances', 'semantic', 'flow')
-_CHANNELS = {'depth': 0, 'instances': 0, 'semantic': 0, 'normals': 3, 'flow': 2,
-             'image': 3, 'video': 3}
+PIXEL_KEYS = ("image", "video")
+NEAREST_KEYS = ("depth", "normals", "instances", "semantic", "flow")
+_CHANNELS = {
+  "depth": 0,
+  "instances": 0,
+  "semantic": 0,
+  "normals": 3,
+  "flow": 2,
+  "image": 3,
+  "video": 3,
+}
 
 
 # ---------------------------------------------------------------------------
@@ -38,7 +45,7 @@ def _resize_frames(array: np.ndarray, key: str, side: int, size: int) -> np.ndar
   """Resizes the (side, side) plane of (..., side, side[, C]) to (size, size)."""
   channels = _CHANNELS[key]
   plane = (side, side) + ((channels,) if channels else ())
-  lead = array.shape[:array.ndim - len(plane)]
+  lead = array.shape[: array.ndim - len(plane)]
   if key in PIXEL_KEYS:
     interpolation = cv2.INTER_AREA if size < side else cv2.INTER_LINEAR
   else:
@@ -48,8 +55,12 @@ def _resize_frames(array: np.ndarray, key: str, side: int, size: int) -> np.ndar
   return np.stack(out).reshape(lead + (size, size) + plane[2:])
 
 
-def fit_example(example: dict, resolution: int, rng: np.random.Generator | None = None,
-                allow_upscale: bool = False) -> dict:
+def fit_example(
+  example: dict,
+  resolution: int,
+  rng: np.random.Generator | None = None,
+  allow_upscale: bool = False,
+) -> dict:
   """Square crop of `example` (random with `rng`, else centred) resized to resolution.
 
   Pixels are resized with area (down) or bilinear (up) interpolation, dense
@@ -63,8 +74,9 @@ def fit_example(example: dict, resolution: int, rng: np.random.Generator | None 
   side = min(height, width)
   if side < resolution and not allow_upscale:
     raise ValueError(
-        f'{pixel_key} is {height}x{width}, smaller than the resolution {resolution}; '
-        'use a source of larger images, lower the resolution, or set allow_upscale.')
+      f"{pixel_key} is {height}x{width}, smaller than the resolution {resolution}; "
+      "use a source of larger images, lower the resolution, or set allow_upscale."
+    )
   if rng is None:
     y0, x0 = (height - side) // 2, (width - side) // 2
   else:
@@ -79,13 +91,13 @@ def fit_example(example: dict, resolution: int, rng: np.random.Generator | None 
         crop += (slice(None),)
       cropped = array[(Ellipsis,) + crop]
       out[key] = _resize_frames(cropped, key, side, resolution)
-  if 'flow' in out:
-    out['flow'] = (out['flow'] * scale).astype(np.float32)
-  if 'boxes' in example:
-    boxes = np.asarray(example['boxes'], np.float32).reshape(-1, 4)
+  if "flow" in out:
+    out["flow"] = (out["flow"] * scale).astype(np.float32)
+  if "boxes" in example:
+    boxes = np.asarray(example["boxes"], np.float32).reshape(-1, 4)
     boxes = np.clip((boxes - [y0, x0, y0, x0]) * scale, 0, resolution)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    out['boxes'] = boxes[keep]
+    out["boxes"] = boxes[keep]
   return out
 
 
@@ -94,8 +106,13 @@ def fit_example(example: dict, resolution: int, rng: np.random.Generator | None 
 # ---------------------------------------------------------------------------
 
 
-def context_indices(rng: np.random.Generator, num_pairs: int, pool_size: int,
-                    query: int | None = None, repeat: bool = False) -> np.ndarray:
+def context_indices(
+  rng: np.random.Generator,
+  num_pairs: int,
+  pool_size: int,
+  query: int | None = None,
+  repeat: bool = False,
+) -> np.ndarray:
   """`num_pairs` indices into range(pool_size), never `query` (an index of the pool).
 
   Distinct while the pool, less the query, holds num_pairs examples; a smaller pool is
@@ -104,18 +121,26 @@ def context_indices(rng: np.random.Generator, num_pairs: int, pool_size: int,
   available = pool_size - (query is not None)
   replace = num_pairs > available
   if replace and not repeat:
-    besides = ' besides the query' if query is not None else ''
-    raise ValueError(f'{num_pairs} distinct context examples asked of a pool of '
-                     f'{available}{besides}.')
+    besides = " besides the query" if query is not None else ""
+    raise ValueError(
+      f"{num_pairs} distinct context examples asked of a pool of {available}{besides}."
+    )
   if query is None:
     return rng.choice(pool_size, num_pairs, replace=replace)
   others = rng.choice(available, num_pairs, replace=replace)
   return others + (others >= query)  # Skips the query.
 
 
-def render_pair(task: tasks.Task, example: dict, resolution: int, rng: np.random.Generator,
-                *, random_crop: bool = False, window: bool = True,
-                allow_upscale: bool = False) -> tasks.Pair:
+def render_pair(
+  task: tasks.Task,
+  example: dict,
+  resolution: int,
+  rng: np.random.Generator,
+  *,
+  random_crop: bool = False,
+  window: bool = True,
+  allow_upscale: bool = False,
+) -> tasks.Pair:
   """`task`'s (input, target) of one source example, each float32 (T, H, W, 3).
 
   `rng` draws, in turn, the frame window of a video task (with `window` False, its
@@ -128,8 +153,9 @@ def render_pair(task: tasks.Task, example: dict, resolution: int, rng: np.random
   return task(example, rng)
 
 
-def assemble(query: tasks.Pair, context: tasks.Pair, task_id: int,
-             k_max: int | None = None) -> dict:
+def assemble(
+  query: tasks.Pair, context: tasks.Pair, task_id: int, k_max: int | None = None
+) -> dict:
   """The episode of a query pair and K context pairs stacked (K, ...), in k_max slots.
 
   k_max defaults to K (no padding).
@@ -141,19 +167,28 @@ def assemble(query: tasks.Pair, context: tasks.Pair, task_id: int,
   slots[0, :num_pairs] = inputs
   slots[1, :num_pairs] = targets
   return {
-      'context_inputs': slots[0],
-      'context_targets': slots[1],
-      'query': query[0],
-      'target': query[1],
-      'num_pairs': np.int32(num_pairs),
-      'task_id': np.int32(task_id),
+    "context_inputs": slots[0],
+    "context_targets": slots[1],
+    "query": query[0],
+    "target": query[1],
+    "num_pairs": np.int32(num_pairs),
+    "task_id": np.int32(task_id),
   }
 
 
-def render_episode(task: tasks.Task, source, index: int, context: Sequence[int],
-                   rngs: Sequence[np.random.Generator], resolution: int,
-                   k_max: int | None = None, *, pool=None, random_crop: bool = False,
-                   allow_upscale: bool = False) -> dict:
+def render_episode(
+  task: tasks.Task,
+  source,
+  index: int,
+  context: Sequence[int],
+  rngs: Sequence[np.random.Generator],
+  resolution: int,
+  k_max: int | None = None,
+  *,
+  pool=None,
+  random_crop: bool = False,
+  allow_upscale: bool = False,
+) -> dict:
   """The episode of query `source[index]` with the context examples `pool[j]`, j in context.
 
   Args:
@@ -168,14 +203,21 @@ def render_episode(task: tasks.Task, source, index: int, context: Sequence[int],
   Raises:
     ValueError naming the source or context example that does not fit the task.
   """
+
   def render(examples, i, rng, name):
     try:
-      return render_pair(task, examples[int(i)], resolution, rng, random_crop=random_crop,
-                         allow_upscale=allow_upscale)
+      return render_pair(
+        task,
+        examples[int(i)],
+        resolution,
+        rng,
+        random_crop=random_crop,
+        allow_upscale=allow_upscale,
+      )
     except ValueError as e:
-      raise ValueError(f'{name} example {i}: {e}') from e
+      raise ValueError(f"{name} example {i}: {e}") from e
 
-  name, pool = ('Source', source) if pool is None else ('Context', pool)
-  query = render(source, index, rngs[0], 'Source')
+  name, pool = ("Source", source) if pool is None else ("Context", pool)
+  query = render(source, index, rngs[0], "Source")
   pairs = [render(pool, j, rng, name) for j, rng in zip(context, rngs[1:], strict=True)]
   return assemble(query, tuple(np.stack(clips) for clips in zip(*pairs)), task.id, k_max)

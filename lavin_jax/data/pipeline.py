@@ -39,7 +39,6 @@ import numpy as np
 from lavin_jax.data import episodes
 from lavin_jax.data import tasks
 
-
 # ---------------------------------------------------------------------------
 # Episodes.
 # ---------------------------------------------------------------------------
@@ -48,8 +47,13 @@ from lavin_jax.data import tasks
 class EpisodeMaker(grain.transforms.RandomMap):
   """Query index -> one in-context episode (unbatched arrays, see the module doc)."""
 
-  def __init__(self, source, task_list: list[tasks.Task], weights: np.ndarray,
-               config: ml_collections.ConfigDict):
+  def __init__(
+    self,
+    source,
+    task_list: list[tasks.Task],
+    weights: np.ndarray,
+    config: ml_collections.ConfigDict,
+  ):
     self._source = source
     self._tasks = task_list
     self._weights = weights
@@ -59,12 +63,18 @@ class EpisodeMaker(grain.transforms.RandomMap):
     c = self._config
     task = self._tasks[rng.choice(len(self._tasks), p=self._weights)]
     num_pairs = int(rng.integers(c.k_min, c.k_max + 1))
-    context = episodes.context_indices(rng, num_pairs, len(self._source), int(index),
-                                       repeat=True)
-    return episodes.render_episode(task, self._source, int(index), context,
-                                   [rng] * (num_pairs + 1), c.resolution, c.k_max,
-                                   random_crop=c.random_crop,
-                                   allow_upscale=c.allow_upscale)
+    context = episodes.context_indices(rng, num_pairs, len(self._source), int(index), repeat=True)
+    return episodes.render_episode(
+      task,
+      self._source,
+      int(index),
+      context,
+      [rng] * (num_pairs + 1),
+      c.resolution,
+      c.k_max,
+      random_crop=c.random_crop,
+      allow_upscale=c.allow_upscale,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -78,15 +88,19 @@ def active_tasks(config: ml_collections.ConfigDict) -> tuple[list[tasks.Task], n
   for name, weight in weights.items():
     tasks.task_id(name)  # Raises on an unknown name.
     if not weight >= 0:
-      raise ValueError(f'Task weight of {name!r} must be >= 0, got {weight}.')
+      raise ValueError(f"Task weight of {name!r} must be >= 0, got {weight}.")
   chosen = [tasks.get_task(n, config.task) for n, w in weights.items() if w > 0]
   if not chosen:
-    raise ValueError('All task weights are 0; give at least one task a positive weight '
-                     f'in config.task_weights (tasks: {", ".join(tasks.TASK_NAMES)}).')
+    raise ValueError(
+      "All task weights are 0; give at least one task a positive weight "
+      f"in config.task_weights (tasks: {', '.join(tasks.TASK_NAMES)})."
+    )
   frames = {t.name: t.num_frames for t in chosen}
   if len(set(frames.values())) > 1:
-    raise ValueError(f'One pipeline has one frame count, but the tasks have {frames}; '
-                     'make separate image and video pipelines.')
+    raise ValueError(
+      f"One pipeline has one frame count, but the tasks have {frames}; "
+      "make separate image and video pipelines."
+    )
   probs = np.array([weights[t.name] for t in chosen], np.float64)
   return chosen, probs / probs.sum()
 
@@ -97,23 +111,29 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   Worker processes need absl flags parsed (see the module docstring).
   """
   if config.resolution <= 0:
-    raise ValueError(f'resolution must be positive, got {config.resolution}; the model '
-                     'fixes its multiple (lavin_jax.configs.models.pixel_multiple).')
+    raise ValueError(
+      f"resolution must be positive, got {config.resolution}; the model "
+      "fixes its multiple (lavin_jax.configs.models.pixel_multiple)."
+    )
   if not 1 <= config.k_min <= config.k_max:
-    raise ValueError(f'Need 1 <= k_min <= k_max, got k_min={config.k_min}, '
-                     f'k_max={config.k_max}.')
+    raise ValueError(f"Need 1 <= k_min <= k_max, got k_min={config.k_min}, k_max={config.k_max}.")
   if config.worker_count < 0 or config.read_threads < 0:
-    raise ValueError('worker_count and read_threads must be >= 0.')
+    raise ValueError("worker_count and read_threads must be >= 0.")
   if config.worker_count and not flags.FLAGS.is_parsed():
     raise ValueError(
-        'worker_count > 0 starts Grain worker processes, and Grain reads its absl flags '
-        'to start them, but the flags are not parsed: run the program with '
-        'absl.app.run(main), or call flags.FLAGS(sys.argv[:1]) in its main, or set '
-        'worker_count = 0.')
+      "worker_count > 0 starts Grain worker processes, and Grain reads its absl flags "
+      "to start them, but the flags are not parsed: run the program with "
+      "absl.app.run(main), or call flags.FLAGS(sys.argv[:1]) in its main, or set "
+      "worker_count = 0."
+    )
 
 
-def make_pipeline(config: ml_collections.ConfigDict, source, process_index: int | None = None,
-                  process_count: int | None = None) -> grain.IterDataset:
+def make_pipeline(
+  config: ml_collections.ConfigDict,
+  source,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> grain.IterDataset:
   """The Grain dataset of this process's batches; `iter()` it for a checkpointable iterator.
 
   Args:
@@ -125,17 +145,20 @@ def make_pipeline(config: ml_collections.ConfigDict, source, process_index: int 
   check_config(config)
   task_list, probs = active_tasks(config)
   if (process_index is None) != (process_count is None):
-    raise ValueError('Give both process_index and process_count, or neither.')
+    raise ValueError("Give both process_index and process_count, or neither.")
   if process_index is None:
     shard = grain.sharding.ShardByJaxProcess()
   else:
     shard = grain.sharding.ShardOptions(process_index, process_count)
   if config.batch_size % shard.shard_count:
-    raise ValueError(f'batch_size {config.batch_size} does not split evenly over '
-                     f'{shard.shard_count} processes.')
+    raise ValueError(
+      f"batch_size {config.batch_size} does not split evenly over {shard.shard_count} processes."
+    )
   if len(source) < 2:
-    raise ValueError(f'The source has {len(source)} examples; episodes need at least 2 '
-                     '(a query and a different context example).')
+    raise ValueError(
+      f"The source has {len(source)} examples; episodes need at least 2 "
+      "(a query and a different context example)."
+    )
   first = source[0]
   for task in task_list:
     task.check(first)
@@ -143,11 +166,15 @@ def make_pipeline(config: ml_collections.ConfigDict, source, process_index: int 
 
   ds = grain.MapDataset.range(len(source)).seed(config.seed).shuffle().repeat()
   ds = ds.random_map(EpisodeMaker(source, task_list, probs, config))
-  ds = ds[shard.shard_index::shard.shard_count]
+  ds = ds[shard.shard_index :: shard.shard_count]
   ds = ds.batch(config.batch_size // shard.shard_count, drop_remainder=True)
-  iter_ds = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=config.read_threads, prefetch_buffer_size=config.read_buffer_size))
+  iter_ds = ds.to_iter_dataset(
+    grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.read_buffer_size)
+  )
   if config.worker_count:
-    iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size))
+    iter_ds = iter_ds.mp_prefetch(
+      grain.MultiprocessingOptions(
+        num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size
+      )
+    )
   return iter_ds

@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-CLASS_NAMES = ('background', 'sphere', 'box', 'ground', 'wall')
+CLASS_NAMES = ("background", "sphere", "box", "ground", "wall")
 SPHERE, BOX, GROUND, WALL = 1, 2, 3, 4
 _EPS = 1e-4  # Minimum ray parameter of a hit (metres of depth).
 
@@ -38,6 +38,7 @@ _EPS = 1e-4  # Minimum ray parameter of a hit (metres of depth).
 @dataclasses.dataclass(frozen=True)
 class SceneSpec:
   """Ranges from which `sample_scene` draws a scene (lengths in metres)."""
+
   min_objects: int = 2
   max_objects: int = 6
   sphere_radius: tuple[float, float] = (0.3, 0.9)
@@ -68,6 +69,7 @@ class Primitive:
     semantic: class id (index into CLASS_NAMES).
     instance: instance id (0 for the ground and the wall).
   """
+
   kind: str
   size: np.ndarray
   rotations: np.ndarray
@@ -92,6 +94,7 @@ class Scene:
     ambient: fraction of light that reaches surfaces in shadow.
     primitives: the shapes.
   """
+
   height: int
   width: int
   focal: float
@@ -123,10 +126,9 @@ def yaw_rotation(angle: np.ndarray) -> np.ndarray:
   """Rotations (..., 3, 3) by `angle` radians about the world y axis."""
   c, s = np.cos(angle), np.sin(angle)
   zero, one = np.zeros_like(c), np.ones_like(c)
-  return np.stack([
-      np.stack([c, zero, s], -1),
-      np.stack([zero, one, zero], -1),
-      np.stack([-s, zero, c], -1)], -2)
+  return np.stack(
+    [np.stack([c, zero, s], -1), np.stack([zero, one, zero], -1), np.stack([-s, zero, c], -1)], -2
+  )
 
 
 def camera_rays(height: int, width: int, focal: float) -> np.ndarray:
@@ -142,9 +144,9 @@ def camera_rays(height: int, width: int, focal: float) -> np.ndarray:
 # parameter of the nearest hit, inf on a miss) and a normal (local points on its
 # surface -> unit outward normals).
 def _sphere_t(origin, direction, size):
-  a = np.einsum('kn,kn->n', direction, direction)
-  b = np.einsum('kn,kn->n', direction, origin)
-  c = np.einsum('kn,kn->n', origin, origin) - size[0] ** 2
+  a = np.einsum("kn,kn->n", direction, direction)
+  b = np.einsum("kn,kn->n", direction, origin)
+  c = np.einsum("kn,kn->n", origin, origin) - size[0] ** 2
   disc = b * b - a * c
   t = (-b - np.sqrt(np.maximum(disc, 0.0))) / a
   return np.where((disc >= 0) & (t > _EPS), t, np.inf)
@@ -175,7 +177,7 @@ def _box_normal(point, size):
 
 def _plane_t(origin, direction, size):
   del size
-  with np.errstate(divide='ignore', invalid='ignore'):
+  with np.errstate(divide="ignore", invalid="ignore"):
     t = -origin[1] / direction[1]
   return np.where((origin[1] > 0) & (direction[1] < 0) & (t > _EPS), t, np.inf)
 
@@ -185,12 +187,11 @@ def _plane_normal(point, size):
   return np.broadcast_to(np.array([[0.0], [1.0], [0.0]]), point.shape)
 
 
-_RAY_TEST = {'sphere': _sphere_t, 'box': _box_t, 'plane': _plane_t}
-_NORMAL = {'sphere': _sphere_normal, 'box': _box_normal, 'plane': _plane_normal}
+_RAY_TEST = {"sphere": _sphere_t, "box": _box_t, "plane": _plane_t}
+_NORMAL = {"sphere": _sphere_normal, "box": _box_normal, "plane": _plane_normal}
 
 
-def intersect(prim: Primitive, frame: int, origin: np.ndarray,
-              direction: np.ndarray) -> np.ndarray:
+def intersect(prim: Primitive, frame: int, origin: np.ndarray, direction: np.ndarray) -> np.ndarray:
   """Ray parameters (N,) of the nearest hits of world rays with `prim`, inf on a miss.
 
   `origin` and `direction` are (3, N) or (3, 1).
@@ -200,17 +201,18 @@ def intersect(prim: Primitive, frame: int, origin: np.ndarray,
   direction_local = rotation.T @ direction
   n = max(origin.shape[1], direction.shape[1])
   origin_local, direction_local = np.broadcast_arrays(
-      origin_local, direction_local, np.empty((1, n)))[:2]
+    origin_local, direction_local, np.empty((1, n))
+  )[:2]
   return _RAY_TEST[prim.kind](origin_local, direction_local, prim.size)
 
 
 def _albedo(prim: Primitive, local_point: np.ndarray) -> np.ndarray:
   """Texture colour (3, N) at local points (3, N)."""
   cells = np.floor(local_point / prim.period).astype(np.int64)
-  if prim.pattern == 'checker':
+  if prim.pattern == "checker":
     choice = cells.sum(0) % 2
-  elif prim.pattern == 'stripes':
-    choice = cells[0 if prim.kind == 'plane' else 1] % 2
+  elif prim.pattern == "stripes":
+    choice = cells[0 if prim.kind == "plane" else 1] % 2
   else:
     choice = np.zeros(local_point.shape[1], np.int64)
   return prim.colors[choice].T
@@ -221,8 +223,9 @@ def project(scene: Scene, frame: int, points: np.ndarray) -> np.ndarray:
   eye = scene.camera_positions[frame][:, None]
   cam = scene.camera_rotations[frame] @ (points - eye)
   z = np.maximum(cam[2], 1e-6)
-  return np.stack([scene.focal * cam[0] / z + scene.width / 2,
-                   scene.focal * cam[1] / z + scene.height / 2])
+  return np.stack(
+    [scene.focal * cam[0] / z + scene.width / 2, scene.focal * cam[1] / z + scene.height / 2]
+  )
 
 
 # ----------------------------------------------------------------------------------
@@ -256,7 +259,7 @@ def render_frame(scene: Scene, frame: int) -> dict[str, np.ndarray]:
     sel = index == i
     rotation, translation = prim.rotations[frame], prim.translations[frame]
     point = rotation.T @ (world_point[:, sel] - translation[:, None])
-    if prim.kind == 'plane':
+    if prim.kind == "plane":
       point[1] = 0.0  # On the plane: keep rounding off the texture's y cells.
     local_point[:, sel] = point
     normal[:, sel] = rotation @ _NORMAL[prim.kind](point, prim.size)
@@ -269,25 +272,26 @@ def render_frame(scene: Scene, frame: int) -> dict[str, np.ndarray]:
   lit = np.flatnonzero(lambert > 0)
   shadow_origin = world_point[:, lit] + 1e-3 * normal[:, lit]
   for prim in scene.primitives:
-    if prim.kind != 'plane':
+    if prim.kind != "plane":
       blocked = np.isfinite(intersect(prim, frame, shadow_origin, scene.light[:, None]))
       lambert[lit[blocked]] = 0.0
   shade = scene.ambient + (1.0 - scene.ambient) * lambert
   color = np.where(hit, albedo * shade, 0.0).T.reshape(h, w, 3)
 
   return {
-      'image': np.round(np.clip(color, 0.0, 1.0) * 255).astype(np.uint8),
-      'depth': depth.astype(np.float32).reshape(h, w),
-      'normals': (cam_rotation @ normal).T.astype(np.float32).reshape(h, w, 3),
-      'instances': instances.reshape(h, w),
-      'semantic': semantic.reshape(h, w),
-      'primitive': index,
-      'local_point': local_point,
+    "image": np.round(np.clip(color, 0.0, 1.0) * 255).astype(np.uint8),
+    "depth": depth.astype(np.float32).reshape(h, w),
+    "normals": (cam_rotation @ normal).T.astype(np.float32).reshape(h, w, 3),
+    "instances": instances.reshape(h, w),
+    "semantic": semantic.reshape(h, w),
+    "primitive": index,
+    "local_point": local_point,
   }
 
 
-def forward_flow(scene: Scene, frame: int, primitive: np.ndarray,
-                 local_point: np.ndarray) -> np.ndarray:
+def forward_flow(
+  scene: Scene, frame: int, primitive: np.ndarray, local_point: np.ndarray
+) -> np.ndarray:
   """Flow (H, W, 2) from `frame` to `frame + 1` of the points `render_frame` saw."""
   h, w = scene.height, scene.width
   world_next = np.zeros((3, h * w))
@@ -311,13 +315,17 @@ def render(scene: Scene) -> dict[str, np.ndarray]:
     (T - 1, H, W, 2). Instance ids are those of the scene in every frame.
   """
   frames = [render_frame(scene, k) for k in range(scene.num_frames)]
-  flows = [forward_flow(scene, k, f['primitive'], f['local_point'])
-           for k, f in enumerate(frames[:-1])]
-  out = {key: np.stack([f[key] for f in frames])
-         for key in ('image', 'depth', 'normals', 'instances', 'semantic')}
-  out['video'] = out.pop('image')
-  out['flow'] = (np.stack(flows) if flows else
-                 np.zeros((0, scene.height, scene.width, 2), np.float32))
+  flows = [
+    forward_flow(scene, k, f["primitive"], f["local_point"]) for k, f in enumerate(frames[:-1])
+  ]
+  out = {
+    key: np.stack([f[key] for f in frames])
+    for key in ("image", "depth", "normals", "instances", "semantic")
+  }
+  out["video"] = out.pop("image")
+  out["flow"] = (
+    np.stack(flows) if flows else np.zeros((0, scene.height, scene.width, 2), np.float32)
+  )
   return out
 
 
@@ -349,38 +357,53 @@ def _ranged(rng, bounds, size=None):
 
 
 def _texture(rng, period_range):
-  return dict(colors=rng.uniform(0.05, 1.0, (2, 3)),
-              pattern=str(rng.choice(['checker', 'checker', 'stripes', 'plain'])),
-              period=float(_ranged(rng, period_range)))
+  return dict(
+    colors=rng.uniform(0.05, 1.0, (2, 3)),
+    pattern=str(rng.choice(["checker", "checker", "stripes", "plain"])),
+    period=float(_ranged(rng, period_range)),
+  )
 
 
 def _static(matrix, vector, num_frames):
-  return (np.broadcast_to(matrix, (num_frames, 3, 3)),
-          np.broadcast_to(vector, (num_frames, 3)))
+  return (np.broadcast_to(matrix, (num_frames, 3, 3)), np.broadcast_to(vector, (num_frames, 3)))
 
 
-def sample_scene(rng: np.random.Generator, num_frames: int, height: int, width: int,
-                 spec: SceneSpec = SceneSpec()) -> Scene:
+def sample_scene(
+  rng: np.random.Generator, num_frames: int, height: int, width: int, spec: SceneSpec = SceneSpec()
+) -> Scene:
   """Draws a random scene of `num_frames` frames from `spec`."""
   frames = np.arange(num_frames)[:, None]
   ground_rot, ground_pos = _static(np.eye(3), np.zeros(3), num_frames)
   wall_axes = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
-  wall_rot, wall_pos = _static(
-      wall_axes, [0.0, 0.0, _ranged(rng, spec.wall_distance)], num_frames)
+  wall_rot, wall_pos = _static(wall_axes, [0.0, 0.0, _ranged(rng, spec.wall_distance)], num_frames)
   primitives = [
-      Primitive('plane', np.zeros(3), ground_rot, ground_pos, semantic=GROUND,
-                instance=0, **_texture(rng, spec.plane_texture_period)),
-      Primitive('plane', np.zeros(3), wall_rot, wall_pos, semantic=WALL, instance=0,
-                **_texture(rng, spec.plane_texture_period)),
+    Primitive(
+      "plane",
+      np.zeros(3),
+      ground_rot,
+      ground_pos,
+      semantic=GROUND,
+      instance=0,
+      **_texture(rng, spec.plane_texture_period),
+    ),
+    Primitive(
+      "plane",
+      np.zeros(3),
+      wall_rot,
+      wall_pos,
+      semantic=WALL,
+      instance=0,
+      **_texture(rng, spec.plane_texture_period),
+    ),
   ]
   centres = []
   for instance in range(1, rng.integers(spec.min_objects, spec.max_objects + 1) + 1):
     if rng.random() < 0.5:
-      kind, semantic = 'sphere', SPHERE
+      kind, semantic = "sphere", SPHERE
       size = np.full(3, _ranged(rng, spec.sphere_radius))
       height_above = size[1] + (rng.random() < 0.3) * rng.uniform(0.0, 0.8)
     else:
-      kind, semantic = 'box', BOX
+      kind, semantic = "box", BOX
       size = _ranged(rng, spec.box_half_extent, 3)
       height_above = size[1]
     for _ in range(20):  # Avoid starting inside another object.
@@ -392,9 +415,17 @@ def sample_scene(rng: np.random.Generator, num_frames: int, height: int, width: 
     velocity[[0, 2]] = rng.uniform(-spec.object_speed, spec.object_speed, 2)
     spin = rng.uniform(-1, 1) * spec.spin_speed
     yaw = rng.uniform(0, 2 * np.pi) + spin * frames[:, 0]
-    primitives.append(Primitive(
-        kind, size, yaw_rotation(yaw), centre + velocity * frames, semantic=semantic,
-        instance=instance, **_texture(rng, spec.texture_period)))
+    primitives.append(
+      Primitive(
+        kind,
+        size,
+        yaw_rotation(yaw),
+        centre + velocity * frames,
+        semantic=semantic,
+        instance=instance,
+        **_texture(rng, spec.texture_period),
+      )
+    )
 
   eye = rng.uniform([-1.5, 1.2, -2.0], [1.5, 2.5, 0.0])
   target = rng.uniform([-0.5, 0.2, 4.0], [0.5, 1.0, 6.0])
@@ -403,33 +434,38 @@ def sample_scene(rng: np.random.Generator, num_frames: int, height: int, width: 
   fov = np.deg2rad(_ranged(rng, spec.field_of_view_degrees))
   light = np.array([rng.uniform(-1, 1), rng.uniform(0.8, 1.5), rng.uniform(-1, 0.2)])
   return Scene(
-      height=height, width=width, focal=float(width / 2 / np.tan(fov / 2)),
-      camera_positions=eyes,
-      camera_rotations=np.stack([look_at(e, t) for e, t in zip(eyes, targets)]),
-      light=light / np.linalg.norm(light), ambient=float(rng.uniform(0.25, 0.45)),
-      primitives=tuple(primitives))
+    height=height,
+    width=width,
+    focal=float(width / 2 / np.tan(fov / 2)),
+    camera_positions=eyes,
+    camera_rotations=np.stack([look_at(e, t) for e, t in zip(eyes, targets)]),
+    light=light / np.linalg.norm(light),
+    ambient=float(rng.uniform(0.25, 0.45)),
+    primitives=tuple(primitives),
+  )
 
 
-def render_image(seed: int | Sequence[int], height: int, width: int,
-                 spec: SceneSpec = SceneSpec()) -> dict[str, np.ndarray]:
+def render_image(
+  seed: int | Sequence[int], height: int, width: int, spec: SceneSpec = SceneSpec()
+) -> dict[str, np.ndarray]:
   """One random still: the source schema's image example (see sources.py).
 
   Instance ids are renumbered 1..N over the objects in view, and 'boxes' (N, 4) holds
   their boxes.
   """
   out = render(sample_scene(np.random.default_rng(seed), 1, height, width, spec))
-  example = {key: out[key][0] for key in ('depth', 'normals', 'instances', 'semantic')}
-  example['image'] = out['video'][0]
-  example['instances'] = compact_instances(example['instances'])
-  example['boxes'] = instance_boxes(example['instances'],
-                                    int(example['instances'].max(initial=0)))
+  example = {key: out[key][0] for key in ("depth", "normals", "instances", "semantic")}
+  example["image"] = out["video"][0]
+  example["instances"] = compact_instances(example["instances"])
+  example["boxes"] = instance_boxes(example["instances"], int(example["instances"].max(initial=0)))
   return example
 
 
-def render_clip(seed: int | Sequence[int], num_frames: int, height: int, width: int,
-                spec: SceneSpec = SceneSpec()) -> dict[str, np.ndarray]:
+def render_clip(
+  seed: int | Sequence[int], num_frames: int, height: int, width: int, spec: SceneSpec = SceneSpec()
+) -> dict[str, np.ndarray]:
   """One random clip: the source schema's video example (see sources.py)."""
   scene = sample_scene(np.random.default_rng(seed), num_frames, height, width, spec)
   out = render(scene)
-  out['instances'] = compact_instances(out['instances'])
+  out["instances"] = compact_instances(out["instances"])
   return out

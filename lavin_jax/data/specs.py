@@ -25,14 +25,13 @@ from lavin_jax.data import sources
 from lavin_jax.data import synthetic
 
 
-def _tfds(name, split='train', data_dir=None, min_size=None):
+def _tfds(name, split="train", data_dir=None, min_size=None):
   return sources.TfdsSource(name, split, data_dir, min_size=min_size)
 
 
-def _synthetic(name='small', content='images', split='train', data_dir=None,
-               min_size=None):
+def _synthetic(name="small", content="images", split="train", data_dir=None, min_size=None):
   if split in synthetic.CONTENTS:  # 'split=clips' reads the train split of clips.
-    content, split = split, 'train'
+    content, split = split, "train"
   return synthetic.load_synthetic(data_dir, name, content, split, min_size)
 
 
@@ -42,50 +41,54 @@ def _photos(min_size=None):
 
 # kind -> (factory, name of the argument after the colon or None).
 _KINDS: dict[str, tuple[Callable[..., Any], str | None]] = {
-    'tfds': (_tfds, 'name'),
-    'folder': (sources.image_folder, 'folder'),
-    'templates': (sources.TemplateFolderSource, 'folder'),
-    'photos': (_photos, None),
-    'synthetic': (_synthetic, 'name'),
+  "tfds": (_tfds, "name"),
+  "folder": (sources.image_folder, "folder"),
+  "templates": (sources.TemplateFolderSource, "folder"),
+  "photos": (_photos, None),
+  "synthetic": (_synthetic, "name"),
 }
 
 
 def parse_spec(spec: str) -> dict[str, Any]:
   """'kind:arg,key=value,...' -> {'kind': ..., <arg name>: arg, key: value}."""
-  kind, sep, rest = re.match(r'([^:,]*)([:,]?)(.*)', spec).groups()
-  if sep == ',':  # Options, no argument.
-    rest = ',' + rest
+  kind, sep, rest = re.match(r"([^:,]*)([:,]?)(.*)", spec).groups()
+  if sep == ",":  # Options, no argument.
+    rest = "," + rest
   if kind not in _KINDS:
-    raise ValueError(f'Unknown source kind {kind!r} in {spec!r}; expected one of '
-                     f'{sorted(_KINDS)} (e.g. "folder:/path/to/images").')
-  fields = {'kind': kind}
-  parts = rest.split(',')
+    raise ValueError(
+      f"Unknown source kind {kind!r} in {spec!r}; expected one of "
+      f'{sorted(_KINDS)} (e.g. "folder:/path/to/images").'
+    )
+  fields = {"kind": kind}
+  parts = rest.split(",")
   arg_name = _KINDS[kind][1]
   if parts[0]:
     if arg_name is None:
-      raise ValueError(
-          f'Source {kind!r} takes no argument, got {parts[0]!r} in {spec!r}.')
+      raise ValueError(f"Source {kind!r} takes no argument, got {parts[0]!r} in {spec!r}.")
     fields[arg_name] = parts[0]
   for part in parts[1:]:
-    key, eq, value = part.partition('=')
+    key, eq, value = part.partition("=")
     if not eq:
-      raise ValueError(f'Source option {part!r} in {spec!r} is not key=value.')
-    fields[key.strip()] = int(value) if key.strip() == 'min_size' else value
+      raise ValueError(f"Source option {part!r} in {spec!r} is not key=value.")
+    fields[key.strip()] = int(value) if key.strip() == "min_size" else value
   return fields
 
 
 def get_source(spec: str | Mapping[str, Any]):
   """A source from a spec string or a dict / ConfigDict (see the module docstring)."""
-  fields = parse_spec(spec) if isinstance(spec, str) else dict(
-      spec.to_dict() if hasattr(spec, 'to_dict') else spec)
-  kind = fields.pop('kind', None)
+  fields = (
+    parse_spec(spec)
+    if isinstance(spec, str)
+    else dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
+  )
+  kind = fields.pop("kind", None)
   if kind not in _KINDS:
-    raise ValueError(f'Unknown source kind {kind!r}; expected one of {sorted(_KINDS)}.')
+    raise ValueError(f"Unknown source kind {kind!r}; expected one of {sorted(_KINDS)}.")
   factory, arg_name = _KINDS[kind]
-  if 'path' in fields and arg_name == 'folder':
-    fields['folder'] = fields.pop('path')
+  if "path" in fields and arg_name == "folder":
+    fields["folder"] = fields.pop("path")
   try:
     inspect.signature(factory).bind(**fields)
   except TypeError as e:
-    raise ValueError(f'Bad options {sorted(fields)} for source {kind!r}: {e}.') from e
+    raise ValueError(f"Bad options {sorted(fields)} for source {kind!r}: {e}.") from e
   return factory(**fields)

@@ -43,7 +43,7 @@ from lavin_jax.io import pixels as pixels_lib
 Array = np.ndarray
 Pair = tuple[Array, Array]
 # Per-frame annotation keys: (H, W[, C]) for images, (T, H, W[, C]) for videos.
-FRAME_KEYS = ('depth', 'normals', 'instances', 'semantic')
+FRAME_KEYS = ("depth", "normals", "instances", "semantic")
 
 
 # ---------------------------------------------------------------------------
@@ -112,14 +112,13 @@ def decode_flow(pixels: Array, config: ml_collections.ConfigDict) -> Array:
   hsv = _per_frame(lambda f: cv2.cvtColor(f, cv2.COLOR_RGB2HSV), _unit(pixels))
   angle = np.radians(hsv[..., 0])
   magnitude = hsv[..., 1] * config.flow_max
-  return np.stack([magnitude * np.cos(angle), magnitude * np.sin(angle)], -1).astype(
-      np.float32)
+  return np.stack([magnitude * np.cos(angle), magnitude * np.sin(angle)], -1).astype(np.float32)
 
 
 def _palette_table() -> Array:
   """(64, 3) pixels: row 0 black, rows 1..63 the non-black 4-level grid colours."""
   levels = np.arange(4) / 3.0
-  grid = np.stack(np.meshgrid(levels, levels, levels, indexing='ij'), -1).reshape(-1, 3)
+  grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
   order = (np.arange(63) * 22 + 62) % 63 + 1  # A fixed walk through the grid.
   return _from_unit(np.concatenate([grid[:1], grid[order]]))
 
@@ -176,8 +175,9 @@ def line_kernel(length: int, angle_degrees: float) -> Array:
   return kernel / kernel.sum()
 
 
-def inpainting_mask(height: int, width: int, rng: np.random.Generator,
-                    config: ml_collections.ConfigDict) -> Array:
+def inpainting_mask(
+  height: int, width: int, rng: np.random.Generator, config: ml_collections.ConfigDict
+) -> Array:
   """Boolean (H, W) square hole of side inpaint_fraction * min(H, W)."""
   side = int(round(config.inpaint_fraction * min(height, width)))
   if config.inpaint_random:
@@ -186,7 +186,7 @@ def inpainting_mask(height: int, width: int, rng: np.random.Generator,
   else:
     y0, x0 = (height - side) // 2, (width - side) // 2
   mask = np.zeros((height, width), bool)
-  mask[y0:y0 + side, x0:x0 + side] = True
+  mask[y0 : y0 + side, x0 : x0 + side] = True
   return mask
 
 
@@ -196,19 +196,21 @@ def _gray(frame: Array) -> Array:
 
 def _motion_blur(frame, rng, config):
   length = rng.integers(config.motion_blur_length[0], config.motion_blur_length[1] + 1)
-  return cv2.filter2D(frame, -1, line_kernel(length, rng.uniform(0.0, 180.0)),
-                      borderType=cv2.BORDER_REFLECT)
+  return cv2.filter2D(
+    frame, -1, line_kernel(length, rng.uniform(0.0, 180.0)), borderType=cv2.BORDER_REFLECT
+  )
 
 
 def _glass_blur(frame, rng, config):
   height, width = frame.shape[:2]
   blurred = cv2.GaussianBlur(frame, (0, 0), config.glass_sigma)
-  jitter = rng.integers(-config.glass_jitter, config.glass_jitter + 1,
-                        size=(2, height, width)).astype(np.float32)
-  cols, rows = np.meshgrid(np.arange(width, dtype=np.float32),
-                           np.arange(height, dtype=np.float32))
-  shuffled = cv2.remap(blurred, cols + jitter[0], rows + jitter[1], cv2.INTER_NEAREST,
-                       borderMode=cv2.BORDER_REFLECT)
+  jitter = rng.integers(
+    -config.glass_jitter, config.glass_jitter + 1, size=(2, height, width)
+  ).astype(np.float32)
+  cols, rows = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+  shuffled = cv2.remap(
+    blurred, cols + jitter[0], rows + jitter[1], cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT
+  )
   return cv2.GaussianBlur(shuffled, (0, 0), config.glass_sigma)
 
 
@@ -230,7 +232,7 @@ def _rain(frame, rng, config):
 
 def _photometric(degrade, clip, rng, config):
   """Pair: input = degrade(frame) for each frame, target = the frames."""
-  frames = clip['frames']
+  frames = clip["frames"]
   degraded = _per_frame(lambda f: degrade(f, rng, config), frames)
   return pixels_lib.to_float(degraded), pixels_lib.to_float(frames)
 
@@ -242,13 +244,14 @@ def _grey_input(frame, rng, config):
 
 def _canny(clip, rng, config):
   del rng
-  edges = _per_frame(lambda f: cv2.Canny(_gray(f), config.canny_low, config.canny_high),
-                     clip['frames'])
-  return pixels_lib.to_float(clip['frames']), render_mask(edges > 0)
+  edges = _per_frame(
+    lambda f: cv2.Canny(_gray(f), config.canny_low, config.canny_high), clip["frames"]
+  )
+  return pixels_lib.to_float(clip["frames"]), render_mask(edges > 0)
 
 
 def _inpainting(clip, rng, config):
-  frames = pixels_lib.to_float(clip['frames'])
+  frames = pixels_lib.to_float(clip["frames"])
   mask = inpainting_mask(*frames.shape[1:3], rng, config)
   holed = frames.copy()
   holed[:, mask] = 0.0
@@ -258,7 +261,7 @@ def _inpainting(clip, rng, config):
 def _annotation(render, clip, rng, config):
   """Pair: input = the frames, target = render(clip, config)."""
   del rng
-  return pixels_lib.to_float(clip['frames']), render(clip, config)
+  return pixels_lib.to_float(clip["frames"]), render(clip, config)
 
 
 def _swapped(render, clip, rng, config):
@@ -268,35 +271,35 @@ def _swapped(render, clip, rng, config):
 
 
 def _depth(clip, config):
-  return render_depth(clip['depth'], config)
+  return render_depth(clip["depth"], config)
 
 
 def _normals(clip, config):
   del config
-  return render_normals(clip['normals'])
+  return render_normals(clip["normals"])
 
 
 def _instances(clip, config):
   del config
-  return palette(clip['instances'])
+  return palette(clip["instances"])
 
 
 def _panoptic(clip, config):
-  instances = clip['instances']
+  instances = clip["instances"]
   shades = np.asarray(config.panoptic_shades, np.float32)
   shade = np.where(instances > 0, shades[instances % len(shades)], 1.0)[..., None]
-  return _from_unit(_unit(palette(clip['semantic'])) * shade)
+  return _from_unit(_unit(palette(clip["semantic"])) * shade)
 
 
 def _foreground(clip, config):
   del config
-  return render_mask(clip['instances'] > 0)
+  return render_mask(clip["instances"] > 0)
 
 
 def _largest_box(clip, config):
   del config
-  height, width = clip['frames'].shape[1:3]
-  boxes = np.asarray(clip['boxes'], np.float32).reshape(-1, 4)
+  height, width = clip["frames"].shape[1:3]
+  boxes = np.asarray(clip["boxes"], np.float32).reshape(-1, 4)
   areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
   if not areas.size or areas.max() <= 0:
     return render_mask(np.zeros((1, height, width), bool))
@@ -304,15 +307,15 @@ def _largest_box(clip, config):
 
 
 def _flow(clip, config):
-  flow = render_flow(clip['flow'], config)
+  flow = render_flow(clip["flow"], config)
   still = np.ones_like(flow[:1])  # Zero flow is white.
   return np.concatenate([still, flow])
 
 
 def _frame_prediction(clip, rng, config):
   del rng
-  frames = pixels_lib.to_float(clip['frames'])
-  return frames[:config.num_frames], frames[config.num_frames:]
+  frames = pixels_lib.to_float(clip["frames"])
+  return frames[: config.num_frames], frames[config.num_frames :]
 
 
 # ---------------------------------------------------------------------------
@@ -323,6 +326,7 @@ def _frame_prediction(clip, rng, config):
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
   """How a task makes a pair and how its target decodes (what it reads: TASKS)."""
+
   pair_fn: Callable[[dict, np.random.Generator, ml_collections.ConfigDict], Pair]
   decode_fn: Callable[[Array, ml_collections.ConfigDict], Array] | None = None
   frames_per_clip: int = 1  # Source frames consumed per output frame.
@@ -339,35 +343,34 @@ def _flow_decode(pixels, config):
 
 _DEPTH = TaskSpec(partial(_annotation, _depth), decode_depth)
 _NORMALS = TaskSpec(partial(_annotation, _normals), partial(_without_config, decode_normals))
-_INSTANCES = TaskSpec(partial(_annotation, _instances),
-                      partial(_without_config, decode_palette))
+_INSTANCES = TaskSpec(partial(_annotation, _instances), partial(_without_config, decode_palette))
 _MASK_DECODE = partial(_without_config, decode_mask)
 
 # Pair functions of the tasks of lavin_jax.configs.tasks.TASKS, in the same order.
 REGISTRY: dict[str, TaskSpec] = {
-    # Image tasks.
-    'colorization': TaskSpec(partial(_photometric, _grey_input)),
-    'inpainting': TaskSpec(_inpainting),
-    'canny_edges': TaskSpec(_canny, _MASK_DECODE),
-    'de_motion_blur': TaskSpec(partial(_photometric, _motion_blur)),
-    'de_glass_blur': TaskSpec(partial(_photometric, _glass_blur)),
-    'de_raining': TaskSpec(partial(_photometric, _rain)),
-    'depth_estimation': _DEPTH,
-    'depth_to_image': TaskSpec(partial(_swapped, _depth)),
-    'normal_estimation': _NORMALS,
-    'normal_to_image': TaskSpec(partial(_swapped, _normals)),
-    'instance_segmentation': _INSTANCES,
-    'panoptic_segmentation': TaskSpec(partial(_annotation, _panoptic)),
-    'detection': TaskSpec(partial(_annotation, _largest_box), _MASK_DECODE),
-    'foreground_segmentation': TaskSpec(partial(_annotation, _foreground), _MASK_DECODE),
-    # Video tasks.
-    'frame_prediction': TaskSpec(_frame_prediction, frames_per_clip=2),
-    'video_depth': _DEPTH,
-    'video_normals': _NORMALS,
-    'optical_flow': TaskSpec(partial(_annotation, _flow), _flow_decode),
-    'video_instance_segmentation': _INSTANCES,
-    'depth_to_video': TaskSpec(partial(_swapped, _depth)),
-    'normal_to_video': TaskSpec(partial(_swapped, _normals)),
+  # Image tasks.
+  "colorization": TaskSpec(partial(_photometric, _grey_input)),
+  "inpainting": TaskSpec(_inpainting),
+  "canny_edges": TaskSpec(_canny, _MASK_DECODE),
+  "de_motion_blur": TaskSpec(partial(_photometric, _motion_blur)),
+  "de_glass_blur": TaskSpec(partial(_photometric, _glass_blur)),
+  "de_raining": TaskSpec(partial(_photometric, _rain)),
+  "depth_estimation": _DEPTH,
+  "depth_to_image": TaskSpec(partial(_swapped, _depth)),
+  "normal_estimation": _NORMALS,
+  "normal_to_image": TaskSpec(partial(_swapped, _normals)),
+  "instance_segmentation": _INSTANCES,
+  "panoptic_segmentation": TaskSpec(partial(_annotation, _panoptic)),
+  "detection": TaskSpec(partial(_annotation, _largest_box), _MASK_DECODE),
+  "foreground_segmentation": TaskSpec(partial(_annotation, _foreground), _MASK_DECODE),
+  # Video tasks.
+  "frame_prediction": TaskSpec(_frame_prediction, frames_per_clip=2),
+  "video_depth": _DEPTH,
+  "video_normals": _NORMALS,
+  "optical_flow": TaskSpec(partial(_annotation, _flow), _flow_decode),
+  "video_instance_segmentation": _INSTANCES,
+  "depth_to_video": TaskSpec(partial(_swapped, _depth)),
+  "normal_to_video": TaskSpec(partial(_swapped, _normals)),
 }
 TASK_NAMES = task_table.TASK_NAMES  # A task's id is its index here.
 
@@ -380,31 +383,34 @@ def task_id(name: str) -> int:
 
 def _check_name(name: str) -> None:
   if name not in REGISTRY:
-    raise ValueError(f'Unknown task {name!r}; known tasks: {", ".join(TASK_NAMES)}.')
+    raise ValueError(f"Unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}.")
 
 
 def check_num_frames(num_frames: int) -> None:
   """Raises unless num_frames = 1 + 4k (k >= 0)."""
   if num_frames < 1 or (num_frames - 1) % 4:
-    raise ValueError(f'num_frames must be 1 + 4k (1, 5, 9, ...) to match the ST-VAE\'s '
-                     f'temporal compression; got {num_frames}.')
+    raise ValueError(
+      f"num_frames must be 1 + 4k (1, 5, 9, ...) to match the ST-VAE's "
+      f"temporal compression; got {num_frames}."
+    )
 
 
 def take_frames(example: dict, start: int, length: int) -> dict:
   """Frames [start, start + length) of a video example, its annotations alike."""
   out = dict(example)
-  out['video'] = example['video'][start:start + length]
+  out["video"] = example["video"][start : start + length]
   for key in FRAME_KEYS:
     if key in example:
-      out[key] = example[key][start:start + length]
-  if 'flow' in example:
-    out['flow'] = example['flow'][start:start + length - 1]
+      out[key] = example[key][start : start + length]
+  if "flow" in example:
+    out["flow"] = example["flow"][start : start + length - 1]
   return out
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
   """A task bound to its options; `task(example, rng)` -> (input, target)."""
+
   name: str
   spec: TaskSpec
   config: ml_collections.ConfigDict
@@ -430,52 +436,55 @@ class Task:
   @property
   def num_frames(self) -> int:
     """Frames T of the input and of the target clip."""
-    return 1 if self.media == 'image' else self.config.num_frames
+    return 1 if self.media == "image" else self.config.num_frames
 
   @property
   def source_frames(self) -> int:
     """Frames a video example must have (0 for image tasks)."""
-    return 0 if self.media == 'image' else self.num_frames * self.spec.frames_per_clip
+    return 0 if self.media == "image" else self.num_frames * self.spec.frames_per_clip
 
   def check(self, example: dict) -> None:
     """Raises a ValueError naming the task and what `example` lacks."""
     for key in self.needs:
       if key not in example:
         raise ValueError(
-            f'Task {self.name!r} needs {key!r} in each source example, but the example '
-            f'has only {sorted(example)}; use a source with {key!r} or drop the task '
-            '(weight 0).')
-    if self.source_frames and len(example['video']) < self.source_frames:
+          f"Task {self.name!r} needs {key!r} in each source example, but the example "
+          f"has only {sorted(example)}; use a source with {key!r} or drop the task "
+          "(weight 0)."
+        )
+    if self.source_frames and len(example["video"]) < self.source_frames:
       raise ValueError(
-          f'Task {self.name!r} needs clips of at least {self.source_frames} frames, but '
-          f'the example has {len(example["video"])}; lower num_frames or use longer '
-          'clips.')
+        f"Task {self.name!r} needs clips of at least {self.source_frames} frames, but "
+        f"the example has {len(example['video'])}; lower num_frames or use longer "
+        "clips."
+      )
 
   def window(self, example: dict, rng: np.random.Generator) -> dict:
     """A random window of `source_frames` frames of a video example (images: as is)."""
     self.check(example)
     if not self.source_frames:
       return example
-    start = rng.integers(0, len(example['video']) - self.source_frames + 1)
+    start = rng.integers(0, len(example["video"]) - self.source_frames + 1)
     return take_frames(example, int(start), self.source_frames)
 
   def __call__(self, example: dict, rng: np.random.Generator) -> Pair:
     """(input, target), each float32 (T, H, W, 3) in [-1, 1]."""
     self.check(example)
-    if self.media == 'image':
+    if self.media == "image":
       clip = {k: v[None] if k in FRAME_KEYS else v for k, v in example.items()}
-      clip['frames'] = example['image'][None]
+      clip["frames"] = example["image"][None]
     else:
       clip = take_frames(example, 0, self.source_frames)
-      clip['frames'] = clip['video']
+      clip["frames"] = clip["video"]
     inputs, targets = self.spec.pair_fn(clip, rng, self.config)
     return inputs.astype(np.float32), targets.astype(np.float32)
 
   def decode(self, target: Array) -> Array:
     """Values of a rendered target (T, H, W, 3): depth, normals, flow, ids or a mask."""
     if self.spec.decode_fn is None:
-      raise ValueError(f'Task {self.name!r} has no decoder: its target is an image to be '
-                       'compared as pixels.')
+      raise ValueError(
+        f"Task {self.name!r} has no decoder: its target is an image to be compared as pixels."
+      )
     return self.spec.decode_fn(np.asarray(target, np.float32), self.config)
 
 

@@ -27,14 +27,16 @@ import numpy as np
 from lavin_jax.eval import weights
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
-INCEPTION_SOURCE = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-                    + INCEPTION_FILE)
+INCEPTION_SOURCE = (
+  "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + INCEPTION_FILE
+)
 INPUT_SIZE = 299
 _MIN_SIZE = 8  # smaller images are not meaningful inputs, even though they are resized
 
 
 class BasicConv(nn.Module):
   """Conv (no bias) + BatchNorm (running statistics, eps 1e-3) + ReLU."""
+
   features: int
   kernel: int | tuple[int, int]
   strides: int = 1
@@ -43,8 +45,9 @@ class BasicConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     kernel = (self.kernel,) * 2 if isinstance(self.kernel, int) else self.kernel
-    x = nn.Conv(self.features, kernel, strides=self.strides, padding=self.padding,
-                use_bias=False, name="conv")(x)
+    x = nn.Conv(
+      self.features, kernel, strides=self.strides, padding=self.padding, use_bias=False, name="conv"
+    )(x)
     x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name="bn")(x)
     return nn.relu(x)
 
@@ -59,6 +62,7 @@ def _max_pool_3x3_stride2(x):
 
 class InceptionA(nn.Module):
   """Mixed_5b/c/d (FIDInceptionA)."""
+
   pool_features: int
 
   @nn.compact
@@ -87,6 +91,7 @@ class InceptionB(nn.Module):
 
 class InceptionC(nn.Module):
   """Mixed_6b/c/d/e (FIDInceptionC): factorised 7x7 convolutions."""
+
   channels_7x7: int
 
   @nn.compact
@@ -121,18 +126,29 @@ class InceptionD(nn.Module):
 
 class InceptionE(nn.Module):
   """Mixed_7b (FIDInceptionE_1, average pool) and Mixed_7c (FIDInceptionE_2, max pool)."""
+
   max_pool: bool
 
   @nn.compact
   def __call__(self, x):
     b1 = BasicConv(320, 1, name="branch1x1")(x)
     b3 = BasicConv(384, 1, name="branch3x3_1")(x)
-    b3 = jnp.concatenate([BasicConv(384, (1, 3), name="branch3x3_2a")(b3),
-                          BasicConv(384, (3, 1), name="branch3x3_2b")(b3)], axis=-1)
+    b3 = jnp.concatenate(
+      [
+        BasicConv(384, (1, 3), name="branch3x3_2a")(b3),
+        BasicConv(384, (3, 1), name="branch3x3_2b")(b3),
+      ],
+      axis=-1,
+    )
     bd = BasicConv(448, 1, name="branch3x3dbl_1")(x)
     bd = BasicConv(384, 3, name="branch3x3dbl_2")(bd)
-    bd = jnp.concatenate([BasicConv(384, (1, 3), name="branch3x3dbl_3a")(bd),
-                          BasicConv(384, (3, 1), name="branch3x3dbl_3b")(bd)], axis=-1)
+    bd = jnp.concatenate(
+      [
+        BasicConv(384, (1, 3), name="branch3x3dbl_3a")(bd),
+        BasicConv(384, (3, 1), name="branch3x3dbl_3b")(bd),
+      ],
+      axis=-1,
+    )
     if self.max_pool:
       pooled = nn.max_pool(x, (3, 3), padding=((1, 1), (1, 1)))
     else:
@@ -164,8 +180,12 @@ class InceptionV3Pool3(nn.Module):
     for name, pool_features in (("Mixed_5b", 32), ("Mixed_5c", 64), ("Mixed_5d", 64)):
       x = InceptionA(pool_features, name=name)(x)
     x = InceptionB(name="Mixed_6a")(x)  # (B, 17, 17, 768)
-    for name, channels in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160),
-                           ("Mixed_6e", 192)):
+    for name, channels in (
+      ("Mixed_6b", 128),
+      ("Mixed_6c", 160),
+      ("Mixed_6d", 160),
+      ("Mixed_6e", 192),
+    ):
       x = InceptionC(channels, name=name)(x)
     x = InceptionD(name="Mixed_7a")(x)  # (B, 8, 8, 1280)
     x = InceptionE(max_pool=False, name="Mixed_7b")(x)
@@ -178,17 +198,19 @@ def check_images(images):
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f"FID Inception: expected (B, H, W, 3) images, got {images.shape}.")
   if min(images.shape[1:3]) < _MIN_SIZE:
-    raise ValueError(f"FID Inception: images must be at least {_MIN_SIZE}x{_MIN_SIZE} "
-                     f"pixels, got {images.shape[1:3]}.")
+    raise ValueError(
+      f"FID Inception: images must be at least {_MIN_SIZE}x{_MIN_SIZE} "
+      f"pixels, got {images.shape[1:3]}."
+    )
 
 
 # State-dict leaf -> (variable collection, flax leaf name).
 _LEAVES = {
-    "conv.weight": ("params", "kernel"),
-    "bn.weight": ("params", "scale"),
-    "bn.bias": ("params", "bias"),
-    "bn.running_mean": ("batch_stats", "mean"),
-    "bn.running_var": ("batch_stats", "var"),
+  "conv.weight": ("params", "kernel"),
+  "bn.weight": ("params", "scale"),
+  "bn.bias": ("params", "bias"),
+  "bn.running_mean": ("batch_stats", "mean"),
+  "bn.running_var": ("batch_stats", "var"),
 }
 
 
@@ -223,8 +245,9 @@ def load_fid_inception(path=None):
     path: the .pth file; None looks for `pt_inception-2015-12-05-6726825d.pth` in
       `lavin_jax.eval.weights.weights_dir()`.
   """
-  path = weights.find_weight_file(INCEPTION_FILE, path, what="pytorch-fid InceptionV3",
-                                  source=INCEPTION_SOURCE)
+  path = weights.find_weight_file(
+    INCEPTION_FILE, path, what="pytorch-fid InceptionV3", source=INCEPTION_SOURCE
+  )
   variables = variables_from_state_dict(weights.read_torch_state_dict(path), str(path))
   return InceptionV3Pool3(), jax.tree.map(jnp.asarray, variables)
 
@@ -245,8 +268,7 @@ class RunningStats:
     """Adds a batch of feature rows (N, dim)."""
     x = np.asarray(features, np.float64)
     if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
-      raise ValueError(f"RunningStats: expected (N, {self.mean.shape[0]}) features, got "
-                       f"{x.shape}.")
+      raise ValueError(f"RunningStats: expected (N, {self.mean.shape[0]}) features, got {x.shape}.")
     n = x.shape[0]
     if n == 0:
       return
@@ -281,8 +303,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
   d = mu1.shape[-1]
   if mu1.shape != (d,) or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
-    raise ValueError(f"frechet_distance: means {mu1.shape}, {mu2.shape} and covariances "
-                     f"{sigma1.shape}, {sigma2.shape} do not fit one dimension.")
+    raise ValueError(
+      f"frechet_distance: means {mu1.shape}, {mu2.shape} and covariances "
+      f"{sigma1.shape}, {sigma2.shape} do not fit one dimension."
+    )
   root1 = _psd_sqrt(sigma1)
   product = root1 @ sigma2 @ root1
   eigenvalues = np.linalg.eigvalsh((product + product.T) / 2)

@@ -24,9 +24,11 @@ from lavin_jax.eval import weights
 VGG16_FILE = "vgg16-397923af.pth"
 VGG16_SOURCE = "https://download.pytorch.org/models/vgg16-397923af.pth"
 LIN_FILE = "lpips_vgg_lin_v0.1.pth"
-LIN_SOURCE = ("the `lpips` package (pip install lpips; the file lpips/weights/v0.1/vgg.pth "
-              "inside it, also at https://github.com/richzhang/PerceptualSimilarity), "
-              f"renamed to {LIN_FILE}")
+LIN_SOURCE = (
+  "the `lpips` package (pip install lpips; the file lpips/weights/v0.1/vgg.pth "
+  "inside it, also at https://github.com/richzhang/PerceptualSimilarity), "
+  f"renamed to {LIN_FILE}"
+)
 
 _SHIFT = (-0.030, -0.088, -0.188)
 _SCALE = (0.458, 0.448, 0.450)
@@ -79,8 +81,9 @@ def check_images(x0, x1):
   if x0.ndim != 4 or x0.shape[-1] != 3:
     raise ValueError(f"LPIPS: expected (B, H, W, 3) images, got shape {x0.shape}.")
   if min(x0.shape[1:3]) < _MIN_SIZE:
-    raise ValueError(f"LPIPS: images must be at least {_MIN_SIZE}x{_MIN_SIZE} pixels, got "
-                     f"{x0.shape[1:3]}.")
+    raise ValueError(
+      f"LPIPS: images must be at least {_MIN_SIZE}x{_MIN_SIZE} pixels, got {x0.shape[1:3]}."
+    )
 
 
 def params_from_state_dicts(vgg_state, lin_state, vgg_name=VGG16_FILE, lin_name=LIN_FILE):
@@ -118,11 +121,16 @@ def load_lpips(vgg_path=None, lin_path=None):
     lin_path: the LPIPS VGG v0.1 linear heads; None looks for `lpips_vgg_lin_v0.1.pth`
       there.
   """
-  vgg_path = weights.find_weight_file(VGG16_FILE, vgg_path, what="torchvision VGG16",
-                                      source=VGG16_SOURCE)
-  lin_path = weights.find_weight_file(LIN_FILE, lin_path, what="LPIPS VGG linear heads",
-                                      source=LIN_SOURCE)
-  params = params_from_state_dicts(weights.read_torch_state_dict(vgg_path),
-                                   weights.read_torch_state_dict(lin_path),
-                                   str(vgg_path), str(lin_path))
+  vgg_path = weights.find_weight_file(
+    VGG16_FILE, vgg_path, what="torchvision VGG16", source=VGG16_SOURCE
+  )
+  lin_path = weights.find_weight_file(
+    LIN_FILE, lin_path, what="LPIPS VGG linear heads", source=LIN_SOURCE
+  )
+  params = params_from_state_dicts(
+    weights.read_torch_state_dict(vgg_path),
+    weights.read_torch_state_dict(lin_path),
+    str(vgg_path),
+    str(lin_path),
+  )
   return LPIPS(), jax.tree.map(jnp.asarray, params)

@@ -55,7 +55,7 @@ def _ssim_window(gaussian: bool) -> np.ndarray:
   """The 1-D factor of the separable SSIM window, summing to 1."""
   if gaussian:
     x = np.arange(-_GAUSSIAN_RADIUS, _GAUSSIAN_RADIUS + 1)
-    w = np.exp(-0.5 * (x / _GAUSSIAN_SIGMA)**2)
+    w = np.exp(-0.5 * (x / _GAUSSIAN_SIGMA) ** 2)
   else:
     w = np.ones(_UNIFORM_SIZE)
   return (w / w.sum()).astype(np.float32)
@@ -65,8 +65,8 @@ def _window_mean(x, w):
   """Separable weighted mean over every window inside (H, W): (..., H, W, C)."""
   n = len(w)
   h, wd = x.shape[-3:-1]
-  x = sum(w[k] * x[..., k:h - n + 1 + k, :, :] for k in range(n))
-  return sum(w[k] * x[..., :, k:wd - n + 1 + k, :] for k in range(n))
+  x = sum(w[k] * x[..., k : h - n + 1 + k, :, :] for k in range(n))
+  return sum(w[k] * x[..., :, k : wd - n + 1 + k, :] for k in range(n))
 
 
 def ssim(pred, target, data_range: float = 2.0, gaussian: bool = True):
@@ -74,23 +74,27 @@ def ssim(pred, target, data_range: float = 2.0, gaussian: bool = True):
   _check_pair(pred, target, 3, "ssim")
   w = _ssim_window(gaussian)
   if min(pred.shape[-3:-1]) < len(w):
-    raise ValueError(f"ssim: images {pred.shape[-3:-1]} are smaller than the "
-                     f"{len(w)}x{len(w)} window.")
+    raise ValueError(
+      f"ssim: images {pred.shape[-3:-1]} are smaller than the {len(w)}x{len(w)} window."
+    )
   x = jnp.asarray(pred, jnp.float32)
   y = jnp.asarray(target, jnp.float32)
   # Variances are shift invariant: centring each image first avoids float32 cancellation.
   offset = jnp.mean(y, axis=(-3, -2, -1), keepdims=True)
   x, y = x - offset, y - offset
   mu_x, mu_y = _window_mean(x, w), _window_mean(y, w)
-  cov_norm = 1.0 if gaussian else len(w)**2 / (len(w)**2 - 1)
+  cov_norm = 1.0 if gaussian else len(w) ** 2 / (len(w) ** 2 - 1)
   var_x = cov_norm * (_window_mean(x * x, w) - mu_x * mu_x)
   var_y = cov_norm * (_window_mean(y * y, w) - mu_y * mu_y)
   cov_xy = cov_norm * (_window_mean(x * y, w) - mu_x * mu_y)
   mu_x, mu_y = mu_x + offset, mu_y + offset
-  c1 = (_SSIM_K1 * data_range)**2
-  c2 = (_SSIM_K2 * data_range)**2
-  s = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2) /
-       ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)))
+  c1 = (_SSIM_K1 * data_range) ** 2
+  c2 = (_SSIM_K2 * data_range) ** 2
+  s = (
+    (2 * mu_x * mu_y + c1)
+    * (2 * cov_xy + c2)
+    / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
+  )
   return jnp.mean(s, axis=(-3, -2, -1))
 
 
@@ -174,8 +178,8 @@ def normal_metrics(pred, gt, mask=None):
     valid = valid & jnp.asarray(mask, bool)
   count = jnp.maximum(jnp.sum(valid, axis=(-2, -1)), 1)
   return {
-      "mean_angle": jnp.sum(jnp.where(valid, angle, 0.0), axis=(-2, -1)) / count,
-      "within_11.25": jnp.sum(valid & (angle < 11.25), axis=(-2, -1)) / count,
+    "mean_angle": jnp.sum(jnp.where(valid, angle, 0.0), axis=(-2, -1)) / count,
+    "within_11.25": jnp.sum(valid & (angle < 11.25), axis=(-2, -1)) / count,
   }
 
 

@@ -7,9 +7,10 @@ score the same queries):
   2. every example is centre-cropped to a square, resized to `resolution` and rendered by
      the task (each rendering seeded by (seed, i, slot)) -> context pairs, query, target;
   3. `predict_fn` predicts the targets of a batch of queries from their context pairs;
-  4. predictions are scored against the targets with the task's metric families (`lavin_jax.configs.tasks.TASKS`),
-     rendered annotations (depth, normals, masks, instance ids, flow) being decoded back
-     to values with the task's decoder first. Video tasks are scored per frame.
+  4. predictions are scored against the targets with the task's metric families
+     (`lavin_jax.configs.tasks.TASKS`), rendered annotations (depth, normals, masks,
+     instance ids, flow) being decoded back to values with the task's decoder first.
+     Video tasks are scored per frame.
 
 Metrics (keys of the report; pixel metrics on [-1, 1] pixels, so PSNR has data range 2):
   mse, psnr, ssim      per frame (`lavin_jax.eval.metrics`, Gaussian SSIM window)
@@ -54,15 +55,15 @@ from lavin_jax.eval import weights as weights_lib
 from lavin_jax.io import files
 from lavin_jax.io import pixels
 
-_NEEDS_WEIGHTS = ('lpips', 'fid')
+_NEEDS_WEIGHTS = ("lpips", "fid")
 
 
 class PredictFn(Protocol):
   """(B, K, T, H, W, 3) context inputs and targets, (B, T, H, W, 3) queries -> targets."""
 
-  def __call__(self, context_inputs: np.ndarray, context_targets: np.ndarray,
-               query: np.ndarray, *, seed: int) -> np.ndarray:
-    ...
+  def __call__(
+    self, context_inputs: np.ndarray, context_targets: np.ndarray, query: np.ndarray, *, seed: int
+  ) -> np.ndarray: ...
 
 
 # ---------------------------------------------------------------------------
@@ -98,8 +99,9 @@ class FrameMeans:
     values = self._fn(_frames(pred), _frames(target))
     for name, v in values.items():
       self._values.setdefault(name, []).append(np.asarray(v, np.float64))
-    return {name: np.asarray(v, np.float64).reshape(batch, -1).mean(1)
-            for name, v in values.items()}
+    return {
+      name: np.asarray(v, np.float64).reshape(batch, -1).mean(1) for name, v in values.items()
+    }
 
   def result(self):
     return {name: float(np.mean(np.concatenate(v))) for name, v in self._values.items()}
@@ -113,16 +115,19 @@ class PooledIoU:
     self._intersection, self._union = [], []
 
   def update(self, pred, target):
-    intersection, union = (np.asarray(c, np.float64) for c in
-                           metrics.iou_counts(self._decode(pred), self._decode(target)))
+    intersection, union = (
+      np.asarray(c, np.float64)
+      for c in metrics.iou_counts(self._decode(pred), self._decode(target))
+    )
     self._intersection.append(intersection.ravel())
     self._union.append(union.ravel())
     inter, uni = intersection.sum(1), union.sum(1)  # (B,) over frames
-    return {'miou': np.where(uni > 0, inter / np.maximum(uni, 1), 1.0)}
+    return {"miou": np.where(uni > 0, inter / np.maximum(uni, 1), 1.0)}
 
   def result(self):
-    return {'miou': metrics.mean_iou(np.concatenate(self._intersection),
-                                     np.concatenate(self._union))}
+    return {
+      "miou": metrics.mean_iou(np.concatenate(self._intersection), np.concatenate(self._union))
+    }
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -145,8 +150,11 @@ class FrechetDistance:
     return {}
 
   def result(self):
-    return {'fid': fid_lib.frechet_distance(self._pred.mean, self._pred.covariance(),
-                                            self._target.mean, self._target.covariance())}
+    return {
+      "fid": fid_lib.frechet_distance(
+        self._pred.mean, self._pred.covariance(), self._target.mean, self._target.covariance()
+      )
+    }
 
 
 def _named(name: str, fn) -> FrameFn:
@@ -175,8 +183,8 @@ def _pixel_metric(name):
 
 def _lpips_metric(task, nets):
   del task
-  module, params = nets['lpips']
-  return FrameMeans(_named('lpips', functools.partial(_apply, module, {'params': params})))
+  module, params = nets["lpips"]
+  return FrameMeans(_named("lpips", functools.partial(_apply, module, {"params": params})))
 
 
 def _decoded_metric(make):
@@ -187,19 +195,20 @@ def _decoded_metric(make):
 # Metric family -> builder(task, nets) of its accumulator; nets holds the loaded
 # ('lpips': (module, params), 'fid': (module, variables)) networks.
 METRIC_FAMILIES = {
-    'mse': _pixel_metric('mse'),
-    'psnr': _pixel_metric('psnr'),
-    'ssim': _pixel_metric('ssim'),
-    'lpips': _lpips_metric,
-    'fid': lambda task, nets: FrechetDistance(*nets['fid']),
-    'depth': _decoded_metric(functools.partial(FrameMeans, jax.jit(metrics.depth_metrics))),
-    'normals': _decoded_metric(functools.partial(FrameMeans, jax.jit(metrics.normal_metrics))),
-    'mask_iou': _decoded_metric(PooledIoU),
-    'segment_iou': _decoded_metric(functools.partial(FrameMeans,
-                                                     _named('segment_miou', segment_iou))),
-    'flow': _decoded_metric(functools.partial(FrameMeans, _named('epe', end_point_error))),
+  "mse": _pixel_metric("mse"),
+  "psnr": _pixel_metric("psnr"),
+  "ssim": _pixel_metric("ssim"),
+  "lpips": _lpips_metric,
+  "fid": lambda task, nets: FrechetDistance(*nets["fid"]),
+  "depth": _decoded_metric(functools.partial(FrameMeans, jax.jit(metrics.depth_metrics))),
+  "normals": _decoded_metric(functools.partial(FrameMeans, jax.jit(metrics.normal_metrics))),
+  "mask_iou": _decoded_metric(PooledIoU),
+  "segment_iou": _decoded_metric(
+    functools.partial(FrameMeans, _named("segment_miou", segment_iou))
+  ),
+  "flow": _decoded_metric(functools.partial(FrameMeans, _named("epe", end_point_error))),
 }
-DECODED_FAMILIES = ('depth', 'normals', 'mask_iou', 'segment_iou', 'flow')
+DECODED_FAMILIES = ("depth", "normals", "mask_iou", "segment_iou", "flow")
 
 
 # ---------------------------------------------------------------------------
@@ -212,54 +221,73 @@ def _weight_paths(lpips_weights, fid_weights) -> dict:
   paths = {}
   if lpips_weights is not None:
     if len(lpips_weights) != 2:
-      raise ValueError('lpips_weights must be (VGG16 file, LPIPS linear-heads file); got '
-                       f'{lpips_weights!r}.')
-    paths['lpips'] = (
-        weights_lib.find_weight_file(lpips_lib.VGG16_FILE, lpips_weights[0],
-                                     what='torchvision VGG16', source=lpips_lib.VGG16_SOURCE),
-        weights_lib.find_weight_file(lpips_lib.LIN_FILE, lpips_weights[1],
-                                     what='LPIPS VGG linear heads',
-                                     source=lpips_lib.LIN_SOURCE))
+      raise ValueError(
+        f"lpips_weights must be (VGG16 file, LPIPS linear-heads file); got {lpips_weights!r}."
+      )
+    paths["lpips"] = (
+      weights_lib.find_weight_file(
+        lpips_lib.VGG16_FILE,
+        lpips_weights[0],
+        what="torchvision VGG16",
+        source=lpips_lib.VGG16_SOURCE,
+      ),
+      weights_lib.find_weight_file(
+        lpips_lib.LIN_FILE,
+        lpips_weights[1],
+        what="LPIPS VGG linear heads",
+        source=lpips_lib.LIN_SOURCE,
+      ),
+    )
   if fid_weights is not None:
-    paths['fid'] = weights_lib.find_weight_file(
-        fid_lib.INCEPTION_FILE, fid_weights, what='pytorch-fid InceptionV3',
-        source=fid_lib.INCEPTION_SOURCE)
+    paths["fid"] = weights_lib.find_weight_file(
+      fid_lib.INCEPTION_FILE,
+      fid_weights,
+      what="pytorch-fid InceptionV3",
+      source=fid_lib.INCEPTION_SOURCE,
+    )
   return paths
 
 
-def validate(config: ml_collections.ConfigDict, source, context_source=None,
-             lpips_weights=None, fid_weights=None) -> tasks_lib.Task:
+def validate(
+  config: ml_collections.ConfigDict,
+  source,
+  context_source=None,
+  lpips_weights=None,
+  fid_weights=None,
+) -> tasks_lib.Task:
   """Checks the settings, the sources and the weight files; returns the task.
 
   Raises ValueError or FileNotFoundError naming the problem; nothing is compiled.
   """
   task = tasks_lib.get_task(config.task, config.task_options)
   if config.resolution <= 0:
-    raise ValueError(f'resolution must be positive, got {config.resolution}.')
-  for name in ('num_examples', 'num_pairs', 'batch_size'):
+    raise ValueError(f"resolution must be positive, got {config.resolution}.")
+  for name in ("num_examples", "num_pairs", "batch_size"):
     if config[name] < 1:
-      raise ValueError(f'{name} must be >= 1, got {config[name]}.')
+      raise ValueError(f"{name} must be >= 1, got {config[name]}.")
   if config.num_examples > len(source):
-    raise ValueError(f'num_examples is {config.num_examples} but the source has only '
-                     f'{len(source)} examples; lower num_examples.')
+    raise ValueError(
+      f"num_examples is {config.num_examples} but the source has only "
+      f"{len(source)} examples; lower num_examples."
+    )
   pool = len(source) - 1 if context_source is None else len(context_source)
   if config.num_pairs > pool:
-    where = ('the source without the query' if context_source is None
-             else 'the context source')
-    raise ValueError(f'num_pairs is {config.num_pairs} but {where} has only {pool} '
-                     'examples; lower num_pairs or give a larger context source.')
-  for name, src in (('source', source), ('context source', context_source)):
+    where = "the source without the query" if context_source is None else "the context source"
+    raise ValueError(
+      f"num_pairs is {config.num_pairs} but {where} has only {pool} "
+      "examples; lower num_pairs or give a larger context source."
+    )
+  for name, src in (("source", source), ("context source", context_source)):
     if src is not None:
       first = src[0]
       try:
         task.check(first)
         episodes_lib.fit_example(first, config.resolution, allow_upscale=config.allow_upscale)
       except ValueError as e:
-        raise ValueError(f'The {name} does not fit task {task.name!r}: {e}') from e
-  if 'fid' in task.info.metrics and fid_weights is not None:
+        raise ValueError(f"The {name} does not fit task {task.name!r}: {e}") from e
+  if "fid" in task.info.metrics and fid_weights is not None:
     if config.num_examples * task.num_frames < 2:
-      raise ValueError('FID needs at least 2 frames to estimate a covariance; raise '
-                       'num_examples.')
+      raise ValueError("FID needs at least 2 frames to estimate a covariance; raise num_examples.")
   _weight_paths(lpips_weights, fid_weights)
   return task
 
@@ -268,8 +296,9 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
   return np.random.default_rng([seed, *keys])
 
 
-def make_episode(task: tasks_lib.Task, source, context_source, index: int,
-                 config: ml_collections.ConfigDict) -> dict:
+def make_episode(
+  task: tasks_lib.Task, source, context_source, index: int, config: ml_collections.ConfigDict
+) -> dict:
   """Query `index` with its K context pairs, unpadded (`lavin_jax.data.episodes`).
 
   Adds 'context_indices': the K examples of `context_source`, or of `source` when it is
@@ -277,13 +306,21 @@ def make_episode(task: tasks_lib.Task, source, context_source, index: int,
   """
   pool_size = len(source if context_source is None else context_source)
   query = index if context_source is None else None
-  context = episodes_lib.context_indices(_rng(config.seed, 0, index), config.num_pairs,
-                                         pool_size, query)
+  context = episodes_lib.context_indices(
+    _rng(config.seed, 0, index), config.num_pairs, pool_size, query
+  )
   rngs = [_rng(config.seed, 1, index, slot) for slot in range(config.num_pairs + 1)]
-  episode = episodes_lib.render_episode(task, source, index, context, rngs,
-                                        config.resolution, pool=context_source,
-                                        allow_upscale=config.allow_upscale)
-  episode['context_indices'] = context.astype(np.int64)
+  episode = episodes_lib.render_episode(
+    task,
+    source,
+    index,
+    context,
+    rngs,
+    config.resolution,
+    pool=context_source,
+    allow_upscale=config.allow_upscale,
+  )
+  episode["context_indices"] = context.astype(np.int64)
   return episode
 
 
@@ -303,12 +340,13 @@ def grid_image(rows: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarray
   cells = [[_cell(clip) for clip in row] for row in rows]
   height, width = cells[0][0].shape[:2]
   columns = max(len(row) for row in cells)
-  canvas = np.full((len(cells) * (height + gap) - gap, columns * (width + gap) - gap, 3),
-                   255, np.uint8)
+  canvas = np.full(
+    (len(cells) * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, np.uint8
+  )
   for r, row in enumerate(cells):
     for c, cell in enumerate(row):
       y, x = r * (height + gap), c * (width + gap)
-      canvas[y:y + height, x:x + width] = cell
+      canvas[y : y + height, x : x + width] = cell
   return canvas
 
 
@@ -322,9 +360,17 @@ def _finite(value: float) -> Optional[float]:
 # ---------------------------------------------------------------------------
 
 
-def evaluate(predict_fn: PredictFn, source, config: ml_collections.ConfigDict, out_dir,
-             *, context_source=None, lpips_weights=None, fid_weights=None,
-             run_info: Optional[dict] = None) -> dict:
+def evaluate(
+  predict_fn: PredictFn,
+  source,
+  config: ml_collections.ConfigDict,
+  out_dir,
+  *,
+  context_source=None,
+  lpips_weights=None,
+  fid_weights=None,
+  run_info: Optional[dict] = None,
+) -> dict:
   """Scores `predict_fn` on the first N examples of `source`; writes the report and grid.
 
   Args:
@@ -348,63 +394,79 @@ def evaluate(predict_fn: PredictFn, source, config: ml_collections.ConfigDict, o
   paths = _weight_paths(lpips_weights, fid_weights)
   families = task.info.metrics
   nets = {}
-  if 'lpips' in families and 'lpips' in paths:
-    nets['lpips'] = lpips_lib.load_lpips(*paths['lpips'])
-  if 'fid' in families and 'fid' in paths:
-    nets['fid'] = fid_lib.load_fid_inception(paths['fid'])
-  skipped = {f: f'no {f.upper()} weight files given' for f in families
-             if f in _NEEDS_WEIGHTS and f not in nets}
+  if "lpips" in families and "lpips" in paths:
+    nets["lpips"] = lpips_lib.load_lpips(*paths["lpips"])
+  if "fid" in families and "fid" in paths:
+    nets["fid"] = fid_lib.load_fid_inception(paths["fid"])
+  skipped = {
+    f: f"no {f.upper()} weight files given"
+    for f in families
+    if f in _NEEDS_WEIGHTS and f not in nets
+  }
   unused = sorted(set(paths) - set(families))
   if unused:
-    logging.info('Task %s does not use %s; its weights are ignored.', task.name, unused)
+    logging.info("Task %s does not use %s; its weights are ignored.", task.name, unused)
   accumulators = [METRIC_FAMILIES[f](task, nets) for f in families if f not in skipped]
 
   examples, grid_rows = [], []
   starts = range(0, config.num_examples, config.batch_size)
-  for start in tqdm.tqdm(starts, desc=f'evaluate {task.name}', unit='batch'):
+  for start in tqdm.tqdm(starts, desc=f"evaluate {task.name}", unit="batch"):
     indices = range(start, min(start + config.batch_size, config.num_examples))
     episodes = [make_episode(task, source, context_source, i, config) for i in indices]
     batch = {k: np.stack([e[k] for e in episodes]) for k in episodes[0]}
     seed = int(_rng(config.seed, 2, start).integers(2**31))
-    pred = np.asarray(predict_fn(batch['context_inputs'], batch['context_targets'],
-                                 batch['query'], seed=seed), np.float32)
-    if pred.shape != batch['target'].shape:
-      raise ValueError(f'predict_fn returned shape {pred.shape}; expected the target '
-                       f'shape {batch["target"].shape}.')
+    pred = np.asarray(
+      predict_fn(batch["context_inputs"], batch["context_targets"], batch["query"], seed=seed),
+      np.float32,
+    )
+    if pred.shape != batch["target"].shape:
+      raise ValueError(
+        f"predict_fn returned shape {pred.shape}; expected the target "
+        f"shape {batch['target'].shape}."
+      )
     per_example = {}
     for accumulator in accumulators:
-      per_example.update(accumulator.update(pred, batch['target']))
+      per_example.update(accumulator.update(pred, batch["target"]))
     for row, i in enumerate(indices):
-      examples.append({'index': i,
-                       'context': batch['context_indices'][row].tolist(),
-                       'metrics': {k: _finite(v[row]) for k, v in per_example.items()}})
+      examples.append(
+        {
+          "index": i,
+          "context": batch["context_indices"][row].tolist(),
+          "metrics": {k: _finite(v[row]) for k, v in per_example.items()},
+        }
+      )
       if len(grid_rows) < config.grid_examples:
         shown = range(min(config.grid_pairs, config.num_pairs))
-        grid_rows.append([clip for k in shown for clip in (batch['context_inputs'][row, k],
-                                                           batch['context_targets'][row, k])]
-                         + [batch['query'][row], pred[row], batch['target'][row]])
+        grid_rows.append(
+          [
+            clip
+            for k in shown
+            for clip in (batch["context_inputs"][row, k], batch["context_targets"][row, k])
+          ]
+          + [batch["query"][row], pred[row], batch["target"][row]]
+        )
 
   results = {}
   for accumulator in accumulators:
     results.update(accumulator.result())
   out_dir = pathlib.Path(out_dir)
-  grid_path = out_dir / f'{task.name}.png'
+  grid_path = out_dir / f"{task.name}.png"
   report = {
-      'task': task.name,
-      'metrics': {k: _finite(v) for k, v in results.items()},
-      'skipped_metrics': skipped,
-      'num_examples': config.num_examples,
-      'num_pairs': config.num_pairs,
-      'seed': config.seed,
-      'resolution': config.resolution,
-      'num_frames': task.num_frames,
-      'config': config.to_dict(),
-      'run': run_info or {},
-      'grid': grid_path.name,
-      'examples': examples,
+    "task": task.name,
+    "metrics": {k: _finite(v) for k, v in results.items()},
+    "skipped_metrics": skipped,
+    "num_examples": config.num_examples,
+    "num_pairs": config.num_pairs,
+    "seed": config.seed,
+    "resolution": config.resolution,
+    "num_frames": task.num_frames,
+    "config": config.to_dict(),
+    "run": run_info or {},
+    "grid": grid_path.name,
+    "examples": examples,
   }
   image = Image.fromarray(grid_image(grid_rows))
-  files.atomic_write(grid_path, lambda tmp: image.save(tmp, format='PNG'))
+  files.atomic_write(grid_path, lambda tmp: image.save(tmp, format="PNG"))
   text = json.dumps(report, indent=1, allow_nan=False)
-  files.atomic_write_text(out_dir / f'{task.name}.json', text)
+  files.atomic_write_text(out_dir / f"{task.name}.json", text)
   return json.loads(text)

@@ -12,9 +12,8 @@ import pathlib
 from flax import traverse_util
 import numpy as np
 
-from lavin_jax.io import tree_fit
-
 from lavin_jax.io import torch_checkpoint
+from lavin_jax.io import tree_fit
 
 WEIGHTS_DIR_ENV = "LAVIN_JAX_WEIGHTS"
 DEFAULT_WEIGHTS_DIR = pathlib.Path("~/.cache/lavin_jax/weights")
@@ -38,16 +37,18 @@ def find_weight_file(filename: str, path=None, *, what: str, source: str) -> pat
   if candidate.is_file():
     return candidate
   raise FileNotFoundError(
-      f"Weight file {filename!r} ({what}) not found at {candidate}. Download it from "
-      f"{source} and put it in {weights_dir()} (the directory ${WEIGHTS_DIR_ENV}, default "
-      f"{DEFAULT_WEIGHTS_DIR}), or pass its path explicitly.")
+    f"Weight file {filename!r} ({what}) not found at {candidate}. Download it from "
+    f"{source} and put it in {weights_dir()} (the directory ${WEIGHTS_DIR_ENV}, default "
+    f"{DEFAULT_WEIGHTS_DIR}), or pass its path explicitly."
+  )
 
 
 def read_torch_state_dict(path) -> dict[str, np.ndarray]:
   """Reads a PyTorch state dict (.pth) into float32 numpy arrays, keys unchanged."""
   state = torch_checkpoint.load_state_dict(path)
-  return {k: np.asarray(v, np.float32) for k, v in state.items()
-          if not k.endswith("num_batches_tracked")}
+  return {
+    k: np.asarray(v, np.float32) for k, v in state.items() if not k.endswith("num_batches_tracked")
+  }
 
 
 def tree_from_torch(flat: dict[tuple[str, ...], np.ndarray], expected, filename: str):
@@ -57,9 +58,12 @@ def tree_from_torch(flat: dict[tuple[str, ...], np.ndarray], expected, filename:
   truncated weight file never loads silently.
   """
   name = "/".join
-  tree_fit.check_fits({name(k): v.shape for k, v in flat.items()},
-                      {name(k): v.shape for k, v in traverse_util.flatten_dict(expected).items()},
-                      filename, "is it the right file?")
+  tree_fit.check_fits(
+    {name(k): v.shape for k, v in flat.items()},
+    {name(k): v.shape for k, v in traverse_util.flatten_dict(expected).items()},
+    filename,
+    "is it the right file?",
+  )
   return traverse_util.unflatten_dict(flat)
 
 

@@ -13,8 +13,8 @@ Time convention (the one statement every other module points to):
 """
 
 from lavin_jax.flow.samplers import euler_sample
-from lavin_jax.flow.samplers import make_guided_sampler
 from lavin_jax.flow.samplers import heun_sample
+from lavin_jax.flow.samplers import make_guided_sampler
 from lavin_jax.flow.samplers import sample
 from lavin_jax.flow.samplers import time_grid
 from lavin_jax.flow.transport import flow_loss
@@ -23,13 +23,13 @@ from lavin_jax.flow.transport import sample_time
 from lavin_jax.flow.transport import velocity_target
 
 __all__ = [
-    "euler_sample",
-    "flow_loss",
-    "heun_sample",
-    "make_guided_sampler",
-    "interpolate",
-    "sample",
-    "sample_time",
-    "time_grid",
-    "velocity_target",
+  "euler_sample",
+  "flow_loss",
+  "heun_sample",
+  "make_guided_sampler",
+  "interpolate",
+  "sample",
+  "sample_time",
+  "time_grid",
+  "velocity_target",
 ]

@@ -50,8 +50,9 @@ def time_grid(num_points: int, decimals: Optional[int] = 4) -> np.ndarray:
   grid = grid.astype(np.float32)
   if not np.all(np.diff(grid) > 0):
     raise ValueError(
-        f"time_grid({num_points}, decimals={decimals}) has repeated points; "
-        "pass decimals=None (or more decimals) for this many points.")
+      f"time_grid({num_points}, decimals={decimals}) has repeated points; "
+      "pass decimals=None (or more decimals) for this many points."
+    )
   return grid
 
 
@@ -79,8 +80,7 @@ def _integrate(step_fn, noise, grid, return_trajectory):
   return x
 
 
-def euler_sample(velocity_fn: VelocityFn, noise: jax.Array, grid,
-                 return_trajectory: bool = False):
+def euler_sample(velocity_fn: VelocityFn, noise: jax.Array, grid, return_trajectory: bool = False):
   """Euler integration of dx/dt = velocity_fn(x, t) along `grid` (released solver).
 
   The loop is a `lax.scan`; call this inside `jax.jit` (as `make_guided_sampler`
@@ -104,8 +104,7 @@ def euler_sample(velocity_fn: VelocityFn, noise: jax.Array, grid,
   return _integrate(step, noise, grid, return_trajectory)
 
 
-def heun_sample(velocity_fn: VelocityFn, noise: jax.Array, grid,
-                return_trajectory: bool = False):
+def heun_sample(velocity_fn: VelocityFn, noise: jax.Array, grid, return_trajectory: bool = False):
   """Heun (explicit trapezoid) integration; two velocity calls per step.
 
   Same arguments and results as `euler_sample`.
@@ -123,16 +122,20 @@ def heun_sample(velocity_fn: VelocityFn, noise: jax.Array, grid,
 _SOLVERS = {"euler": euler_sample, "heun": heun_sample}
 
 
-def sample(velocity_fn: VelocityFn, noise: jax.Array, grid, solver: str = "euler",
-           return_trajectory: bool = False):
+def sample(
+  velocity_fn: VelocityFn,
+  noise: jax.Array,
+  grid,
+  solver: str = "euler",
+  return_trajectory: bool = False,
+):
   """Dispatches to the solver named `solver` ('euler' or 'heun')."""
   if solver not in _SOLVERS:
     raise ValueError(f"Unknown solver {solver!r}; choose one of {sorted(_SOLVERS)}.")
   return _SOLVERS[solver](velocity_fn, noise, grid, return_trajectory)
 
 
-def make_guided_sampler(model: nn.Module, solver: str = "euler",
-                        return_trajectory: bool = False):
+def make_guided_sampler(model: nn.Module, solver: str = "euler", return_trajectory: bool = False):
   """A jitted sampler with classifier-free guidance through `model.forward_with_cfg`.
 
   Returns `sample_fn(params, noise, cond, cond_null, grid, cfg_scale, cond_mask=None)`
@@ -148,8 +151,9 @@ def make_guided_sampler(model: nn.Module, solver: str = "euler",
   def sample_fn(params, noise, cond, cond_null, grid, cfg_scale, cond_mask=None):
 
     def velocity_fn(x, t):
-      return model.apply({"params": params}, x, t, cond, cond_null, cfg_scale,
-                         cond_mask, method="forward_with_cfg")
+      return model.apply(
+        {"params": params}, x, t, cond, cond_null, cfg_scale, cond_mask, method="forward_with_cfg"
+      )
 
     return sample(velocity_fn, noise, grid, solver, return_trajectory)
 

@@ -15,7 +15,8 @@ TIME_SAMPLINGS = ("logit_normal", "uniform")
 def _check_time_config(config: ml_collections.ConfigDict) -> None:
   if config.time_sampling not in TIME_SAMPLINGS:
     raise ValueError(
-        f"Unknown time_sampling {config.time_sampling!r}; choose one of {TIME_SAMPLINGS}.")
+      f"Unknown time_sampling {config.time_sampling!r}; choose one of {TIME_SAMPLINGS}."
+    )
   if not config.time_shift > 0:
     raise ValueError(f"time_shift must be > 0, got {config.time_shift}.")
   if config.time_sampling == "logit_normal" and not config.logit_std > 0:
@@ -27,8 +28,9 @@ def shift_time(t: jax.Array, shift: float) -> jax.Array:
   return t / (t + shift * (1.0 - t))
 
 
-def sample_time(key: jax.Array, shape: Sequence[int],
-                config: ml_collections.ConfigDict) -> jax.Array:
+def sample_time(
+  key: jax.Array, shape: Sequence[int], config: ml_collections.ConfigDict
+) -> jax.Array:
   """Draws training times in [0, 1] (float32) as `config` says (lavin_jax.configs.flow)."""
   _check_time_config(config)
   if config.time_sampling == "logit_normal":
@@ -56,8 +58,9 @@ def velocity_target(x_data: jax.Array, noise: jax.Array) -> jax.Array:
   return x_data - noise
 
 
-def flow_loss(v: jax.Array, u: jax.Array, l1_weight: float = 0.1,
-              mask: Optional[jax.Array] = None) -> jax.Array:
+def flow_loss(
+  v: jax.Array, u: jax.Array, l1_weight: float = 0.1, mask: Optional[jax.Array] = None
+) -> jax.Array:
   """Per-example MSE(v, u) + l1_weight * L1(v, u), averaged over the batch.
 
   Args:
@@ -82,8 +85,7 @@ def flow_loss(v: jax.Array, u: jax.Array, l1_weight: float = 0.1,
     try:
       mask = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), err.shape)
     except ValueError as e:
-      raise ValueError(
-          f"mask of shape {jnp.shape(mask)} does not broadcast to v {v.shape}.") from e
+      raise ValueError(f"mask of shape {jnp.shape(mask)} does not broadcast to v {v.shape}.") from e
     count = jnp.maximum(jnp.sum(mask, axis=axes), 1.0)
     mse = jnp.sum(mask * jnp.square(err), axis=axes) / count
     l1 = jnp.sum(mask * jnp.abs(err), axis=axes) / count

@@ -18,6 +18,7 @@ from lavin_jax.io import bundle as bundle_lib
 @dataclasses.dataclass(frozen=True)
 class ModelFiles:
   """A bundle directory, or the released stvae.pt + lavin_dit.safetensors at `size`."""
+
   bundle: Optional[str] = None
   vae_path: Optional[str] = None
   dit_path: Optional[str] = None
@@ -29,13 +30,17 @@ class ModelFiles:
     if self.bundle and any(released):
       raise ValueError("Give --bundle or --vae_path with --dit_path, not both.")
     if not self.bundle and not all(released):
-      raise ValueError("Name the model: --bundle=DIR, or --vae_path=stvae.pt with "
-                       "--dit_path=lavin_dit.safetensors.")
+      raise ValueError(
+        "Name the model: --bundle=DIR, or --vae_path=stvae.pt with "
+        "--dit_path=lavin_dit.safetensors."
+      )
     if self.bundle:
       config_file = os.path.join(self.bundle, bundle_lib.CONFIG_FILE)
       if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"--bundle: no inference bundle at {self.bundle!r} (missing "
-                                f"{bundle_lib.CONFIG_FILE}); write one with launch/convert.py.")
+        raise FileNotFoundError(
+          f"--bundle: no inference bundle at {self.bundle!r} (missing "
+          f"{bundle_lib.CONFIG_FILE}); write one with launch/convert.py."
+        )
       return
     model_configs.jdit(self.size)  # an unknown size raises here
     for flag, path in (("--vae_path", self.vae_path), ("--dit_path", self.dit_path)):
@@ -47,8 +52,9 @@ class ModelFiles:
     self.check()
     if self.bundle:
       return bundle_lib.load_config(self.bundle)
-    return ml_collections.ConfigDict({"jdit": model_configs.jdit(self.size),
-                                      "stvae": model_configs.stvae("released")})
+    return ml_collections.ConfigDict(
+      {"jdit": model_configs.jdit(self.size), "stvae": model_configs.stvae("released")}
+    )
 
   def pixel_multiple(self) -> int:
     """Image sides the model takes are multiples of this."""
@@ -60,12 +66,12 @@ class ModelFiles:
     self.check()
     if self.bundle:
       return pipeline_lib.Pipeline.from_bundle(self.bundle)
-    return pipeline_lib.Pipeline.from_released(self.vae_path, self.dit_path,
-                                               jdit_config=model_configs.jdit(self.size))
+    return pipeline_lib.Pipeline.from_released(
+      self.vae_path, self.dit_path, jdit_config=model_configs.jdit(self.size)
+    )
 
   def describe(self) -> dict:
     """The files as JSON-ready facts for reports."""
     if self.bundle:
       return {"bundle": self.bundle}
     return {"vae_path": self.vae_path, "dit_path": self.dit_path, "size": self.size}
-

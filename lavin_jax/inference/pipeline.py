@@ -31,8 +31,10 @@ _RELEASED = sampling_configs.released()
 
 def _check_clips(name: str, x: np.ndarray, ndim: int) -> None:
   if x.ndim != ndim or x.shape[-1] != 3:
-    raise ValueError(f"{name} must have shape {'(B, K, T, H, W, 3)' if ndim == 6 else '(B, T, H, W, 3)'}"
-                     f" (channels-last RGB in [-1, 1]); got {x.shape}.")
+    raise ValueError(
+      f"{name} must have shape {'(B, K, T, H, W, 3)' if ndim == 6 else '(B, T, H, W, 3)'}"
+      f" (channels-last RGB in [-1, 1]); got {x.shape}."
+    )
 
 
 def validate_inputs(context_inputs, context_targets, query, multiple: int) -> None:
@@ -41,19 +43,25 @@ def validate_inputs(context_inputs, context_targets, query, multiple: int) -> No
   _check_clips("context_targets", context_targets, 6)
   _check_clips("query", query, 5)
   if context_inputs.shape != context_targets.shape:
-    raise ValueError("context_inputs and context_targets must have the same shape; got "
-                     f"{context_inputs.shape} and {context_targets.shape}.")
+    raise ValueError(
+      "context_inputs and context_targets must have the same shape; got "
+      f"{context_inputs.shape} and {context_targets.shape}."
+    )
   if context_inputs.shape[0] != query.shape[0] or context_inputs.shape[2:] != query.shape[1:]:
-    raise ValueError("each query needs its context pairs with the same frames and size: "
-                     f"context {context_inputs.shape} vs query {query.shape}; expected context "
-                     "(B, K) + query.shape[1:].")
+    raise ValueError(
+      "each query needs its context pairs with the same frames and size: "
+      f"context {context_inputs.shape} vs query {query.shape}; expected context "
+      "(B, K) + query.shape[1:]."
+    )
   if context_inputs.shape[1] < 1:
     raise ValueError("at least one context pair is needed (K >= 1).")
   frames, height, width = query.shape[1:4]
   if height % multiple or width % multiple:
-    raise ValueError(f"height and width must be multiples of {multiple} (the ST-VAE's "
-                     f"downsampling times J-DiT's patch size); got {height}x{width}. Resize or "
-                     "crop the images.")
+    raise ValueError(
+      f"height and width must be multiples of {multiple} (the ST-VAE's "
+      f"downsampling times J-DiT's patch size); got {height}x{width}. Resize or "
+      "crop the images."
+    )
   if (frames - 1) % 4:
     raise ValueError(f"clips must have 1 + 4k frames (1 for an image); got {frames}.")
 
@@ -81,9 +89,13 @@ class Pipeline:
     return cls(config, params["jdit"], params["stvae"])
 
   @classmethod
-  def from_released(cls, vae_path: str, dit_path: str,
-                    jdit_config: Optional[ml_collections.ConfigDict] = None,
-                    stvae_config: Optional[ml_collections.ConfigDict] = None) -> "Pipeline":
+  def from_released(
+    cls,
+    vae_path: str,
+    dit_path: str,
+    jdit_config: Optional[ml_collections.ConfigDict] = None,
+    stvae_config: Optional[ml_collections.ConfigDict] = None,
+  ) -> "Pipeline":
     """Loads the released `stvae.pt` and `lavin_dit.safetensors` (3.4B by default)."""
     jdit_config = jdit_config or model_configs.jdit("3.4b")
     stvae_config = stvae_config or model_configs.stvae("released")
@@ -112,22 +124,41 @@ class Pipeline:
 
   # ---------------------------------------------------------------- sampling
 
-  def sample_latents(self, cond, noise, *, cfg_scale: float = _RELEASED.cfg_scale,
-                     num_steps: int = _RELEASED.num_steps,
-                     sampler: str = _RELEASED.sampler) -> jax.Array:
+  def sample_latents(
+    self,
+    cond,
+    noise,
+    *,
+    cfg_scale: float = _RELEASED.cfg_scale,
+    num_steps: int = _RELEASED.num_steps,
+    sampler: str = _RELEASED.sampler,
+  ) -> jax.Array:
     """Integrates the guided velocity from noise (t = 0) to data (t = 1) in one jit.
 
     cond: (B, Tc, h, w, 16), ending with the query's latent frames; noise: (B, Tx, h, w, 16).
     """
-    query = cond[:, -noise.shape[1]:]
-    return self._samplers[sampler](self.jdit_params, noise, cond, jdit_lib.null_condition(query),
-                                   jnp.asarray(flow.time_grid(num_steps), jnp.float32),
-                                   jnp.float32(cfg_scale))
+    query = cond[:, -noise.shape[1] :]
+    return self._samplers[sampler](
+      self.jdit_params,
+      noise,
+      cond,
+      jdit_lib.null_condition(query),
+      jnp.asarray(flow.time_grid(num_steps), jnp.float32),
+      jnp.float32(cfg_scale),
+    )
 
-  def __call__(self, context_inputs, context_targets, query, *, seed: int = 0,
-               num_steps: int = _RELEASED.num_steps, cfg_scale: float = _RELEASED.cfg_scale,
-               sampler: str = _RELEASED.sampler,
-               posterior: str = _RELEASED.posterior) -> np.ndarray:
+  def __call__(
+    self,
+    context_inputs,
+    context_targets,
+    query,
+    *,
+    seed: int = 0,
+    num_steps: int = _RELEASED.num_steps,
+    cfg_scale: float = _RELEASED.cfg_scale,
+    sampler: str = _RELEASED.sampler,
+    posterior: str = _RELEASED.posterior,
+  ) -> np.ndarray:
     """Predicts each query's target from its context pairs.
 
     Args:
@@ -141,9 +172,11 @@ class Pipeline:
     if query.ndim == 4:
       query = query[None]
     context_inputs, context_targets = (
-        np.broadcast_to(np.asarray(c, np.float32), (query.shape[0],) + np.shape(c))
-        if np.ndim(c) == 5 else np.asarray(c, np.float32)
-        for c in (context_inputs, context_targets))
+      np.broadcast_to(np.asarray(c, np.float32), (query.shape[0],) + np.shape(c))
+      if np.ndim(c) == 5
+      else np.asarray(c, np.float32)
+      for c in (context_inputs, context_targets)
+    )
     validate_inputs(context_inputs, context_targets, query, self.pixel_multiple)
     if sampler not in SAMPLERS:
       raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}.")
@@ -155,13 +188,15 @@ class Pipeline:
       raise ValueError(f"num_steps counts time-grid points and must be >= 2; got {num_steps}.")
 
     batch, num_pairs = context_inputs.shape[:2]
-    clips = incontext.pack_clips(jnp.asarray(context_inputs), jnp.asarray(context_targets),
-                                 jnp.asarray(query))
+    clips = incontext.pack_clips(
+      jnp.asarray(context_inputs), jnp.asarray(context_targets), jnp.asarray(query)
+    )
     key_encode, key_noise = jax.random.split(jax.random.key(seed))
     z = self.encode(clips, key_encode if posterior == "sample" else None)
     ins, tgts, (query_z,) = incontext.unpack_clips(z, batch, num_pairs)
     cond = incontext.full_condition(ins, tgts, query_z)
     noise = jax.random.normal(key_noise, query_z.shape, jnp.float32)
-    latents = self.sample_latents(cond, noise, cfg_scale=cfg_scale, num_steps=num_steps,
-                                  sampler=sampler)
+    latents = self.sample_latents(
+      cond, noise, cfg_scale=cfg_scale, num_steps=num_steps, sampler=sampler
+    )
     return np.asarray(self.decode(latents))

@@ -1,8 +1,8 @@
 """The released command-line workflow: template folders in, [query | prediction] PNGs out.
 
-  predict_templates(ModelFiles(bundle='b'), 'templates/depth', 'photos/', 'out/',
-                    height=512, width=512, num_prompt=4, seed=0,
-                    sampling=lavin_jax.configs.sampling.released())
+predict_templates(ModelFiles(bundle='b'), 'templates/depth', 'photos/', 'out/',
+                  height=512, width=512, num_prompt=4, seed=0,
+                  sampling=lavin_jax.configs.sampling.released())
 """
 
 import math
@@ -33,8 +33,13 @@ def load_image(path, height: int, width: int) -> np.ndarray:
   return to_pixels(sources.read_image(path), height, width)
 
 
-def choose_prompts(pairs: sources.TemplateFolderSource, num_prompt: int, height: int,
-                   width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def choose_prompts(
+  pairs: sources.TemplateFolderSource,
+  num_prompt: int,
+  height: int,
+  width: int,
+  rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
   """Draws `num_prompt` pairs with replacement from a template folder, as released.
 
   Returns context inputs and targets, each (K, 1, height, width, 3).
@@ -70,28 +75,42 @@ def side_by_side(images: Sequence[np.ndarray]) -> np.ndarray:
 
 def write_png(path, image: np.ndarray) -> None:
   """Writes a PNG atomically, so no half-written file is ever left at `path`."""
-  files.atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG",
-                                                                    compress_level=9))
+  files.atomic_write(
+    path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG", compress_level=9)
+  )
 
 
-def check_settings(height: int, width: int, multiple: int, num_prompt: int,
-                   sampling: ml_collections.ConfigDict) -> None:
+def check_settings(
+  height: int, width: int, multiple: int, num_prompt: int, sampling: ml_collections.ConfigDict
+) -> None:
   """Raises ValueError on a size, pair count or sampler setting the model cannot run."""
   if height <= 0 or width <= 0 or height % multiple or width % multiple:
-    raise ValueError(f"--height and --width must be positive multiples of {multiple} (the "
-                     f"ST-VAE's downsampling times J-DiT's patch size); got {height}x{width}.")
+    raise ValueError(
+      f"--height and --width must be positive multiples of {multiple} (the "
+      f"ST-VAE's downsampling times J-DiT's patch size); got {height}x{width}."
+    )
   if num_prompt < 1:
     raise ValueError(f"--num_prompt must be >= 1; got {num_prompt}.")
   if sampling.num_steps < 2:
-    raise ValueError(f"--timesteps counts time-grid points and must be >= 2; got "
-                     f"{sampling.num_steps}.")
+    raise ValueError(
+      f"--timesteps counts time-grid points and must be >= 2; got {sampling.num_steps}."
+    )
   if not math.isfinite(sampling.cfg_scale):
     raise ValueError(f"--cfg_scale must be a finite number; got {sampling.cfg_scale}.")
 
 
-def predict_templates(model: loading.ModelFiles, task_dir, query, output, *, height: int,
-                      width: int, num_prompt: int, seed: int,
-                      sampling: ml_collections.ConfigDict) -> list[pathlib.Path]:
+def predict_templates(
+  model: loading.ModelFiles,
+  task_dir,
+  query,
+  output,
+  *,
+  height: int,
+  width: int,
+  num_prompt: int,
+  seed: int,
+  sampling: ml_collections.ConfigDict,
+) -> list[pathlib.Path]:
   """Predicts every query image with pairs drawn from a template folder; writes PNGs.
 
   Every input is checked before the model is loaded. `output` is a PNG path for one
@@ -108,8 +127,9 @@ def predict_templates(model: loading.ModelFiles, task_dir, query, output, *, hei
   for i, path in enumerate(tqdm.tqdm(queries, desc="queries", disable=len(queries) == 1)):
     context_inputs, context_targets = choose_prompts(pairs, num_prompt, height, width, rng)
     clip = load_image(path, height, width)[None]  # (T=1, H, W, 3)
-    prediction = pipe(context_inputs, context_targets, clip, seed=seed + i,
-                      **sampling.to_dict())[0, 0]
+    prediction = pipe(context_inputs, context_targets, clip, seed=seed + i, **sampling.to_dict())[
+      0, 0
+    ]
     out = pathlib.Path(output) / f"{path.stem}.png" if folder_mode else pathlib.Path(output)
     write_png(out, side_by_side([pixels.to_uint8(clip[0]), pixels.to_uint8(prediction)]))
     written.append(out)

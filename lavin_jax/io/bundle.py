@@ -12,11 +12,11 @@ import os
 import shutil
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
 from lavin_jax.io import files
 
@@ -25,8 +25,9 @@ PARAMS_DIR = "params"
 MODELS = ("jdit", "stvae")
 
 
-def save_bundle(path, config: ml_collections.ConfigDict, jdit_params=None,
-                stvae_params=None, dtype=None) -> None:
+def save_bundle(
+  path, config: ml_collections.ConfigDict, jdit_params=None, stvae_params=None, dtype=None
+) -> None:
   """Writes an inference bundle to the directory `path` (replacing any bundle there).
 
   Args:
@@ -42,8 +43,10 @@ def save_bundle(path, config: ml_collections.ConfigDict, jdit_params=None,
     raise ValueError("save_bundle needs jdit_params, stvae_params or both.")
   missing = [k for k in params if k not in config]
   if missing:
-    raise ValueError(f"The bundle config needs sub-configs {missing} for the params saved; "
-                     f"it has {sorted(config.keys())}.")
+    raise ValueError(
+      f"The bundle config needs sub-configs {missing} for the params saved; "
+      f"it has {sorted(config.keys())}."
+    )
   if dtype is not None:
     params = jax.tree.map(lambda a: _cast(a, jnp.dtype(dtype)), params)
 
@@ -68,14 +71,17 @@ def load_config(path) -> ml_collections.ConfigDict:
   config_file = os.path.join(path, CONFIG_FILE)
   if not os.path.isfile(config_file):
     raise FileNotFoundError(
-        f"No inference bundle at {path!r} (missing {CONFIG_FILE}); write one with "
-        f"launch/convert.py or lavin_jax.io.bundle.save_bundle.")
+      f"No inference bundle at {path!r} (missing {CONFIG_FILE}); write one with "
+      f"launch/convert.py or lavin_jax.io.bundle.save_bundle."
+    )
   try:
     with open(config_file) as f:
       return ml_collections.ConfigDict(json.load(f))
   except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
-    raise ValueError(f"The bundle config {config_file} is not a JSON object ({e}); the "
-                     "bundle is damaged: write it again.") from e
+    raise ValueError(
+      f"The bundle config {config_file} is not a JSON object ({e}); the "
+      "bundle is damaged: write it again."
+    ) from e
 
 
 def load_bundle(path):

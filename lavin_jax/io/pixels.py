@@ -11,4 +11,5 @@ def to_float(image: np.ndarray) -> np.ndarray:
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
   """float [-1, 1] -> uint8 [0, 255], clipped and rounded to nearest, any shape."""
   return np.round((np.clip(np.asarray(pixels, np.float32), -1.0, 1.0) + 1.0) * 127.5).astype(
-      np.uint8)
+    np.uint8
+  )

@@ -30,8 +30,9 @@ class _Reader:
       return self._handle.get_tensor(key)
     except (safetensors.SafetensorError, OSError, ValueError) as e:
       raise SafetensorsFileError(
-          f"{self._path}: tensor {key!r} cannot be read ({e}); the file is damaged or "
-          "truncated: download or write it again.") from e
+        f"{self._path}: tensor {key!r} cannot be read ({e}); the file is damaged or "
+        "truncated: download or write it again."
+      ) from e
 
 
 @contextlib.contextmanager
@@ -44,7 +45,8 @@ def open_file(path: str | os.PathLike) -> Iterator[_Reader]:
     raise
   except (safetensors.SafetensorError, OSError, ValueError) as e:
     raise SafetensorsFileError(
-        f"{path} is not a readable .safetensors file ({e}); it is truncated, corrupt or of "
-        "another format: download or write it again.") from e
+      f"{path} is not a readable .safetensors file ({e}); it is truncated, corrupt or of "
+      "another format: download or write it again."
+    ) from e
   with handle:
     yield _Reader(handle, path)

@@ -10,8 +10,9 @@ def _listing(names: Sequence[str]) -> str:
   return f"({len(names)}): {list(names[:_SHOWN])!r}{more}"
 
 
-def check_fits(stored: Mapping[str, tuple], wanted: Mapping[str, tuple], what: str,
-               hint: str) -> None:
+def check_fits(
+  stored: Mapping[str, tuple], wanted: Mapping[str, tuple], what: str, hint: str
+) -> None:
   """Raises ValueError unless `stored` and `wanted` ({name: shape}) match exactly.
 
   Args:
@@ -24,11 +25,15 @@ def check_fits(stored: Mapping[str, tuple], wanted: Mapping[str, tuple], what: s
   wanted = {k: tuple(v) for k, v in wanted.items()}
   missing = sorted(wanted.keys() - stored.keys())
   unexpected = sorted(stored.keys() - wanted.keys())
-  reshaped = [f"{k}: stored {stored[k]}, model {wanted[k]}"
-              for k in sorted(stored.keys() & wanted.keys()) if stored[k] != wanted[k]]
+  reshaped = [
+    f"{k}: stored {stored[k]}, model {wanted[k]}"
+    for k in sorted(stored.keys() & wanted.keys())
+    if stored[k] != wanted[k]
+  ]
   if missing or unexpected or reshaped:
     raise ValueError(
-        f"{what} does not fit the model ({hint}):\n"
-        f"  missing {_listing(missing)}\n"
-        f"  unexpected {_listing(unexpected)}\n"
-        f"  mismatched shapes {_listing(reshaped)}")
+      f"{what} does not fit the model ({hint}):\n"
+      f"  missing {_listing(missing)}\n"
+      f"  unexpected {_listing(unexpected)}\n"
+      f"  mismatched shapes {_listing(reshaped)}"
+    )

@@ -15,8 +15,14 @@ def pack_clips(context_inputs, context_targets, *singles):
   """(B, K, T, ...) x 2 and (B, T, ...) clips -> (2 B K + B len(singles), T, ...)."""
   b, k = context_inputs.shape[:2]
   clip_shape = context_inputs.shape[2:]
-  return jnp.concatenate([context_inputs.reshape(b * k, *clip_shape),
-                          context_targets.reshape(b * k, *clip_shape), *singles], axis=0)
+  return jnp.concatenate(
+    [
+      context_inputs.reshape(b * k, *clip_shape),
+      context_targets.reshape(b * k, *clip_shape),
+      *singles,
+    ],
+    axis=0,
+  )
 
 
 def unpack_clips(coded, batch: int, num_pairs: int):
@@ -27,8 +33,9 @@ def unpack_clips(coded, batch: int, num_pairs: int):
   """
   bk = batch * num_pairs
   num_singles = (coded.shape[0] - 2 * bk) // batch
-  parts = jnp.split(coded, [bk, 2 * bk] + [2 * bk + batch * (i + 1)
-                                          for i in range(num_singles - 1)], axis=0)
+  parts = jnp.split(
+    coded, [bk, 2 * bk] + [2 * bk + batch * (i + 1) for i in range(num_singles - 1)], axis=0
+  )
   shape = (batch, num_pairs) + coded.shape[1:]
   return parts[0].reshape(shape), parts[1].reshape(shape), parts[2:]
 
@@ -66,6 +73,7 @@ def build_condition(context_inputs, context_targets, query, num_pairs, drop):
 def full_condition(context_inputs, context_targets, query) -> jax.Array:
   """The condition of K valid pairs, no dropout: (B, (2K + 1) T', h, w, C)."""
   b, k = context_inputs.shape[:2]
-  cond, _ = build_condition(context_inputs, context_targets, query,
-                            jnp.full((b,), k), jnp.zeros((b,), bool))
+  cond, _ = build_condition(
+    context_inputs, context_targets, query, jnp.full((b,), k), jnp.zeros((b,), bool)
+  )
   return cond

@@ -22,9 +22,9 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 import ml_collections
-from jax import lax
 
 from lavin_jax.configs.models import spatial_factor  # pixels per latent cell; re-exported
 
@@ -33,11 +33,17 @@ def _conv_kernel_and_bias(module, shape, dtype):
   """Declares a conv kernel (..., in, out) and bias (out,) with logical axis names."""
   names = (None,) * (len(shape) - 2) + ("conv_in", "conv_out")
   kernel = module.param(
-      "kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
-      shape, module.param_dtype)
+    "kernel",
+    nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
+    shape,
+    module.param_dtype,
+  )
   bias = module.param(
-      "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
-      shape[-1:], module.param_dtype)
+    "bias",
+    nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+    shape[-1:],
+    module.param_dtype,
+  )
   return kernel.astype(dtype), bias.astype(dtype)
 
 
@@ -45,8 +51,12 @@ def _conv_frames(x, kernel, strides=(1, 1), padding="SAME"):
   """2D convolution applied to every frame: x (B, T, H, W, I), kernel (kh, kw, I, O)."""
   b, t = x.shape[:2]
   y = lax.conv_general_dilated(
-      x.reshape(b * t, *x.shape[2:]), kernel, strides, padding,
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x.reshape(b * t, *x.shape[2:]),
+    kernel,
+    strides,
+    padding,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
   return y.reshape(b, t, *y.shape[1:])
 
 
@@ -54,7 +64,7 @@ def _delay(x, lag):
   """Frame t of the result is frame max(t - lag, 0) of x (B, T, ...)."""
   t = x.shape[1]
   lag = min(lag, t - 1)
-  return jnp.concatenate([x[:, :1]] * lag + [x[:, :t - lag]], axis=1)
+  return jnp.concatenate([x[:, :1]] * lag + [x[:, : t - lag]], axis=1)
 
 
 class CausalConv3d(nn.Module):
@@ -65,6 +75,7 @@ class CausalConv3d(nn.Module):
   This is faster than XLA's conv3d on CPU and copies no input. A single frame sees only
   copies of itself, so its kernel is summed over time first: one 2D convolution.
   """
+
   features: int
   kernel_size: int = 3
   dtype: Any = jnp.float32
@@ -73,8 +84,7 @@ class CausalConv3d(nn.Module):
   @nn.compact
   def __call__(self, x):  # (B, T, H, W, I) -> (B, T, H, W, O)
     k = self.kernel_size
-    kernel, bias = _conv_kernel_and_bias(
-        self, (k, k, k, x.shape[-1], self.features), self.dtype)
+    kernel, bias = _conv_kernel_and_bias(self, (k, k, k, x.shape[-1], self.features), self.dtype)
     x = x.astype(self.dtype)
     if x.shape[1] == 1:
       return _conv_frames(x, kernel.sum(axis=0)) + bias
@@ -84,15 +94,16 @@ class CausalConv3d(nn.Module):
 def _group_norm(config) -> Callable[..., nn.Module]:
   """GroupNorm over (C/G, T, H, W) as released, or over (C/G, H, W) per frame."""
   return functools.partial(
-      nn.GroupNorm,
-      num_groups=config.norm_num_groups,
-      epsilon=config.norm_eps,
-      reduction_axes=(2, 3, 4) if config.per_frame_norm else None,
-      use_fast_variance=False,
-      dtype=jnp.float32,
-      param_dtype=jnp.dtype(config.param_dtype),
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
+    nn.GroupNorm,
+    num_groups=config.norm_num_groups,
+    epsilon=config.norm_eps,
+    reduction_axes=(2, 3, 4) if config.per_frame_norm else None,
+    use_fast_variance=False,
+    dtype=jnp.float32,
+    param_dtype=jnp.dtype(config.param_dtype),
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+  )
 
 
 def _resize_nearest(x, size):
@@ -109,13 +120,14 @@ def _resize_like(z, f):
   t, h, w = f.shape[1:4]
   if t > 1 and t % 2 == 1:
     return jnp.concatenate(
-        [_resize_nearest(z[:, :1], (1, h, w)), _resize_nearest(z[:, 1:], (t - 1, h, w))],
-        axis=1)
+      [_resize_nearest(z[:, :1], (1, h, w)), _resize_nearest(z[:, 1:], (t - 1, h, w))], axis=1
+    )
   return _resize_nearest(z, (t, h, w))
 
 
 class SpatialNorm(nn.Module):
   """norm(f) * conv_y(z) + conv_b(z), z resized (nearest) to f."""
+
   group_norm: Callable[..., nn.Module]
   conv: Callable[..., nn.Module]
 
@@ -133,6 +145,7 @@ class ResnetBlock(nn.Module):
 
   The norms are GroupNorms (encoder) or SpatialNorms conditioned on z (decoder).
   """
+
   features: int
   group_norm: Callable[..., nn.Module]
   conv: Callable[..., nn.Module]
@@ -159,6 +172,7 @@ class Downsample(nn.Module):
 
   The conv pads right and bottom by one, frame by frame.
   """
+
   features: int
   compress_time: bool
   dtype: Any = jnp.float32
@@ -194,9 +208,14 @@ def _upsample_conv_frames(x, kernel):
   b, t, h, w, _ = x.shape
   x = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
   phases = [
-      _conv_frames(x[:, :, i:i + h + 1, j:j + w + 1],
-                   _fold_taps(_fold_taps(kernel, 0, i), 1, j), padding="VALID")
-      for i in range(2) for j in range(2)]
+    _conv_frames(
+      x[:, :, i : i + h + 1, j : j + w + 1],
+      _fold_taps(_fold_taps(kernel, 0, i), 1, j),
+      padding="VALID",
+    )
+    for i in range(2)
+    for j in range(2)
+  ]
   y = jnp.stack(phases, axis=-2).reshape(b, t, h, w, 2, 2, -1)  # (..., row phase, col phase, O)
   return y.transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, t, 2 * h, 2 * w, -1)
 
@@ -207,6 +226,7 @@ class Upsample(nn.Module):
   With compress_time and T > 1, time is doubled too except for frame 0 (1 + k frames
   -> 1 + 2k). The conv acts per frame, so frames are repeated after it.
   """
+
   features: int
   compress_time: bool
   dtype: Any = jnp.float32
@@ -223,6 +243,7 @@ class Upsample(nn.Module):
 
 class Stage(nn.Module):
   """`num_layers` ResNet blocks, then an optional resampler (a released down/mid/up block)."""
+
   features: int
   num_layers: int
   block: Callable[..., nn.Module]
@@ -256,6 +277,7 @@ def _time_levels(config) -> int:
 
 class Encoder(nn.Module):
   """Pixels (B, T, H, W, C) -> moments (B, T', H/8, W/8, 2 * latent_channels)."""
+
   config: ml_collections.ConfigDict
 
   @nn.compact
@@ -268,7 +290,8 @@ class Encoder(nn.Module):
       resample = None
       if i < len(channels) - 1:
         resample = functools.partial(
-            Downsample, compress_time=i < _time_levels(c), name="downsamplers_0", **_dtypes(c))
+          Downsample, compress_time=i < _time_levels(c), name="downsamplers_0", **_dtypes(c)
+        )
       x = Stage(features, c.layers_per_block, block, resample, name=f"down_blocks_{i}")(x)
     x = Stage(channels[-1], 2, block, name="mid_block")(x)
     x = nn.silu(group_norm(name="norm_out")(x))
@@ -277,6 +300,7 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
   """Latents (B, T', h, w, latent_channels) -> pixels (B, 1 + 4 (T' - 1), 8h, 8w, C)."""
+
   config: ml_collections.ConfigDict
 
   @nn.compact
@@ -290,7 +314,8 @@ class Decoder(nn.Module):
       resample = None
       if i < len(channels) - 1:
         resample = functools.partial(
-            Upsample, compress_time=i < _time_levels(c), name="upsamplers_0", **_dtypes(c))
+          Upsample, compress_time=i < _time_levels(c), name="upsamplers_0", **_dtypes(c)
+        )
       x = Stage(features, c.layers_per_block + 1, block, resample, name=f"up_blocks_{i}")(x, z)
     x = nn.silu(SpatialNorm(group_norm, conv, name="norm_out")(x, z))
     return conv(c.in_channels, name="conv_out")(x)
@@ -300,33 +325,39 @@ def check_video(video, config):
   """Raises ValueError unless video is (B, 1 + 4k, H, W, C) with H, W multiples of 8."""
   if video.ndim != 5:
     raise ValueError(
-        f"Expected pixels of shape (B, T, H, W, {config.in_channels}), got {video.shape}; "
-        "add a time axis of length 1 for images.")
+      f"Expected pixels of shape (B, T, H, W, {config.in_channels}), got {video.shape}; "
+      "add a time axis of length 1 for images."
+    )
   _, t, h, w, c = video.shape
   if c != config.in_channels:
     raise ValueError(
-        f"Expected {config.in_channels} channels (channels-last), got {c} in shape {video.shape}.")
+      f"Expected {config.in_channels} channels (channels-last), got {c} in shape {video.shape}."
+    )
   tc = config.temporal_compression
   if (t - 1) % tc:
     raise ValueError(
-        f"Frame count {t} is not 1 + {tc}k; trim or pad the clip to 1, {1 + tc}, "
-        f"{1 + 2 * tc}, ... frames.")
+      f"Frame count {t} is not 1 + {tc}k; trim or pad the clip to 1, {1 + tc}, "
+      f"{1 + 2 * tc}, ... frames."
+    )
   f = spatial_factor(config)
   if h % f or w % f:
     raise ValueError(
-        f"Height and width must be multiples of {f}, got {h}x{w}; resize or crop to "
-        f"{h // f * f or f}x{w // f * f or f}.")
+      f"Height and width must be multiples of {f}, got {h}x{w}; resize or crop to "
+      f"{h // f * f or f}x{w // f * f or f}."
+    )
 
 
 def check_latents(z, config):
   """Raises ValueError unless z is (B, T', h, w, latent_channels)."""
   if z.ndim != 5 or z.shape[-1] != config.latent_channels:
     raise ValueError(
-        f"Expected latents of shape (B, T, h, w, {config.latent_channels}), got {z.shape}.")
+      f"Expected latents of shape (B, T, h, w, {config.latent_channels}), got {z.shape}."
+    )
 
 
 class STVAE(nn.Module):
   """The ST-VAE: `encode` -> (mean, logvar), `decode` -> pixels; `__call__` does both."""
+
   config: ml_collections.ConfigDict
 
   def setup(self):

@@ -74,7 +74,7 @@ def tile_spatially(fn, x, tile, stride, out_tile, blend):
   for i in range(0, h, stride):
     row = []
     for j in range(0, w, stride):
-      out = fn(x[:, :, i:i + tile, j:j + tile])
+      out = fn(x[:, :, i : i + tile, j : j + tile])
       if rows:
         out = _blend(rows[-1][len(row)], out, blend, axis=2)
       if row:
@@ -82,7 +82,8 @@ def tile_spatially(fn, x, tile, stride, out_tile, blend):
       row.append(out)
     rows.append(row)
   return jnp.concatenate(
-      [jnp.concatenate([t[:, :, :keep, :keep] for t in row], axis=3) for row in rows], axis=2)
+    [jnp.concatenate([t[:, :, :keep, :keep] for t in row], axis=3) for row in rows], axis=2
+  )
 
 
 def chunk_temporally(fn, x, chunk):
@@ -96,7 +97,7 @@ def chunk_temporally(fn, x, chunk):
     return fn(x)
   outs = []
   for start in range(0, t - 1, chunk - 1):
-    out = fn(x[:, start:min(start + chunk, t)])
+    out = fn(x[:, start : min(start + chunk, t)])
     outs.append(out if start == 0 else out[:, 1:])
   return jnp.concatenate(outs, axis=1)
 
@@ -112,8 +113,9 @@ def _settings(config, tile_size=None, overlap=None, tile_frames=None):
   stride = int(tile * (1 - overlap))
   if not 0 <= overlap < 1 or stride % f or stride == 0:
     raise ValueError(
-        f"overlap must be in [0, 1) with tile_size * (1 - overlap) a positive multiple of "
-        f"{f}; got overlap {overlap} for tile_size {tile}.")
+      f"overlap must be in [0, 1) with tile_size * (1 - overlap) a positive multiple of "
+      f"{f}; got overlap {overlap} for tile_size {tile}."
+    )
   if frames < 1 + tc or (frames - 1) % tc:
     raise ValueError(f"tile_frames must be 1 + {tc}k with k >= 1, got {frames}.")
   return tile, stride, frames
@@ -185,8 +187,7 @@ def decode(module, params, z, *, tiled=None, **tiling):
   stvae.check_latents(z, config)
   if tiled is None:
     f, tc = stvae.spatial_factor(config), config.temporal_compression
-    tiled = _needs_tiles(config, 1 + tc * (z.shape[1] - 1), z.shape[2] * f, z.shape[3] * f,
-                         tiling)
+    tiled = _needs_tiles(config, 1 + tc * (z.shape[1] - 1), z.shape[2] * f, z.shape[3] * f, tiling)
   if tiled:
     return tiled_decode(module, params, z, **tiling)
   return _apply(module, params, z, "decode")

@@ -45,7 +45,8 @@ from lavin_jax.io import tree_fit
 def with_shardings(abstract_tree, shardings):
   """ShapeDtypeStructs of `abstract_tree` placed on `shardings` (a matching pytree)."""
   return jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings
+  )
 
 
 def _abstract(target):
@@ -78,8 +79,12 @@ def _check_fits(metadata, target, where: str) -> None:
   """Raises ValueError listing every missing, unexpected or reshaped array."""
   stored = {m.name: tuple(m.shape) for m in jax.tree.leaves(metadata) if hasattr(m, "shape")}
   wanted = {_dotted(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(target)}
-  tree_fit.check_fits(stored, wanted, f"The checkpoint {where}",
-                      "was it written with another model or optimizer config?")
+  tree_fit.check_fits(
+    stored,
+    wanted,
+    f"The checkpoint {where}",
+    "was it written with another model or optimizer config?",
+  )
 
 
 class CheckpointManager:
@@ -88,23 +93,25 @@ class CheckpointManager:
   Call `save` and `restore` on every process (multi-host); orbax coordinates them.
   """
 
-  def __init__(self, directory: str | os.PathLike, *, save_every: int, keep: int = 3,
-               async_save: bool = True):
+  def __init__(
+    self, directory: str | os.PathLike, *, save_every: int, keep: int = 3, async_save: bool = True
+  ):
     if save_every < 1 or keep < 1:
       raise ValueError(f"save_every ({save_every}) and keep ({keep}) must be >= 1.")
     options = ocp.CheckpointManagerOptions(
-        save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(save_every),
-        preservation_policy=ocp.checkpoint_managers.LatestN(keep),
-        enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True,
+      save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(save_every),
+      preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+      enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=True,
     )
     handlers = {
-        "state": ocp.StandardCheckpointHandler(),
-        "data": grain.checkpoint.CheckpointHandler(),
-        "config": ocp.JsonCheckpointHandler(),
+      "state": ocp.StandardCheckpointHandler(),
+      "data": grain.checkpoint.CheckpointHandler(),
+      "config": ocp.JsonCheckpointHandler(),
     }
     self._manager = ocp.CheckpointManager(
-        os.path.abspath(os.fspath(directory)), options=options, item_handlers=handlers)
+      os.path.abspath(os.fspath(directory)), options=options, item_handlers=handlers
+    )
 
   @property
   def directory(self):
@@ -120,8 +127,15 @@ class CheckpointManager:
   def should_save(self, step: int) -> bool:
     return self._manager.should_save(step)
 
-  def save(self, step: int, state, *, config: Optional[ml_collections.ConfigDict] = None,
-           data_iterator=None, force: bool = False) -> bool:
+  def save(
+    self,
+    step: int,
+    state,
+    *,
+    config: Optional[ml_collections.ConfigDict] = None,
+    data_iterator=None,
+    force: bool = False,
+  ) -> bool:
     """Starts saving `state` (and the config and iterator position) as `step`.
 
     Saves only when `step` is a multiple of save_every, or with force=True (e.g.
@@ -155,8 +169,8 @@ class CheckpointManager:
     step = self.latest_step() if step is None else step
     if step is None or step not in self.all_steps():
       raise FileNotFoundError(
-          f"No checkpoint for step {step} in {self.directory} (complete steps: "
-          f"{self.all_steps()}).")
+        f"No checkpoint for step {step} in {self.directory} (complete steps: {self.all_steps()})."
+      )
     metadata = self._manager.item_metadata(step)
     _check_fits(metadata["state"], target, f"{self.directory}/{step}")
     items = {"state": ocp.args.StandardRestore(_abstract(target))}
@@ -165,8 +179,9 @@ class CheckpointManager:
     if data_iterator is not None:
       if not self._has_item(step, "data"):
         raise ValueError(
-            f"Checkpoint {self.directory}/{step} holds no data-iterator state; restore "
-            "without data_iterator (the data then starts from the beginning).")
+          f"Checkpoint {self.directory}/{step} holds no data-iterator state; restore "
+          "without data_iterator (the data then starts from the beginning)."
+        )
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     config = restored.get("config", None)
@@ -234,9 +249,13 @@ class StopGuard:
     return bool(np.any(multihost_utils.process_allgather(np.int32(local))))
 
 
-
-def export_bundle(path, ema_params, config: ml_collections.ConfigDict, vae_params=None,
-                  dtype: Optional[str] = "bfloat16") -> None:
+def export_bundle(
+  path,
+  ema_params,
+  config: ml_collections.ConfigDict,
+  vae_params=None,
+  dtype: Optional[str] = "bfloat16",
+) -> None:
   """Writes an inference bundle of a J-DiT run: EMA params in `dtype` and the configs.
 
   `config` is the training config (its `model` and `vae` sub-configs go into the
@@ -246,5 +265,10 @@ def export_bundle(path, ema_params, config: ml_collections.ConfigDict, vae_param
   bundle_config = ml_collections.ConfigDict({"jdit": config.model})
   if vae_params is not None:
     bundle_config.stvae = config.vae
-  bundle.save_bundle(path, bundle_config, jdit_params=jax.device_get(ema_params),
-                     stvae_params=vae_params, dtype=dtype)
+  bundle.save_bundle(
+    path,
+    bundle_config,
+    jdit_params=jax.device_get(ema_params),
+    stvae_params=vae_params,
+    dtype=dtype,
+  )

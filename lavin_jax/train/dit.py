@@ -61,8 +61,9 @@ def encode_batch(vae, vae_params, batch, key, vae_config):
   query and target (B, T', h, w, 16).
   """
   b, k = batch["context_inputs"].shape[:2]
-  clips = incontext.pack_clips(batch["context_inputs"], batch["context_targets"],
-                               batch["query"], batch["target"])
+  clips = incontext.pack_clips(
+    batch["context_inputs"], batch["context_targets"], batch["query"], batch["target"]
+  )
   z = encode_clips(vae, vae_params, clips, key, vae_config)
   ins, tgts, (query, target) = incontext.unpack_clips(z, b, k)
   return {"context_inputs": ins, "context_targets": tgts, "query": query, "target": target}
@@ -72,8 +73,7 @@ def encode_batch(vae, vae_params, batch, key, vae_config):
 # Loss.
 
 
-def velocity_loss(model, params, x_data, noise, t, cond, cond_mask, l1_weight,
-                  dropout_key=None):
+def velocity_loss(model, params, x_data, noise, t, cond, cond_mask, l1_weight, dropout_key=None):
   """Flow loss of J-DiT's velocity at x_t against u = x_data - noise.
 
   The loss covers the target only; padding lives in the condition, where
@@ -81,8 +81,9 @@ def velocity_loss(model, params, x_data, noise, t, cond, cond_mask, l1_weight,
   """
   x_t = flow.interpolate(x_data, noise, t)
   rngs = None if dropout_key is None else {"dropout": dropout_key}
-  v = model.apply({"params": params}, x_t, t, cond, cond_mask,
-                  deterministic=dropout_key is None, rngs=rngs)
+  v = model.apply(
+    {"params": params}, x_t, t, cond, cond_mask, deterministic=dropout_key is None, rngs=rngs
+  )
   return flow.flow_loss(v, flow.velocity_target(x_data, noise), l1_weight)
 
 
@@ -96,8 +97,8 @@ def sample_training_inputs(latents, num_pairs, key, flow_config):
   b = x_data.shape[0]
   drop = jax.random.bernoulli(k_drop, flow_config.uncond_ratio, (b,))
   cond, cond_mask = incontext.build_condition(
-      latents["context_inputs"], latents["context_targets"], latents["query"],
-      num_pairs, drop)
+    latents["context_inputs"], latents["context_targets"], latents["query"], num_pairs, drop
+  )
   t = flow.sample_time(k_time, (b,), flow_config)
   noise = jax.random.normal(k_noise, x_data.shape, jnp.float32)
   return x_data, noise, t, cond, cond_mask
@@ -134,14 +135,13 @@ def train_step(state, vae_params, batch, *, model, tx, schedule, config, vae=Non
     return velocity_loss(model, params, *inputs, config.flow.l1_weight, dropout_key=k_dropout)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  new_state, updates = state_lib.apply_gradients(
-      state, grads, tx, config.optimizer.ema_decay)
+  new_state, updates = state_lib.apply_gradients(state, grads, tx, config.optimizer.ema_decay)
   metrics = {
-      "loss": loss,
-      "grad_norm": optax.tree.norm(grads),
-      "update_norm": optax.tree.norm(updates),
-      "param_norm": optax.tree.norm(new_state.params),
-      "lr": schedule(state.step),
+    "loss": loss,
+    "grad_norm": optax.tree.norm(grads),
+    "update_norm": optax.tree.norm(updates),
+    "param_norm": optax.tree.norm(new_state.params),
+    "lr": schedule(state.step),
   }
   return new_state, metrics
 
@@ -152,10 +152,12 @@ def create_train_step(model, tx, schedule, config, state_shardings, vae=None):
   Inputs carry their own shardings (`mesh_lib.global_batch` for the batch); call
   it inside `jax.set_mesh(mesh)` and `nn.logical_axis_rules(mesh_lib.AXIS_RULES)`.
   """
-  step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                           config=config, vae=vae)
+  step = functools.partial(
+    train_step, model=model, tx=tx, schedule=schedule, config=config, vae=vae
+  )
   replicated = jax.sharding.NamedSharding(
-      jax.tree.leaves(state_shardings)[0].mesh, jax.sharding.PartitionSpec())
+    jax.tree.leaves(state_shardings)[0].mesh, jax.sharding.PartitionSpec()
+  )
   return jax.jit(step, out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
 
@@ -181,8 +183,9 @@ def abstract_train_state(model, tx, config, mesh, rng):
   """(state ShapeDtypeStructs carrying their shardings, state shardings); no allocation."""
   boxed = jax.eval_shape(_state_init_fn(model, tx, config), rng)
   shardings = mesh_lib.logical_shardings(mesh, boxed)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          nn.unbox(boxed), shardings)
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings
+  )
   return abstract, shardings
 
 
@@ -209,8 +212,10 @@ def init_train_state(model, tx, config, mesh, rng):
 def put_global(tree, shardings):
   """Host arrays (identical on every process) -> global arrays on `shardings`."""
   return jax.tree.map(
-      lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda i: np.asarray(x)[i]),
-      tree, shardings)
+    lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda i: np.asarray(x)[i]),
+    tree,
+    shardings,
+  )
 
 
 # ---------------------------------------------------------------------------------------
@@ -224,8 +229,9 @@ def check_config(config, batches_given=False):
   needs_vae = config.input == "pixels" or not batches_given
   if needs_vae and not (config.vae_checkpoint or config.vae_random_init):
     raise ValueError(
-        f"config.input={config.input!r} encodes with the frozen ST-VAE: set "
-        "config.vae_checkpoint to the released stvae.pt (or an inference bundle).")
+      f"config.input={config.input!r} encodes with the frozen ST-VAE: set "
+      "config.vae_checkpoint to the released stvae.pt (or an inference bundle)."
+    )
   if config.vae_checkpoint and not os.path.exists(config.vae_checkpoint):
     raise FileNotFoundError(f"config.vae_checkpoint {config.vae_checkpoint!r} does not exist.")
   if config.init_from and not os.path.isfile(config.init_from):
@@ -237,9 +243,11 @@ def check_config(config, batches_given=False):
     raise ValueError(f"config.flow.uncond_ratio must be in [0, 1), got {config.flow.uncond_ratio}.")
   multiple = model_configs.pixel_multiple(config.vae, config.model)
   if config.data.resolution <= 0 or config.data.resolution % multiple:
-    raise ValueError(f"config.data.resolution must be a positive multiple of {multiple} (the "
-                     f"ST-VAE's downsampling times J-DiT's patch size), got "
-                     f"{config.data.resolution}.")
+    raise ValueError(
+      f"config.data.resolution must be a positive multiple of {multiple} (the "
+      f"ST-VAE's downsampling times J-DiT's patch size), got "
+      f"{config.data.resolution}."
+    )
 
 
 def check_batch(batch, config):
@@ -250,18 +258,26 @@ def check_batch(batch, config):
   channels = 3 if config.input == "pixels" else config.model.in_channels
   clip = np.shape(batch["query"])
   b, k = np.shape(batch["context_inputs"])[:2]
-  want = {"context_inputs": (b, k) + clip[1:], "context_targets": (b, k) + clip[1:],
-          "query": (b,) + clip[1:], "target": (b,) + clip[1:], "num_pairs": (b,)}
+  want = {
+    "context_inputs": (b, k) + clip[1:],
+    "context_targets": (b, k) + clip[1:],
+    "query": (b,) + clip[1:],
+    "target": (b,) + clip[1:],
+    "num_pairs": (b,),
+  }
   bad = {key: np.shape(batch[key]) for key in want if np.shape(batch[key]) != want[key]}
   if len(clip) != 5 or clip[-1] != channels or bad:
     raise ValueError(
-        f"Batch shapes do not fit config.input={config.input!r} (clips (B, T, H, W, "
-        f"{channels}), context (B, K, T, H, W, {channels}), num_pairs (B,)): query {clip}, "
-        f"mismatched {bad}.")
+      f"Batch shapes do not fit config.input={config.input!r} (clips (B, T, H, W, "
+      f"{channels}), context (B, K, T, H, W, {channels}), num_pairs (B,)): query {clip}, "
+      f"mismatched {bad}."
+    )
   num_pairs = np.asarray(batch["num_pairs"])
   if num_pairs.min() < 1 or num_pairs.max() > k:
-    raise ValueError(f"num_pairs must lie in [1, {k}] (the context slots), got "
-                     f"{num_pairs.min()}..{num_pairs.max()}.")
+    raise ValueError(
+      f"num_pairs must lie in [1, {k}] (the context slots), got "
+      f"{num_pairs.min()}..{num_pairs.max()}."
+    )
 
 
 def latent_geometry(batch, config):
@@ -323,6 +339,7 @@ def make_input(config):
   from lavin_jax.data import latents  # pylint: disable=g-import-not-at-top
   from lavin_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from lavin_jax.data import specs  # pylint: disable=g-import-not-at-top
+
   source = specs.get_source(config.source)
   if config.input == "pixels":
     return iter(pipeline.make_pipeline(config.data, source))
@@ -330,11 +347,18 @@ def make_input(config):
   encode = jax.jit(lambda p, x: vae.apply({"params": p}, x, method="encode"))
   names = [task.name for task in pipeline.active_tasks(config.data)[0]]
   tables = latents.encode_task_pairs(
-      source, names, config.data.resolution, functools.partial(encode, vae_params),
-      config.data.task)
-  return iter(latents.make_latent_pipeline(
-      tables, config.data, config.vae.latent_shift, config.vae.latent_scale,
-      jax.process_index(), jax.process_count()))
+    source, names, config.data.resolution, functools.partial(encode, vae_params), config.data.task
+  )
+  return iter(
+    latents.make_latent_pipeline(
+      tables,
+      config.data,
+      config.vae.latent_shift,
+      config.vae.latent_scale,
+      jax.process_index(),
+      jax.process_count(),
+    )
+  )
 
 
 def global_batches(local_batches, config, mesh):
@@ -365,8 +389,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
   # ## Config and logging.
   check_config(config, batches_given=batches is not None)
   os.makedirs(workdir, exist_ok=True)
-  logging.info("J-DiT training in %s, %d processes, %d devices.", workdir,
-               jax.process_count(), jax.device_count())
+  logging.info(
+    "J-DiT training in %s, %d processes, %d devices.",
+    workdir,
+    jax.process_count(),
+    jax.device_count(),
+  )
 
   # ## Mesh.
   mesh = mesh_lib.create_mesh(config.mesh)
@@ -382,15 +410,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
   vae, vae_params = None, None
   if config.input == "pixels":
     vae, host_vae_params = load_vae(config)  # small: replicated
-    vae_params = put_global(host_vae_params,
-                            jax.tree.map(lambda _: mesh_lib.replicated(mesh), host_vae_params))
+    vae_params = put_global(
+      host_vae_params, jax.tree.map(lambda _: mesh_lib.replicated(mesh), host_vae_params)
+    )
 
   # ## Shard: restore the latest checkpoint, or init directly in the sharded layout.
   rng = jax.random.PRNGKey(config.seed)
   abstract, shardings = abstract_train_state(model, tx, config, mesh, rng)
   ckpt = checkpoint.CheckpointManager(
-      os.path.join(workdir, "checkpoints"), save_every=config.checkpoint_every,
-      keep=config.keep_checkpoints)
+    os.path.join(workdir, "checkpoints"),
+    save_every=config.checkpoint_every,
+    keep=config.keep_checkpoints,
+  )
   with ckpt:
     if ckpt.latest_step() is not None:
       logging.info("Resuming from %s/%d.", ckpt.directory, ckpt.latest_step())
@@ -402,9 +433,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
     step_fn = create_train_step(model, tx, schedule, config, shardings, vae=vae)
     with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.AXIS_RULES):
       return loop.run(
-          lambda state, batch: step_fn(state, vae_params, batch), state,
-          global_batches(it, config, mesh), ckpt=ckpt, total_steps=config.total_steps,
-          log_every=config.log_every, workdir=workdir, config=config,
-          data_iterator=data_iterator,
-          tokens_per_example=functools.partial(tokens_per_example, config=config),
-          desc="train J-DiT")
+        lambda state, batch: step_fn(state, vae_params, batch),
+        state,
+        global_batches(it, config, mesh),
+        ckpt=ckpt,
+        total_steps=config.total_steps,
+        log_every=config.log_every,
+        workdir=workdir,
+        config=config,
+        data_iterator=data_iterator,
+        tokens_per_example=functools.partial(tokens_per_example, config=config),
+        desc="train J-DiT",
+      )

@@ -56,17 +56,23 @@ def _fetch_checked(pending, ckpt: checkpoint.CheckpointManager) -> dict:
   """
   fetched = jax.device_get([metrics for _, metrics in pending])
   for (step, _), host in zip(pending, fetched):
-    bad = sorted((name for name, value in host.items() if not np.isfinite(value)),
-                 key=lambda name: name != "loss")  # the loss first
+    bad = sorted(
+      (name for name, value in host.items() if not np.isfinite(value)),
+      key=lambda name: name != "loss",
+    )  # the loss first
     if bad:
       ckpt.wait_until_finished()
       last_good = ckpt.latest_step()
       raise FloatingPointError(
-          f"Step {step}: {bad[0]} is {host[bad[0]]} (non-finite: {', '.join(bad)}; "
-          f"metrics checked at step {pending[-1][0]}); stopping without saving this "
-          "state. " + (
-              f"The last good checkpoint is step {last_good} in {ckpt.directory}."
-              if last_good is not None else "No checkpoint was saved yet."))
+        f"Step {step}: {bad[0]} is {host[bad[0]]} (non-finite: {', '.join(bad)}; "
+        f"metrics checked at step {pending[-1][0]}); stopping without saving this "
+        "state. "
+        + (
+          f"The last good checkpoint is step {last_good} in {ckpt.directory}."
+          if last_good is not None
+          else "No checkpoint was saved yet."
+        )
+      )
   return fetched[-1]
 
 
@@ -75,10 +81,20 @@ def _batch_size(batch) -> int:
   return jax.tree.leaves(batch)[0].shape[0]
 
 
-def run(step_fn: Callable[[Any, Any], tuple[Any, dict]], state, batches: Iterator, *,
-        ckpt: checkpoint.CheckpointManager, total_steps: int, log_every: int, workdir: str,
-        config: ml_collections.ConfigDict, data_iterator=None,
-        tokens_per_example: Optional[Callable[[Any], int]] = None, desc: str = "train"):
+def run(
+  step_fn: Callable[[Any, Any], tuple[Any, dict]],
+  state,
+  batches: Iterator,
+  *,
+  ckpt: checkpoint.CheckpointManager,
+  total_steps: int,
+  log_every: int,
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  data_iterator=None,
+  tokens_per_example: Optional[Callable[[Any], int]] = None,
+  desc: str = "train",
+):
   """Trains from `state.step` to `total_steps`; returns the last state.
 
   Call it on every process, with the same arguments (multi-host).
@@ -104,8 +120,9 @@ def run(step_fn: Callable[[Any, Any], tuple[Any, dict]], state, batches: Iterato
   """
   first = int(state.step)
   writer = MetricWriter(workdir)
-  bar = tqdm.tqdm(total=total_steps, initial=first, desc=desc, unit="step",
-                  disable=jax.process_index() != 0)
+  bar = tqdm.tqdm(
+    total=total_steps, initial=first, desc=desc, unit="step", disable=jax.process_index() != 0
+  )
   pending = []  # (step, device metrics) since the last sync point
   examples = tokens = 0
   since = time.perf_counter()
@@ -134,8 +151,7 @@ def run(step_fn: Callable[[Any, Any], tuple[Any, dict]], state, batches: Iterato
         bar.set_postfix(loss=f"{metrics['loss']:.4f}")
 
         stopping = stop.stop_requested  # a collective: every process is at this step
-        ckpt.save(step, state, config=config, data_iterator=data_iterator,
-                  force=stopping or last)
+        ckpt.save(step, state, config=config, data_iterator=data_iterator, force=stopping or last)
         if stopping:
           logging.info("Stop requested: saved step %d, exiting.", step)
           break

@@ -18,6 +18,7 @@ import optax
 
 class TrainState(struct.PyTreeNode):
   """Everything a training step reads and writes; a plain pytree (checkpointable)."""
+
   step: jax.Array  # int32 scalar: number of updates applied
   params: Any
   ema_params: Any
@@ -39,9 +40,11 @@ def create_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   if config.schedule == "cosine":
     if config.decay_steps <= warmup:
       raise ValueError(
-          f"optimizer.decay_steps ({config.decay_steps}) must exceed warmup_steps ({warmup}).")
+        f"optimizer.decay_steps ({config.decay_steps}) must exceed warmup_steps ({warmup})."
+      )
     return optax.warmup_cosine_decay_schedule(
-        0.0, lr, warmup, config.decay_steps, end_value=lr * config.get("end_lr_factor", 0.0))
+      0.0, lr, warmup, config.decay_steps, end_value=lr * config.get("end_lr_factor", 0.0)
+    )
   raise ValueError(f"Unknown optimizer.schedule {config.schedule!r}; use 'constant' or 'cosine'.")
 
 
@@ -53,9 +56,10 @@ def create_optimizer(config: ml_collections.ConfigDict):
   """
   schedule = create_schedule(config)
   tx = optax.chain(
-      optax.clip_by_global_norm(config.clip_norm),
-      optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-                  weight_decay=config.weight_decay),
+    optax.clip_by_global_norm(config.clip_norm),
+    optax.adamw(
+      schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay
+    ),
   )
   return tx, schedule
 
@@ -68,16 +72,22 @@ def ema_update(ema_params, params, decay: float):
 def create_train_state(params, tx: optax.GradientTransformation, rng) -> TrainState:
   """Step 0; the EMA starts as a copy of the parameters."""
   return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params,
-      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params), rng=rng)
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    ema_params=jax.tree.map(jnp.copy, params),
+    opt_state=tx.init(params),
+    rng=rng,
+  )
 
 
-def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation,
-                    ema_decay: float):
+def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation, ema_decay: float):
   """One optimizer + EMA update. Returns (new state, the applied updates)."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(
-      step=state.step + 1, params=params, opt_state=opt_state,
-      ema_params=ema_update(state.ema_params, params, ema_decay))
+    step=state.step + 1,
+    params=params,
+    opt_state=opt_state,
+    ema_params=ema_update(state.ema_params, params, ema_decay),
+  )
   return new_state, updates
