@@ -12,12 +12,12 @@ import os
 import shutil
 
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lavin_jax.io import coordination
 from lavin_jax.io import files
 
 CONFIG_FILE = "config.json"
@@ -54,15 +54,24 @@ def save_bundle(
   primary = jax.process_index() == 0
   if primary and os.path.exists(partial):
     shutil.rmtree(partial)  # left by an interrupted save
-  _sync("bundle_clean")
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(partial, PARAMS_DIR), params)
-  checkpointer.wait_until_finished()
+  coordination.barrier("bundle_clean")
+  try:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(partial, PARAMS_DIR), params)
+    checkpointer.wait_until_finished()
+    if primary:
+      files.atomic_write_text(os.path.join(partial, CONFIG_FILE), config.to_json(indent=1))
+  except Exception as e:
+    if primary:
+      shutil.rmtree(partial, ignore_errors=True)
+    raise OSError(
+      f"Writing the bundle {path} failed ({' '.join(str(e).split())[:300]}); "
+      f"{'the bundle already there is intact' if os.path.exists(path) else 'nothing was written'}"
+      ". Free space or choose another path, then write it again."
+    ) from e
   if primary:
-    with open(os.path.join(partial, CONFIG_FILE), "w") as f:
-      f.write(config.to_json(indent=1))
     files.replace_dir(partial, path)
-  _sync("bundle_done")
+  coordination.barrier("bundle_done")
 
 
 def load_config(path) -> ml_collections.ConfigDict:
@@ -100,8 +109,3 @@ def load_bundle(path):
 
 def _cast(a, dtype):
   return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
-
-
-def _sync(name):
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)

@@ -26,19 +26,20 @@ current mesh (`with_shardings`), so a checkpoint written on one mesh restores on
 another.
 """
 
+import contextlib
 import json
 import os
 import signal
 from typing import Optional
 
+from absl import logging
 import grain
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 
 from lavin_jax.io import bundle
+from lavin_jax.io import coordination
 from lavin_jax.io import tree_fit
 
 
@@ -87,6 +88,16 @@ def _check_fits(metadata, target, where: str) -> None:
   )
 
 
+def _summary(error: BaseException, width: int = 160) -> str:
+  """A long storage-library message on one line: its start and its end (the cause)."""
+  text = " ".join(str(error).split())
+  return text if len(text) <= 2 * width else f"{text[:width]} ... {text[-width:]}"
+
+
+class CorruptCheckpointError(ValueError):
+  """A checkpoint whose files cannot be read back."""
+
+
 class CheckpointManager:
   """Saves every `save_every` steps, keeps the latest `keep`, restores onto any mesh.
 
@@ -109,6 +120,7 @@ class CheckpointManager:
       "data": grain.checkpoint.CheckpointHandler(),
       "config": ocp.JsonCheckpointHandler(),
     }
+    self._pending = None  # the step of a save started but not known to be complete
     self._manager = ocp.CheckpointManager(
       os.path.abspath(os.fspath(directory)), options=options, item_handlers=handlers
     )
@@ -149,9 +161,30 @@ class CheckpointManager:
       items["config"] = ocp.args.JsonSave(json.loads(config.to_json()))
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+    with self._saving(step):
+      started = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+    self._pending = step if started else self._pending
+    return started
 
-  def restore(self, target, *, step: Optional[int] = None, data_iterator=None):
+  @contextlib.contextmanager
+  def _saving(self, step: int):
+    """Reports a failed save (this one, or the pending one it waits for) clearly."""
+    try:
+      yield
+    except Exception as e:  # orbax and tensorstore raise bare Exceptions and ValueErrors
+      failed = self._pending if self._pending is not None else step
+      self._pending = None
+      good = [s for s in self.all_steps() if s != failed]
+      raise OSError(
+        f"Saving checkpoint step {failed} in {self.directory} failed "
+        f"({_summary(e)}). "
+        + (f"The last complete checkpoint, step {good[-1]}, is intact. " if good else "")
+        + "Free space (or point the workdir elsewhere) and rerun to resume."
+      ) from e
+
+  def restore(
+    self, target, *, step: Optional[int] = None, data_iterator=None, fallback: bool = False
+  ):
     """Restores a checkpoint onto the layout of `target`.
 
     Args:
@@ -160,17 +193,37 @@ class CheckpointManager:
       step: which step; the latest by default.
       data_iterator: a fresh Grain iterator of the same pipeline; its position is
         set to the saved one.
+      fallback: when the latest checkpoint cannot be read (damaged on disk), restore
+        the newest earlier one that can, with a warning; else raise.
 
     Returns:
       (state, config): config is a ConfigDict (tuples come back as lists), or None
       if none was saved.
+
+    Raises:
+      CorruptCheckpointError: the step's files cannot be read (and no fallback).
     """
-    self._manager.wait_until_finished()
+    self.wait_until_finished()
     step = self.latest_step() if step is None else step
     if step is None or step not in self.all_steps():
       raise FileNotFoundError(
         f"No checkpoint for step {step} in {self.directory} (complete steps: {self.all_steps()})."
       )
+    earlier = [s for s in self.all_steps() if s < step]
+    try:
+      return self._restore_step(target, step, data_iterator)
+    except CorruptCheckpointError as e:
+      if not (fallback and earlier):
+        hint = (
+          f"set config.restore_fallback=True to resume from step {earlier[-1]}, or "
+          if earlier
+          else ""
+        )
+        raise CorruptCheckpointError(f"{e} Fix: {hint}delete {self.directory}/{step}.") from e
+      logging.warning("%s Falling back to step %d.", e, earlier[-1])
+      return self.restore(target, step=earlier[-1], data_iterator=data_iterator, fallback=True)
+
+  def _restore_step(self, target, step: int, data_iterator):
     metadata = self._manager.item_metadata(step)
     _check_fits(metadata["state"], target, f"{self.directory}/{step}")
     items = {"state": ocp.args.StandardRestore(_abstract(target))}
@@ -183,7 +236,12 @@ class CheckpointManager:
           "without data_iterator (the data then starts from the beginning)."
         )
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # tensorstore reports unreadable data as a bare Exception
+      raise CorruptCheckpointError(
+        f"Checkpoint step {step} in {self.directory} cannot be read ({_summary(e)}): it is damaged."
+      ) from e
     config = restored.get("config", None)
     return restored["state"], (None if config is None else ml_collections.ConfigDict(config))
 
@@ -191,11 +249,16 @@ class CheckpointManager:
     return (self.directory / str(step) / name).exists()
 
   def wait_until_finished(self) -> None:
-    self._manager.wait_until_finished()
+    """Blocks until the pending save is written (OSError if it failed)."""
+    with self._saving(self._pending):
+      self._manager.wait_until_finished()
+    self._pending = None
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager."""
-    self._manager.close()
+    with self._saving(self._pending):
+      self._manager.close()
+    self._pending = None
 
   def __enter__(self):
     return self
@@ -243,10 +306,7 @@ class StopGuard:
 
     Multi-host, this is a collective: poll it at the same step on every process.
     """
-    local = self.received is not None
-    if jax.process_count() == 1:
-      return local
-    return bool(np.any(multihost_utils.process_allgather(np.int32(local))))
+    return coordination.any_process(self.received is not None, "stop_request")
 
 
 def export_bundle(
