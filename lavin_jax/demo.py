@@ -22,6 +22,7 @@ Stages, each skipped when its output exists (an interrupted run resumes):
 
 import functools
 import json
+import math
 import pathlib
 import time
 
@@ -129,6 +130,8 @@ def train_dit_stage(config, workdir: pathlib.Path, train_pairs: dict,
   tables, vae_config, vae_params = encode_training_pairs(train_pairs, vae_bundle)
   c = ml_collections.ConfigDict(config.dit.to_dict())
   c.total_steps = _steps(config, c.total_steps)
+  c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, c.total_steps // 2)
+  c.optimizer.decay_steps = c.total_steps  # the schedule spans the scaled run
   c.vae = vae_config
   batches = iter(latents.make_latent_pipeline(tables, c.data, vae_config.latent_shift,
                                               vae_config.latent_scale))
@@ -236,6 +239,9 @@ def plot_losses(workdir: pathlib.Path) -> pathlib.Path:
 
 def run(config: ml_collections.ConfigDict, workdir) -> dict:
   """Runs every stage in `workdir`; returns {'results', 'wins', 'table', 'seconds'}."""
+  if not (math.isfinite(config.scale) and config.scale > 0):
+    raise ValueError(f"config.scale multiplies the training steps and must be a positive "
+                     f"number, got {config.scale}; e.g. --config.scale=0.5 for a shorter run.")
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   seconds = {}

@@ -119,6 +119,8 @@ def predict_templates(
   """
   check_settings(height, width, model.pixel_multiple(), num_prompt, sampling)
   queries = query_files(query)
+  for path in queries:  # an unreadable image fails here, not after the model loads
+    sources.read_image(path)
   pairs = sources.TemplateFolderSource(task_dir)  # unmatched names, no pairs: errors
   folder_mode = pathlib.Path(query).is_dir()
   pipe = model.load()
