@@ -14,10 +14,10 @@ import numpy as np
 from PIL import Image
 import pytest
 from safetensors.numpy import save_file
-
-from lavin_jax.io import bundle
 import tiny_model
 import torch_files
+
+from lavin_jax.io import bundle
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
