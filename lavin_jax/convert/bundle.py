@@ -29,7 +29,8 @@ def convert_to_bundle(
   """Writes the released J-DiT and/or ST-VAE files as a bundle at `output`.
 
   Args:
-    output: the bundle directory (replaced atomically).
+    output: the bundle directory (replaced atomically). The files are read tensor by
+      tensor into `dtype`, so the peak memory stays near the size of the params.
     dit_path: released `lavin_dit.safetensors` (or a file in its layout) at `size`.
     vae_path: released `stvae.pt` (or .safetensors) at `stvae_size`.
     dtype: optional dtype of the stored floating params (e.g. 'bfloat16').
@@ -47,6 +48,8 @@ def convert_to_bundle(
   for flag, path in (("--dit_path", dit_path), ("--vae_path", vae_path)):
     if path and not os.path.isfile(path):
       raise FileNotFoundError(f"{flag}: no file at {path!r}.")
+  if dtype is not None:  # read every tensor straight into the stored dtype
+    config.jdit.param_dtype = config.stvae.param_dtype = dtype
   jdit_params = stvae_params = None
   if dit_path:
     module, jdit_params = convert_jdit.load_released_jdit(dit_path, config.jdit)

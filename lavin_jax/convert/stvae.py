@@ -75,28 +75,20 @@ def _expected_params(module, config):
   return nn.unbox(variables["params"])
 
 
-def _read_pt(path):
-  state = torch_checkpoint.load_state_dict(path)
-  return {
-    k: np.asarray(v, np.float32) if np.issubdtype(v.dtype, np.floating) else v
-    for k, v in state.items()
-  }
-
-
 def _read_safetensors(path):
   with safetensors_file.open_file(path) as f:
-    return {k: np.asarray(f.array(k), np.float32) for k in f.keys()}
+    return {k: f.array(k) for k in f.keys()}
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """The released state dict as float32 numpy arrays (PyTorch layouts)."""
+  """The released state dict as host numpy arrays in their stored dtypes (PyTorch layouts)."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No ST-VAE checkpoint at {path!r} (want stvae.pt).")
   if path.endswith(".safetensors"):
     return _read_safetensors(path)
   if path.endswith((".pt", ".pth", ".bin", ".ckpt")):
-    return _read_pt(path)
+    return torch_checkpoint.load_state_dict(path)
   raise ValueError(f"Unknown checkpoint format {path!r}: use a .pt or .safetensors file.")
 
 
@@ -135,7 +127,9 @@ def load_released_stvae(path: str | os.PathLike, config: ml_collections.ConfigDi
   _check(expected, state, os.fspath(path))
   dtype = jnp.dtype(config.param_dtype)
   params = jax.tree_util.tree_map_with_path(
-    lambda p, _: jnp.asarray(_to_flax_layout(state[released_key(tuple(k.key for k in p))]), dtype),
+    lambda p, _: np.asarray(
+      _to_flax_layout(state.pop(released_key(tuple(k.key for k in p)))), dtype
+    ),
     expected_tree,
   )
   return module, params

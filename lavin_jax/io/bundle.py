@@ -108,4 +108,4 @@ def load_bundle(path):
 
 
 def _cast(a, dtype):
-  return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+  return a.astype(dtype, copy=False) if jnp.issubdtype(a.dtype, jnp.floating) else a
