@@ -1,8 +1,14 @@
 """Sources by name: spec strings and configs -> `lavin_jax.data.sources` objects.
 
 `get_source(spec)` makes a source (`lavin_jax.data.sources`) from a string or a config:
-  'tfds:NAME[/CONFIG][,split=train][,data_dir=DIR]'   any prepared TFDS data set
-                                                       stored as array_record
+  'tfds:NAME[/CONFIG][,split=train][,data_dir=DIR][,KEY=FEATURE...]'
+                                                       any prepared TFDS data set
+                                                       stored as array_record; KEY=FEATURE
+                                                       reads schema key KEY from FEATURE
+                                                       ('a/b' nested), e.g.
+                                                       tfds:div2k,image=hr (same-name
+                                                       features and sources.TFDS_PRESETS
+                                                       are read unasked)
   'folder:PATH'                                        every image under PATH
   'templates:PATH'                                     <name>_input.png /
                                                        <name>_target.png pairs
@@ -25,8 +31,8 @@ from lavin_jax.data import sources
 from lavin_jax.data import synthetic
 
 
-def _tfds(name, split="train", data_dir=None, min_size=None):
-  return sources.TfdsSource(name, split, data_dir, min_size=min_size)
+def _tfds(name, split="train", data_dir=None, min_size=None, **features):
+  return sources.TfdsSource(name, split, data_dir, features, min_size)
 
 
 def _synthetic(name="small", content="images", split="train", data_dir=None, min_size=None):
