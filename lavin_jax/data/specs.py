@@ -19,6 +19,8 @@
                                                        built on first use (synthetic.py);
                                                        split=images|clips is short for
                                                        content=...,split=train
+  'coco:ROOT[,split=train2017|val2017][,annotations=instances|keypoints|panoptic]'
+                                                       COCO 2017's own files (coco.py)
 Each also takes `min_size=N`: an image smaller than N pixels on a side is an error.
 The same fields go in a dict or ConfigDict: {'kind': 'folder', 'path': ..., ...}.
 """
@@ -27,6 +29,7 @@ import inspect
 import re
 from typing import Any, Callable, Mapping
 
+from lavin_jax.data import coco
 from lavin_jax.data import sources
 from lavin_jax.data import synthetic
 
@@ -52,6 +55,7 @@ _KINDS: dict[str, tuple[Callable[..., Any], str | None]] = {
   "templates": (sources.TemplateFolderSource, "folder"),
   "photos": (_photos, None),
   "synthetic": (_synthetic, "name"),
+  "coco": (coco.load, "root"),
 }
 
 
