@@ -120,3 +120,54 @@ def write_coco_panoptic(root: pathlib.Path, split: str, images: list[dict]) -> N
     root / "annotations" / f"panoptic_{split}.json",
     {"images": images[:1], "annotations": [record], "categories": categories},
   )
+
+
+# ----------------------------------------------------------------------------------
+# Pascal VOC 2012.
+# ----------------------------------------------------------------------------------
+# Image id -> (split, objects as (class, rows, columns)); object k is the k-th listed.
+VOC_IMAGES = {
+  "2007_000032": ("train", [(8, slice(4, 12), slice(6, 16)), (15, slice(14, 22), slice(18, 28))]),
+  "2007_000039": ("val", [(12, slice(2, 20), slice(2, 26))]),
+}
+
+
+def _palette_png(path: pathlib.Path, indices: np.ndarray) -> None:
+  image = Image.fromarray(indices.astype(np.uint8), mode="P")
+  image.putpalette([v for i in range(256) for v in (i, 255 - i, (7 * i) % 256)])
+  path.parent.mkdir(parents=True, exist_ok=True)
+  image.save(path)
+
+
+def voc_labels(objects, height: int = H, width: int = W) -> tuple[np.ndarray, np.ndarray]:
+  """(class, object) label maps of `objects`, each outlined by one void (255) pixel."""
+  classes = np.zeros((height, width), np.uint8)
+  instances = np.zeros((height, width), np.uint8)
+  for k, (class_id, rows, cols) in enumerate(objects):
+    outline = (
+      slice(max(rows.start - 1, 0), rows.stop + 1),
+      slice(max(cols.start - 1, 0), cols.stop + 1),
+    )
+    classes[outline] = instances[outline] = 255
+    classes[rows, cols] = class_id
+    instances[rows, cols] = k + 1
+  return classes, instances
+
+
+def write_voc(root: pathlib.Path, images=None) -> pathlib.Path:
+  """VOCdevkit/VOC2012 with the JPEGs, label PNGs and split lists of `images`."""
+  images = VOC_IMAGES if images is None else images
+  folder = root / "VOCdevkit" / "VOC2012"
+  splits: dict[str, list[str]] = {"train": [], "val": []}
+  for seed, (name, (split, objects)) in enumerate(images.items()):
+    save(folder / "JPEGImages" / f"{name}.jpg", photo(seed + 10), quality=95)
+    classes, instances = voc_labels(objects)
+    _palette_png(folder / "SegmentationClass" / f"{name}.png", classes)
+    _palette_png(folder / "SegmentationObject" / f"{name}.png", instances)
+    splits[split].append(name)
+  splits["trainval"] = splits["train"] + splits["val"]
+  for split, names in splits.items():
+    listing = folder / "ImageSets" / "Segmentation" / f"{split}.txt"
+    listing.parent.mkdir(parents=True, exist_ok=True)
+    listing.write_text("".join(f"{n}\n" for n in names))
+  return root

@@ -99,7 +99,7 @@ def check_size(height: int, width: int, min_size, what: str) -> None:
     )
 
 
-def _image_size(path: pathlib.Path) -> tuple[int, int]:
+def image_size(path: pathlib.Path) -> tuple[int, int]:
   """(height, width) from the file header; ValueError naming the file if unreadable."""
   try:
     with Image.open(path) as image:
@@ -149,7 +149,7 @@ class ImageFilesSource:
     for path in self.paths:
       if not path.is_file():
         raise FileNotFoundError(f"No image file at {path}.")
-      check_size(*_image_size(path), min_size, f"Image {path}")
+      check_size(*image_size(path), min_size, f"Image {path}")
 
   def __len__(self) -> int:
     return len(self.paths)
@@ -228,7 +228,7 @@ class TemplateFolderSource:
     self.pairs = [(inputs[n], targets[n]) for n in self.names]
     for pair in self.pairs:
       for path in pair:
-        check_size(*_image_size(path), min_size, f"Image {path}")
+        check_size(*image_size(path), min_size, f"Image {path}")
 
   def __len__(self) -> int:
     return len(self.pairs)

@@ -21,6 +21,8 @@
                                                        content=...,split=train
   'coco:ROOT[,split=train2017|val2017][,annotations=instances|keypoints|panoptic]'
                                                        COCO 2017's own files (coco.py)
+  'voc:ROOT[,split=train|val|trainval]'                Pascal VOC 2012 segmentation,
+                                                       the VOCdevkit files (voc.py)
 Each also takes `min_size=N`: an image smaller than N pixels on a side is an error.
 The same fields go in a dict or ConfigDict: {'kind': 'folder', 'path': ..., ...}.
 """
@@ -32,6 +34,7 @@ from typing import Any, Callable, Mapping
 from lavin_jax.data import coco
 from lavin_jax.data import sources
 from lavin_jax.data import synthetic
+from lavin_jax.data import voc
 
 
 def _tfds(name, split="train", data_dir=None, min_size=None, **features):
@@ -56,6 +59,7 @@ _KINDS: dict[str, tuple[Callable[..., Any], str | None]] = {
   "photos": (_photos, None),
   "synthetic": (_synthetic, "name"),
   "coco": (coco.load, "root"),
+  "voc": (voc.VocSegmentation, "root"),
 }
 
 
