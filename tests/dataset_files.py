@@ -171,3 +171,60 @@ def write_voc(root: pathlib.Path, images=None) -> pathlib.Path:
     listing.parent.mkdir(parents=True, exist_ok=True)
     listing.write_text("".join(f"{n}\n" for n in names))
   return root
+
+
+# ----------------------------------------------------------------------------------
+# DAVIS 2017 and video files.
+# ----------------------------------------------------------------------------------
+DAVIS_SEQUENCES = {"bear": ("train", 6), "camel": ("val", 4)}  # name -> (split, frames)
+
+
+def davis_frame(sequence: int, frame: int) -> tuple[np.ndarray, np.ndarray]:
+  """(image, object ids) of a DAVIS fixture frame: object 1 moves right, object 2 stays;
+  frame 0 has a void (255) patch."""
+  ids = np.zeros((H, W), np.uint8)
+  ids[4:12, 2 + 2 * frame : 10 + 2 * frame] = 1
+  ids[16:22, 20:30] = 2
+  if frame == 0:
+    ids[0:2, 0:4] = 255
+  return photo(100 * sequence + frame), ids
+
+
+def write_davis(root: pathlib.Path) -> pathlib.Path:
+  """DAVIS/ with JPEGImages/480p, Annotations/480p and ImageSets/2017 of two sequences."""
+  folder = root / "DAVIS"
+  splits: dict[str, list[str]] = {"train": [], "val": []}
+  for s, (name, (split, frames)) in enumerate(DAVIS_SEQUENCES.items()):
+    for f in range(frames):
+      image, ids = davis_frame(s, f)
+      save(folder / "JPEGImages" / "480p" / name / f"{f:05d}.jpg", image, quality=95)
+      _palette_png(folder / "Annotations" / "480p" / name / f"{f:05d}.png", ids)
+    splits[split].append(name)
+  for split, names in splits.items():
+    listing = folder / "ImageSets" / "2017" / f"{split}.txt"
+    listing.parent.mkdir(parents=True, exist_ok=True)
+    listing.write_text("".join(f"{n}\n" for n in names))
+  return root
+
+
+def video_frames(seed: int, count: int) -> np.ndarray:
+  """(count, H, W, 3) frames that differ from one another."""
+  return np.stack([photo(seed * 50 + k) for k in range(count)])
+
+
+def write_videos(folder: pathlib.Path) -> dict[str, np.ndarray]:
+  """Two video files (a lossless .avi of 7 frames, an .mp4 of 5) and their frames."""
+  import cv2  # pylint: disable=g-import-not-at-top
+
+  written = {}
+  for name, fourcc, count in (("a/first.avi", "FFV1", 7), ("second.mp4", "mp4v", 5)):
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, (W, H))
+    frames = video_frames(len(written), count)
+    for frame in frames:
+      writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    written[name] = frames
+  (folder / "notes.txt").write_text("not a video")
+  return written

@@ -49,10 +49,10 @@ def test_missing_files_and_bad_options(root, tmp_path):
   folder = tmp_path / "VOCdevkit" / "VOC2012"
   (folder / "SegmentationObject" / "a.png").unlink()
   source = voc.VocSegmentation(tmp_path)
-  with pytest.raises(FileNotFoundError, match=r"No VOC label file at .*SegmentationObject/a.png"):
+  with pytest.raises(FileNotFoundError, match=r"No label file at .*SegmentationObject/a.png"):
     source[0]
   Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(folder / "SegmentationObject" / "a.png")
-  with pytest.raises(ValueError, match="is a RGB image, not a palette PNG"):
+  with pytest.raises(ValueError, match="a.png is a RGB image, not a palette PNG"):
     source.labels(0)
   with pytest.raises(ValueError, match=r"a.jpg is 24x32 pixels, smaller than the requested"):
     voc.VocSegmentation(tmp_path, min_size=30)

@@ -133,6 +133,28 @@ def read_image(path: str | os.PathLike, min_size=None) -> np.ndarray:
   return array
 
 
+def read_label_png(path: str | os.PathLike) -> np.ndarray:
+  """uint8 (H, W) indices of a palette (or gray) PNG of labels, as VOC and DAVIS store.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: not a palette or gray image.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"No label file at {path}.")
+  try:
+    with Image.open(path) as image:
+      if image.mode not in ("P", "L"):
+        raise ValueError(
+          f"Label file {path} is a {image.mode} image, not a palette PNG of label "
+          "indices; use the data set's own PNGs."
+        )
+      return np.asarray(image)
+  except (OSError, SyntaxError) as e:
+    raise _unreadable(path, e) from e
+
+
 class ImageFilesSource:
   """Stills read from a list of image files: examples {'image'}.
 

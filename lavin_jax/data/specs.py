@@ -23,6 +23,10 @@
                                                        COCO 2017's own files (coco.py)
   'voc:ROOT[,split=train|val|trainval]'                Pascal VOC 2012 segmentation,
                                                        the VOCdevkit files (voc.py)
+  'davis:ROOT[,split=train|val][,clip_frames=N]'       DAVIS 2017 clips with their
+                                                       object ids (davis.py)
+  'videos:DIR[,clip_frames=N]'                         clips of the video files under
+                                                       DIR (videos.py)
 Each also takes `min_size=N`: an image smaller than N pixels on a side is an error.
 The same fields go in a dict or ConfigDict: {'kind': 'folder', 'path': ..., ...}.
 """
@@ -32,8 +36,10 @@ import re
 from typing import Any, Callable, Mapping
 
 from lavin_jax.data import coco
+from lavin_jax.data import davis
 from lavin_jax.data import sources
 from lavin_jax.data import synthetic
+from lavin_jax.data import videos
 from lavin_jax.data import voc
 
 
@@ -60,7 +66,12 @@ _KINDS: dict[str, tuple[Callable[..., Any], str | None]] = {
   "synthetic": (_synthetic, "name"),
   "coco": (coco.load, "root"),
   "voc": (voc.VocSegmentation, "root"),
+  "davis": (davis.Davis, "root"),
+  "videos": (videos.VideoFiles, "folder"),
 }
+
+
+_INTEGER_OPTIONS = ("min_size", "clip_frames")
 
 
 def parse_spec(spec: str) -> dict[str, Any]:
@@ -84,7 +95,12 @@ def parse_spec(spec: str) -> dict[str, Any]:
     key, eq, value = part.partition("=")
     if not eq:
       raise ValueError(f"Source option {part!r} in {spec!r} is not key=value.")
-    fields[key.strip()] = int(value) if key.strip() == "min_size" else value
+    key = key.strip()
+    if key in _INTEGER_OPTIONS:
+      if not value.strip().isdigit():
+        raise ValueError(f"Source option {part!r} in {spec!r} needs a whole number.")
+      value = int(value)
+    fields[key] = value
   return fields
 
 

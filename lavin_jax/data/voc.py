@@ -19,7 +19,6 @@ import os
 import pathlib
 
 import numpy as np
-from PIL import Image
 
 from lavin_jax.data import class_names as class_names_lib
 from lavin_jax.data import sources
@@ -38,19 +37,6 @@ def find_voc2012(root: pathlib.Path) -> pathlib.Path:
     "VOCdevkit/VOC2012/ImageSets/Segmentation there. Unpack VOCtrainval_11-May-2012.tar "
     "in it, or point voc: at the folder holding VOCdevkit/."
   )
-
-
-def read_label_png(path: pathlib.Path) -> np.ndarray:
-  """uint8 (H, W) indices of a palette (or gray) label PNG."""
-  if not path.is_file():
-    raise FileNotFoundError(f"No VOC label file at {path}.")
-  with Image.open(path) as image:
-    if image.mode not in ("P", "L"):
-      raise ValueError(
-        f"VOC label {path} is a {image.mode} image, not a palette PNG of label indices; "
-        "use the PNGs of the VOC2012 download."
-      )
-    return np.asarray(image)
 
 
 def object_boxes(objects: np.ndarray, count: int) -> np.ndarray:
@@ -96,8 +82,8 @@ class VocSegmentation:
   def labels(self, index: int) -> dict[str, np.ndarray]:
     """The example's annotations ('semantic', 'instances', 'boxes', 'valid'), no image."""
     name = self.ids[index]
-    classes = read_label_png(self.folder / "SegmentationClass" / f"{name}.png")
-    objects = read_label_png(self.folder / "SegmentationObject" / f"{name}.png")
+    classes = sources.read_label_png(self.folder / "SegmentationClass" / f"{name}.png")
+    objects = sources.read_label_png(self.folder / "SegmentationObject" / f"{name}.png")
     if classes.shape != objects.shape:
       raise ValueError(
         f"VOC labels of {name} differ in size: class {classes.shape}, object "
