@@ -27,6 +27,9 @@
                                                        object ids (davis.py)
   'videos:DIR[,clip_frames=N]'                         clips of the video files under
                                                        DIR (videos.py)
+  'pseudo:IMAGES[,depth=DIR][,normals=DIR][,depth_scale=1000][,normals_axes=opencv|opengl]'
+                                                       images with depth / normal files
+                                                       beside them (pseudo_labels.py)
 Each also takes `min_size=N`: an image smaller than N pixels on a side is an error.
 The same fields go in a dict or ConfigDict: {'kind': 'folder', 'path': ..., ...}.
 """
@@ -37,6 +40,7 @@ from typing import Any, Callable, Mapping
 
 from lavin_jax.data import coco
 from lavin_jax.data import davis
+from lavin_jax.data import pseudo_labels
 from lavin_jax.data import sources
 from lavin_jax.data import synthetic
 from lavin_jax.data import videos
@@ -68,6 +72,7 @@ _KINDS: dict[str, tuple[Callable[..., Any], str | None]] = {
   "voc": (voc.VocSegmentation, "root"),
   "davis": (davis.Davis, "root"),
   "videos": (videos.VideoFiles, "folder"),
+  "pseudo": (pseudo_labels.PseudoLabels, "images"),
 }
 
 
