@@ -30,6 +30,9 @@
   'pseudo:IMAGES[,depth=DIR][,normals=DIR][,depth_scale=1000][,normals_axes=opencv|opengl]'
                                                        images with depth / normal files
                                                        beside them (pseudo_labels.py)
+  'packed:DIR'                                         a source packed into ArrayRecord
+                                                       shards (packed.py,
+                                                       launch/pack_source.py)
 Each also takes `min_size=N`: an image smaller than N pixels on a side is an error.
 The same fields go in a dict or ConfigDict: {'kind': 'folder', 'path': ..., ...}.
 """
@@ -40,6 +43,7 @@ from typing import Any, Callable, Mapping
 
 from lavin_jax.data import coco
 from lavin_jax.data import davis
+from lavin_jax.data import packed
 from lavin_jax.data import pseudo_labels
 from lavin_jax.data import sources
 from lavin_jax.data import synthetic
@@ -73,6 +77,7 @@ _KINDS: dict[str, tuple[Callable[..., Any], str | None]] = {
   "davis": (davis.Davis, "root"),
   "videos": (videos.VideoFiles, "folder"),
   "pseudo": (pseudo_labels.PseudoLabels, "images"),
+  "packed": (packed.PackedSource, "folder"),
 }
 
 
