@@ -414,7 +414,8 @@ def test_window_keeps_frames_and_annotations_aligned():
   video = np.broadcast_to(t[:, None, None, None], (FRAMES, 4, 4, 3)).astype(np.uint8)
   flow = np.broadcast_to(t[:-1, None, None, None], (FRAMES - 1, 4, 4, 2)).astype(np.float32)
   depth = np.broadcast_to(t[:, None, None], (FRAMES, 4, 4)).astype(np.float32)
-  example = {"video": video, "flow": flow, "depth": depth}
+  valid = np.broadcast_to(t[:, None, None] % 2 == 0, (FRAMES, 4, 4))
+  example = {"video": video, "flow": flow, "depth": depth, "valid": valid}
   task = tasks.get_task("optical_flow")
   starts = set()
   for seed in range(8):
@@ -424,6 +425,7 @@ def test_window_keeps_frames_and_annotations_aligned():
     np.testing.assert_array_equal(window["video"][:, 0, 0, 0], start + np.arange(5))
     np.testing.assert_array_equal(window["depth"][:, 0, 0], start + np.arange(5))
     np.testing.assert_array_equal(window["flow"][:, 0, 0, 0], start + np.arange(4))
+    np.testing.assert_array_equal(window["valid"][:, 0, 0], (start + np.arange(5)) % 2 == 0)
   assert len(starts) > 1 and max(starts) <= FRAMES - 5
 
 

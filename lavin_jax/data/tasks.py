@@ -60,7 +60,7 @@ from lavin_jax.io import pixels as pixels_lib
 Array = np.ndarray
 Pair = tuple[Array, Array]
 # Per-frame annotation keys: (H, W[, C]) for images, (T, H, W[, C]) for videos.
-FRAME_KEYS = ("depth", "normals", "instances", "semantic")
+FRAME_KEYS = ("depth", "normals", "instances", "semantic", "valid")
 
 
 # ---------------------------------------------------------------------------
