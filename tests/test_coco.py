@@ -1,6 +1,7 @@
 """COCO from its own files: instances, keypoints and panoptic labels of a 3-image fixture."""
 
 import json
+import pickle
 import shutil
 
 import dataset_files
@@ -50,6 +51,8 @@ def test_instances_masks_boxes_and_classes(root):
   np.testing.assert_array_equal(second["semantic"], np.where(car, 2, np.where(crowd, 1, 0)))
   np.testing.assert_array_equal(second["instances"], car.astype(np.int32))
   np.testing.assert_array_equal(second["boxes"], [[0, 0, 4, 6]])
+  restored = pickle.loads(pickle.dumps(source))  # Grain workers pickle sources.
+  np.testing.assert_array_equal(restored[1]["semantic"], second["semantic"])
 
 
 def test_keypoints_of_the_people_with_labelled_joints(root):

@@ -1,5 +1,7 @@
 """Images with depth and normal files beside them: .npy and PNG conventions."""
 
+import pickle
+
 import cv2
 import numpy as np
 from PIL import Image
@@ -58,6 +60,7 @@ def test_depth_and_normals_in_their_conventions(folders):
   assert opengl.keys == ("image", "normals")
   kitti = specs.get_source(f"pseudo:{folders / 'images'},depth={folders / 'depth'},depth_scale=256")
   np.testing.assert_allclose(kitti[1]["depth"][0, 0], 1234 / 256)
+  np.testing.assert_array_equal(pickle.loads(pickle.dumps(kitti))[1]["depth"], kitti[1]["depth"])
 
 
 def test_missing_and_bad_label_files(folders):

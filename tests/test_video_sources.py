@@ -1,5 +1,7 @@
 """DAVIS 2017 from its own files and folders of video files: tiny fixtures."""
 
+import pickle
+
 import dataset_files
 import numpy as np
 import pytest
@@ -39,6 +41,8 @@ def test_davis_clips_keep_object_ids(davis_root):
   assert len(windows) == 1  # Frames 4-5 are no whole window.
   np.testing.assert_array_equal(windows[0]["instances"], clip["instances"][:4])
   assert len(davis.Davis(davis_root, "val", clip_frames=2)) == 2
+  restored = pickle.loads(pickle.dumps(windows))  # Grain workers pickle sources.
+  np.testing.assert_array_equal(restored[0]["video"], windows[0]["video"])
 
 
 def test_davis_errors(davis_root, tmp_path):
@@ -70,6 +74,7 @@ def test_video_files_are_cut_into_clips(tmp_path):
   cut = videos.VideoFiles(tmp_path, clip_frames=3)
   assert cut.windows == [(0, 0, 3), (0, 3, 3), (1, 0, 3)]
   np.testing.assert_array_equal(cut[1]["video"], written["a/first.avi"][3:6])
+  np.testing.assert_array_equal(pickle.loads(pickle.dumps(cut))[1]["video"], cut[1]["video"])
 
 
 def test_video_errors(tmp_path):

@@ -1,5 +1,7 @@
 """Pascal VOC 2012 from its own files: a 2-image VOCdevkit."""
 
+import pickle
+
 import dataset_files
 import numpy as np
 from PIL import Image
@@ -37,6 +39,8 @@ def test_split_lists_and_labels(root):
     val = specs.get_source(f"voc:{root_form},split=val")
     assert val.ids == ["2007_000039"] and val.labels(0)["semantic"].max() == 12
   assert len(voc.VocSegmentation(root, "trainval")) == 2
+  restored = pickle.loads(pickle.dumps(train))  # Grain workers pickle sources.
+  np.testing.assert_array_equal(restored[0]["instances"], example["instances"])
 
 
 def test_missing_files_and_bad_options(root, tmp_path):
