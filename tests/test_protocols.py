@@ -79,6 +79,8 @@ def test_protocol_configs():
     evaluate_configs.get_config("nyu")
   with pytest.raises(ValueError, match="Unknown protocol 'nyu'"):
     protocols.plan(_config("", protocol="nyu", source="photos"))
+  with pytest.raises(ValueError, match="Set config.source .* --config.source=voc:ROOT,split=val"):
+    protocols.plan(_config("pascal5i_detection"))
 
 
 # ---------------------------------------------------------------------------

@@ -36,6 +36,18 @@ from lavin_jax.data import specs
 from lavin_jax.data import views
 from lavin_jax.data import voc
 
+# The sources of the protocols that have no default, as the user gives them.
+_SOURCE_EXAMPLES = {
+  "nyuv2_normals": "pseudo:NYU_TEST_IMAGES,normals=NYU_TEST_NORMALS",
+  "pascal5i_segmentation": "voc:ROOT,split=val",
+  "pascal5i_detection": "voc:ROOT,split=val",
+  "colorization": "folder:IMAGENET_VAL",
+  "inpainting": "folder:IMAGENET_VAL",
+  "de_raining": "folder:IMAGENET_VAL",
+  "de_motion_blur": "folder:IMAGENET_VAL",
+  "coco_panoptic": "coco:ROOT,split=val2017,annotations=panoptic",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Run:
@@ -147,9 +159,9 @@ def plan(config: ml_collections.ConfigDict) -> list[Run]:
       f"{', '.join(evaluate_configs.PROTOCOLS)}."
     )
   if not config.source:
+    example = _SOURCE_EXAMPLES.get(config.protocol, "synthetic:small,split=validation")
     raise ValueError(
-      "Set config.source to a source spec (lavin_jax.data.specs), e.g. "
-      "--config.source=synthetic:small,split=validation."
+      f"Set config.source to a source spec (lavin_jax.data.specs), e.g. --config.source={example}."
     )
   source = specs.get_source(config.source)
   context_source = specs.get_source(config.context_source) if config.context_source else None
