@@ -157,14 +157,15 @@ def decode_palette(pixels: Array) -> Array:
 
 
 _LEVELS = 6  # Of the class palette's RGB grid.
+_CLASS_COLOURS = _LEVELS**3 - 2  # All grid colours but black and white.
+_BORDER = _CLASS_COLOURS + 1  # The palette row of white, the instance rims' colour.
 # Palette row of each grid colour (grid index r * 36 + g * 6 + b): black is row 0, the
-# others follow a fixed walk, white (the instance rims' colour) is the last row.
+# class colours rows 1.._CLASS_COLOURS in a fixed walk over the grid, white the last.
 _GRID_ROW = np.zeros(_LEVELS**3, np.int64)
-_GRID_ROW[(np.arange(_LEVELS**3 - 2) * 79 + 107) % (_LEVELS**3 - 2) + 1] = np.arange(
-  1, _LEVELS**3 - 1
+_GRID_ROW[(np.arange(_CLASS_COLOURS) * 79 + 107) % _CLASS_COLOURS + 1] = np.arange(
+  1, _CLASS_COLOURS + 1
 )
-_GRID_ROW[-1] = _LEVELS**3 - 1
-_BORDER = _LEVELS**3 - 1  # The palette row of white.
+_GRID_ROW[-1] = _BORDER
 
 
 def _class_palette_table() -> Array:
@@ -182,7 +183,7 @@ _CLASS_PALETTE = _class_palette_table()
 def class_palette(ids: Array) -> Array:
   """Class ids (...) -> pixels (..., 3): black for 0, else a class colour."""
   ids = np.asarray(ids)
-  return _CLASS_PALETTE[np.where(ids > 0, (ids - 1) % (_BORDER - 1) + 1, 0)]
+  return _CLASS_PALETTE[np.where(ids > 0, (ids - 1) % _CLASS_COLOURS + 1, 0)]
 
 
 def render_panoptic(semantic: Array, instances: Array, config: ml_collections.ConfigDict) -> Array:
