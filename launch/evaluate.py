@@ -4,12 +4,13 @@ r"""Scores an in-context model on a data source with the task's metrics.
   python launch/evaluate.py --bundle=/path/to/bundle --output=eval/ \
       --config=lavin_jax/configs/evaluate.py:depth_estimation \
       --config.source=synthetic:small,split=validation --config.resolution=128
-  # The released weights:
+  # The released weights on one of the paper's protocols (NYUv2 depth, Eigen crop):
   python launch/evaluate.py --vae_path=stvae.pt --dit_path=lavin_dit.safetensors \
-      --output=eval/ --config=lavin_jax/configs/evaluate.py:normal_estimation \
-      --config.source=tfds:nyu_depth_v2,split=validation
+      --output=eval/ --config=lavin_jax/configs/evaluate.py:nyuv2_depth
 
-Writes <output>/<task>.json and <task>.png and prints the metrics as one JSON line.
+The argument is a task or a protocol (lavin_jax.configs.evaluate.PROTOCOLS). Writes
+<output>/<task>.json and <task>.png (a protocol: per run, under <output>/<run>/, and
+its figures in <output>/<protocol>_summary.json) and prints the metrics as one JSON line.
 LPIPS and FID are computed, for the tasks scored by them, only when --config.lpips_vgg
 and --config.lpips_lin or --config.fid_weights name the weight files (nothing is
 downloaded). Every input is checked before the model is loaded.
@@ -27,7 +28,7 @@ from lavin_jax.eval import model_eval
 from lavin_jax.inference import loading
 
 _CONFIG = config_flags.DEFINE_config_file(
-  "config", configs.path("evaluate"), "Evaluation settings: evaluate.py:<task>."
+  "config", configs.path("evaluate"), "Evaluation settings: evaluate.py:<task or protocol>."
 )
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory.")
 _BUNDLE = flags.DEFINE_string("bundle", None, "Inference bundle directory.")
@@ -41,7 +42,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
   model = loading.ModelFiles(_BUNDLE.value, _VAE_PATH.value, _DIT_PATH.value, _SIZE.value)
   report = model_eval.evaluate_model(_CONFIG.value, model, _OUTPUT.value)
-  print(json.dumps({"task": report["task"], **report["metrics"]}))
+  protocol = {"protocol": report["protocol"]} if "protocol" in report else {}
+  print(json.dumps({**protocol, "task": report["task"], **report["metrics"]}))
 
 
 if __name__ == "__main__":

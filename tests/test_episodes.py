@@ -58,6 +58,27 @@ def test_fit_example_crops_resizes_and_scales_annotations():
   np.testing.assert_allclose(out["depth"], 2.5)
 
 
+def test_fit_example_moves_keypoints_and_masks_like_the_pixels():
+  valid = np.zeros((40, 64), bool)
+  valid[:, 32:] = True
+  people = np.zeros((2, 17, 3), np.float32)
+  people[0, 0] = 22.0, 10.0, 2  # Inside the centred 40 x 40 crop (x0 = 12).
+  people[0, 1] = 5.0, 10.0, 1  # Left of it.
+  people[0, 2] = 51.5, 39.5, 2  # Inside, in the last row and column.
+  people[1, 3] = 60.0, 20.0, 2  # Right of it: the person is dropped.
+  example = {"image": np.zeros((40, 64, 3), np.uint8), "valid": valid, "keypoints": people}
+  out = episodes.fit_example(example, 16)  # Scale 0.4.
+  assert out["valid"].dtype == bool and out["valid"].shape == (16, 16)
+  np.testing.assert_array_equal(out["valid"], np.arange(16)[None].repeat(16, 0) >= 8)
+  assert out["keypoints"].shape == (1, 17, 3) and out["keypoints"].dtype == np.float32
+  want = np.zeros((17, 3), np.float32)
+  want[0] = 4.0, 4.0, 2
+  want[2] = 15.8, 15.8, 2
+  np.testing.assert_allclose(out["keypoints"][0], want, atol=1e-5)
+  with pytest.raises(ValueError, match="17 .x, y, v. triples"):
+    episodes.fit_example(dict(example, keypoints=np.zeros((2, 16, 3))), 16)
+
+
 # ---------------------------------------------------------------------------
 # Context indices.
 # ---------------------------------------------------------------------------
@@ -175,6 +196,20 @@ def test_render_episode_renders_the_query_and_the_context_examples():
   assert episode["context_inputs"].shape == (2, 1, RES, RES, 3)
   with pytest.raises(ValueError):  # One generator per context slot and the query.
     episodes.render_episode(task, source, 0, [2, 0], rngs[:2], RES, pool=pool)
+  assert "query_example" not in episode
+
+
+def test_render_episode_keeps_the_query_example_on_request():
+  task = tasks.get_task("foreground_segmentation")
+  rng = np.random.default_rng(0)
+  instances = np.zeros((24, 20), np.int32)
+  instances[4:12, 2:10] = 3
+  source = [{"image": np.zeros((24, 20, 3), np.uint8), "instances": instances}] * 2
+  episode = episodes.render_episode(task, source, 1, [0], [rng] * 2, RES, keep_query=True)
+  fitted = episodes.fit_example(source[1], RES)
+  assert set(episode["query_example"]) == {"image", "instances"}
+  np.testing.assert_array_equal(episode["query_example"]["instances"], fitted["instances"])
+  np.testing.assert_array_equal(episode["target"], task(fitted, rng)[1])
 
 
 def test_render_episode_names_the_example_that_does_not_fit():

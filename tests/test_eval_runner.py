@@ -17,6 +17,8 @@ from lavin_jax.data import episodes as episodes_lib
 from lavin_jax.data import tasks
 from lavin_jax.eval import fid
 from lavin_jax.eval import lpips
+from lavin_jax.eval import panoptic
+from lavin_jax.eval import pose
 from lavin_jax.eval import runner
 from lavin_jax.inference import pipeline as inference
 from lavin_jax.io import pixels
@@ -39,17 +41,31 @@ def _annotations(rng, lead, shift):
   }
 
 
+class Source(list):
+  """Examples in a list, with the thing classes of their panoptic labels."""
+
+  thing_classes = (1,)
+
+
+def _person(i):
+  """Four labelled joints far apart (nose, left shoulder, left hip, left ankle)."""
+  person = np.zeros((1, 17, 3), np.float32)
+  person[0, [0, 5, 11, 15]] = [[10 + i, 8, 2], [34, 8 + i, 2], [10, 30, 1], [34 - i, 30, 2]]
+  return person
+
+
 @pytest.fixture(scope="module")
 def image_source():
   rng = np.random.default_rng(0)
-  return [
+  return Source(
     {
       "image": rng.integers(0, 256, (H, W, 3), dtype=np.uint8),
       "boxes": np.array([[4 + i, 8, 18, 26], [20, 18 + i, 36, 44]], np.float32),
+      "keypoints": _person(i),
       **_annotations(rng, (), i),
     }
     for i in range(NUM_IMAGES)
-  ]
+  )
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +201,11 @@ PERFECT = {
   "miou": 1.0,
   "segment_miou": 1.0,
   "epe": 0.0,
+  "pck": 1.0,
+  "keypoint_precision": 1.0,
+  "pq": 1.0,
+  "sq": 1.0,
+  "rq": 1.0,
 }
 
 
@@ -290,6 +311,79 @@ def test_query_copy_scores_match_numpy(name, image_source, video_source, tmp_pat
     np.testing.assert_allclose(got, frames.mean(1), rtol=1e-4, atol=1e-4, err_msg=key)
     np.testing.assert_allclose(report["metrics"][key], frames.mean(), rtol=1e-4, atol=1e-4)
     assert not np.allclose(frames, PERFECT.get(key, np.inf)), key  # Not trivially perfect.
+
+
+def test_panoptic_quality_of_a_hand_computed_frame():
+  semantic = np.array([[2, 2, 2, 2, 0, 0, 1, 1]] * 2 + [[1, 1, 1, 1, 2, 2, 1, 1]] * 2)
+  instances = np.array([[0] * 8] * 2 + [[1, 1, 2, 2, 0, 0, 0, 0]] * 2)  # Columns 6-7: crowd.
+  pred_classes = np.array([[2] * 6 + [1, 1]] * 2 + [[1, 1, 1, 1, 2, 2, 1, 1]] * 2)
+  pred_regions = np.array([[3] * 6 + [6, 6]] * 2 + [[1, 1, 1, 2, 4, 4, 6, 6]] * 2)
+  quality = panoptic.PanopticQuality(thing_classes=[1])
+  quality.add(pred_classes, pred_regions, semantic, instances)
+  # Class 1: region 1 matches instance 1 (IoU 4 / 6); region 2 has IoU 2 / 4 with
+  # instance 2, not above 0.5: one FP, one FN; region 6 lies on the crowd: no FP.
+  # Class 2 (stuff): regions 3 and 4 are one segment of 16 pixels, 4 on void: IoU 1.
+  np.testing.assert_allclose(quality.counts[1], [1, 1, 1, 2 / 3])
+  np.testing.assert_allclose(quality.counts[2], [1, 0, 0, 1])
+  pq = quality.result()
+  np.testing.assert_allclose([pq["pq"], pq["sq"], pq["rq"]], [(1 / 3 + 1) / 2, 5 / 6, 3 / 4])
+  quality.add(np.zeros_like(semantic), pred_regions, semantic, instances)  # Nothing found.
+  np.testing.assert_allclose(quality.counts[1], [1, 1, 3, 2 / 3])  # The crowd is no FN.
+  assert panoptic.PanopticQuality([1]).result() == {"pq": 1.0, "sq": 1.0, "rq": 1.0}
+
+
+def test_keypoint_matching_is_one_to_one_within_the_radius():
+  truth = np.zeros((2, 17, 3), np.float32)
+  truth[0, 0] = 10, 10, 2
+  truth[1, 0] = 14, 10, 1
+  truth[0, 5] = 30, 30, 2  # Nothing decoded near it.
+  points = np.zeros((17, 3, 3), np.float32)
+  points[0, :3] = [[12, 10, 2], [13, 10, 2], [40, 40, 2]]  # Two within 3 px, one far.
+  points[7, 0] = 5, 5, 2  # A joint with no true keypoint.
+  counts = pose.match_counts(points, truth, radius=3.0)
+  # Closest first: (14, 10)-(13, 10), then (10, 10)-(12, 10); (40, 40) and joint 7 unmatched.
+  np.testing.assert_array_equal(counts, [2, 3, 4])
+  assert pose.scores(counts) == {"pck": 2 / 3, "keypoint_precision": 0.5}
+  np.testing.assert_array_equal(pose.match_counts(points, truth, radius=1.5), [1, 3, 4])
+  assert pose.scores(np.zeros(3)) == {"pck": 1.0, "keypoint_precision": 1.0}
+
+
+def _half_valid(source):
+  """The examples with 'valid' on their left half and unknown depth in the top rows."""
+  out = Source()
+  for example in source:
+    valid = np.zeros((H, W), bool)
+    valid[:, : W // 2] = True
+    depth = example["depth"].copy()
+    depth[:4] = 0.0
+    out.append(dict(example, valid=valid, depth=depth))
+  return out
+
+
+@pytest.mark.parametrize("name", ["depth_estimation", "normal_estimation", "detection"])
+def test_invalid_pixels_are_not_scored(name, image_source, tmp_path):
+  source = _half_valid(image_source)
+  config = _config(name, num_examples=3, num_pairs=1)
+  truth = oracle(_episodes(config, source))
+
+  def right_half_wrong(context_inputs, context_targets, query, *, seed):
+    pred = truth(context_inputs, context_targets, query, seed=seed).copy()
+    pred[..., RES // 2 :, :] = np.random.default_rng(seed).uniform(
+      -1, 1, pred[..., RES // 2 :, :].shape
+    )
+    return pred
+
+  masked = runner.evaluate(right_half_wrong, source, config, tmp_path)["metrics"]
+  unmasked = runner.evaluate(right_half_wrong, image_source, config, tmp_path)["metrics"]
+  for key, value in masked.items():
+    np.testing.assert_allclose(value, PERFECT[key], atol=1e-4, err_msg=key)
+    assert not np.isclose(unmasked[key], PERFECT[key], atol=1e-2), key
+
+
+def test_panoptic_needs_the_thing_classes(image_source, tmp_path):
+  config = _config("panoptic_segmentation")
+  with pytest.raises(ValueError, match="needs the source's `thing_classes`"):
+    runner.evaluate(must_not_run, list(image_source), config, tmp_path)
 
 
 # ---------------------------------------------------------------------------

@@ -60,6 +60,21 @@ def test_bundle_end_to_end(bundle_dir, synthetic, tmp_path):
   assert (tmp_path / "out" / "depth_estimation.png").is_file()
 
 
+def test_a_protocol_end_to_end(bundle_dir, synthetic, tmp_path):
+  config = evaluate_configs.get_config("colorization")
+  config.update(dict(source=synthetic, num_examples=3, num_pairs=2, batch_size=2, resolution=RES))
+  config.sampling.num_steps = 2
+  summary = model_eval.evaluate_model(
+    config, loading.ModelFiles(bundle=str(bundle_dir)), tmp_path / "out"
+  )
+  written = json.loads((tmp_path / "out" / "colorization_summary.json").read_text())
+  assert summary == written and summary["protocol"] == "colorization"
+  assert set(summary["metrics"]) == {"mse"}
+  assert summary["skipped_metrics"] == {"lpips": "no LPIPS weight files given"}
+  run = json.loads((tmp_path / "out" / "colorization.json").read_text())  # The one run.
+  assert summary["runs"] == {"": run["metrics"]} and len(run["examples"]) == 3
+
+
 def test_the_command_line_prints_the_metrics(bundle_dir, synthetic, tmp_path):
   out = subprocess.run(
     [
@@ -100,6 +115,9 @@ def test_the_command_line_prints_the_metrics(bundle_dir, synthetic, tmp_path):
     (dict(num_steps=1), ValueError, "num_steps"),
     (dict(cfg_scale=float("nan")), ValueError, "cfg_scale"),
     (dict(lpips_vgg="vgg.pth"), ValueError, "both config.lpips_vgg and config.lpips_lin"),
+    (dict(protocol="nyu"), ValueError, "Unknown protocol 'nyu'"),
+    (dict(protocol="pascal5i_segmentation", folds=(0,)), ValueError, "reads Pascal VOC"),
+    (dict(task="panoptic_segmentation", source="photos"), ValueError, "needs 'semantic'"),
     (
       dict(fid_weights="/nowhere/inception.pth"),
       FileNotFoundError,

@@ -233,6 +233,8 @@ def test_tfds_source_by_spec(tfds_dir):
   )
   with pytest.raises(ValueError, match='no feature is mapped to "image"'):
     specs.get_source(spec)  # 'photo' is not a schema name.
+  source = specs.get_source(f"tfds:lavin_test_photos,data_dir={tfds_dir},image=photo")
+  assert source.keys == ("image",) and len(source) == 6
 
 
 def test_tfds_bad_inputs(tfds_dir, tmp_path):
@@ -246,6 +248,44 @@ def test_tfds_bad_inputs(tfds_dir, tmp_path):
     sources.TfdsSource(
       "lavin_test_photos", "train", tfds_dir, features={"image": "photo"}, min_size=32
     )[0]
+
+
+def test_tfds_builders_under_mock_data():
+  """The real builders; mock_data stands in for the prepared files (random values)."""
+  with tfds.testing.mock_data(num_examples=3):
+    nyu = specs.get_source("tfds:nyu_depth_v2,split=validation")
+    assert nyu.keys == ("image", "depth") and len(nyu) == 3 and nyu.class_names is None
+    example = nyu[0]
+    assert example["image"].shape == (480, 640, 3) and example["image"].dtype == np.uint8
+    assert example["depth"].shape == (480, 640) and example["depth"].dtype == np.float32
+
+    ade = specs.get_source("tfds:scene_parse150,split=validation")
+    assert ade.keys == ("image", "semantic")  # The preset reads 'annotation'.
+    assert ade.class_names[0] == "other" and ade.class_names[150] == "flag"
+    example = ade[1]
+    assert example["semantic"].dtype == np.int32
+    assert example["semantic"].ndim == 2  # Mock data draws each feature's size apart.
+
+    div2k = specs.get_source("tfds:div2k/bicubic_x2")
+    assert div2k.keys == ("image",) and div2k.features == {"image": "hr"}
+    low = specs.get_source({"kind": "tfds", "name": "div2k/bicubic_x2", "image": "lr"})
+    assert low.features == {"image": "lr"}
+    with pytest.raises(ValueError, match=r"\['colour'\] are not schema keys"):
+      specs.get_source("tfds:div2k/bicubic_x2,colour=hr")
+    with pytest.raises(ValueError, match=r"no feature\(s\) \{'depth': 'hr_depth'\}"):
+      specs.get_source("tfds:div2k/bicubic_x2,depth=hr_depth")
+
+
+def test_values_are_converted_to_the_schema():
+  gray_rgb = np.repeat(np.arange(6, dtype=np.uint8).reshape(2, 3, 1), 3, -1)
+  np.testing.assert_array_equal(sources.to_schema("semantic", gray_rgb), np.arange(6).reshape(2, 3))
+  assert sources.to_schema("instances", gray_rgb[..., :1]).dtype == np.int32
+  depth = sources.to_schema("depth", np.ones((4, 5, 1), np.float16))
+  assert depth.shape == (4, 5) and depth.dtype == np.float32
+  assert sources.to_schema("image", np.zeros((4, 5), np.uint8)).shape == (4, 5, 3)
+  assert sources.to_schema("valid", np.ones((4, 5, 1), np.uint8)).dtype == bool
+  assert sources.to_schema("boxes", [1, 2, 3, 4]).shape == (1, 4)
+  assert sources.to_schema("keypoints", np.zeros(102)).shape == (2, 17, 3)
 
 
 # ----------------------------------------------------------------------------------

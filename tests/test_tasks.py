@@ -1,5 +1,6 @@
 """Tasks: shapes, ranges, one pixel-level property each, decoders and bad inputs."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -38,6 +39,15 @@ def image_example():
   rng = _rng(1)
   ex = {"image": _textured(rng, (H, W, 3)), **_annotations(rng, ())}
   ex["boxes"] = np.array([[4, 5, 12, 15], [16, 20, 30, 38]], np.float32)
+  ex["keypoints"] = np.zeros((1, 17, 3), np.float32)
+  ex["keypoints"][0, :6] = [  # (x, y, v): nose, eyes, an unlabelled ear, ear, shoulder.
+    [6.5, 6.5, 2],
+    [16.5, 6.5, 2],
+    [26.5, 14.5, 1],
+    [0, 0, 0],
+    [30.5, 26.5, 2],
+    [10.5, 24.5, 2],
+  ]
   return ex
 
 
@@ -81,6 +91,8 @@ def test_every_required_task_is_registered():
     "panoptic_segmentation",
     "detection",
     "foreground_segmentation",
+    "pose_estimation",
+    "pose_to_image",
   }
   videos = {
     "frame_prediction",
@@ -94,6 +106,19 @@ def test_every_required_task_is_registered():
   assert {n for n in tasks.TASK_NAMES if tasks.get_task(n).media == "image"} >= images
   assert {n for n in tasks.TASK_NAMES if tasks.get_task(n).media == "video"} >= videos
   assert tasks.get_task("video_depth").num_frames == task_table.options().num_frames
+  # The paper's 22 (appendix C) and instance segmentation (its Table 4).
+  assert len(tasks.TASK_NAMES) == 23
+
+
+def test_default_weights_fit_the_synthetic_data_set():
+  from lavin_jax.data import render  # pylint: disable=g-import-not-at-top
+
+  keys = set(render.render_image(0, 8, 8)) | set(render.render_clip(0, 2, 8, 8))
+  assert set(task_table.SYNTHETIC_ANNOTATIONS) <= keys
+  image = task_table.weights("image")
+  assert image["pose_estimation"] == image["pose_to_image"] == 0.0
+  assert image["depth_estimation"] == 1.0 and task_table.weights("video")["optical_flow"] == 1.0
+  assert task_table.weights("image", ("keypoints",))["pose_estimation"] == 1.0
 
 
 # ---------------------------------------------------------------------------
@@ -261,16 +286,56 @@ def test_instance_palette_round_trips(image_example):
   np.testing.assert_array_equal(task.decode(noisy)[0], image_example["instances"])
 
 
-def test_panoptic_colours_classes_and_shades_instances(image_example):
+def _panoptic_scene():
+  """Classes (1, 24, 32): stuff 3, void rows 0-1, two touching instances of class 1, and a
+  class-150 instance next to a crowd of its class (instance id 0)."""
+  semantic = np.full((1, 24, 32), 3, np.int32)
+  instances = np.zeros((1, 24, 32), np.int32)
+  semantic[0, :2] = 0
+  semantic[0, 4:14, 4:20] = 1
+  instances[0, 4:14, 4:12] = 1
+  instances[0, 4:14, 12:20] = 2
+  semantic[0, 16:22, 2:30] = 150
+  instances[0, 16:22, 2:12] = 3  # Columns 12..29 are the crowd.
+  return semantic, instances
+
+
+def test_panoptic_colours_classes_and_rims_touching_instances():
   config = task_table.options()
-  _, targets = tasks.get_task("panoptic_segmentation", config)(image_example, _rng())
-  semantic, instances = image_example["semantic"], image_example["instances"]
-  stuff = instances == 0
-  np.testing.assert_allclose(targets[0][stuff], tasks.palette(semantic[stuff]), atol=1e-6)
-  for k in (1, 2):
-    shade = config.panoptic_shades[k % len(config.panoptic_shades)]
-    unit = (tasks.palette(semantic[instances == k]) + 1) / 2 * shade
-    np.testing.assert_allclose((targets[0][instances == k] + 1) / 2, unit, atol=1e-6)
+  palette = tasks.class_palette(np.arange(216))
+  assert len(np.unique(palette, axis=0)) == 215  # Black, then 214 colours, repeating.
+  np.testing.assert_array_equal(palette[0], [-1, -1, -1])
+  np.testing.assert_array_equal(palette[215], palette[1])
+  assert not (palette == 1).all(-1).any()  # White is the rims' colour only.
+  semantic, instances = _panoptic_scene()
+  pixels = tasks.render_panoptic(semantic, instances, config)
+  rim = (pixels[0] == 1).all(-1)
+  want = np.zeros((24, 32), bool)
+  want[4:14, 10:14] = True  # 2 pixels either side of the contact at column 12.
+  want[16:22, 10:14] = True  # The instance and its crowd.
+  np.testing.assert_array_equal(rim, want)
+  np.testing.assert_array_equal(pixels[0][~rim], tasks.class_palette(semantic[0][~rim]))
+  _, targets = tasks.get_task("panoptic_segmentation", config)(
+    {"image": np.zeros((24, 32, 3), np.uint8), "semantic": semantic[0], "instances": instances[0]},
+    _rng(),
+  )
+  np.testing.assert_array_equal(targets, pixels)
+
+
+def test_panoptic_decodes_to_classes_and_regions():
+  config = task_table.options()
+  semantic, instances = _panoptic_scene()
+  pixels = tasks.render_panoptic(semantic, instances, config)
+  noisy = pixels + _rng().uniform(-0.15, 0.15, pixels.shape).astype(np.float32)
+  for rendered in (pixels, noisy):
+    decoded = tasks.decode_panoptic(rendered, config)[0]
+    np.testing.assert_array_equal(decoded[..., 0], semantic[0])
+    regions = decoded[..., 1]
+    assert (regions == 0).sum() == (semantic[0] == 0).sum()
+    parts = [(semantic[0] == 3), instances[0] == 1, instances[0] == 2, instances[0] == 3]
+    parts.append((semantic[0] == 150) & (instances[0] == 0))
+    ids = [np.unique(regions[part]) for part in parts]
+    assert all(len(i) == 1 for i in ids) and len(set(np.concatenate(ids).tolist())) == 5
 
 
 def test_foreground_mask_round_trips(image_example):
@@ -287,6 +352,46 @@ def test_detection_renders_the_largest_box(image_example):
   np.testing.assert_array_equal(task.decode(targets)[0], expected)
   no_boxes = dict(image_example, boxes=np.zeros((0, 4), np.float32))
   assert not task.decode(task(no_boxes, _rng())[1]).any()
+
+
+def test_pose_draws_joints_and_limbs_and_decodes_to_the_keypoints(image_example):
+  config = task_table.options()
+  task = tasks.get_task("pose_estimation", config)
+  _, targets = task(image_example, _rng())
+  unit = (targets[0] + 1) / 2
+  np.testing.assert_allclose(unit[6, 8], [1, 0, 0], atol=1e-6)  # Nose: hue 0, visible.
+  hidden = cv2.cvtColor(unit[14:15, 26:27], cv2.COLOR_RGB2HSV)[0, 0]  # Right eye, hidden.
+  np.testing.assert_allclose(hidden, [720 / 17, 1, config.pose_hidden_value], atol=1e-3)
+  np.testing.assert_allclose(unit[6, 11], config.pose_limb_grey)  # Nose - left eye limb.
+  # The shoulder's limbs lead to unlabelled joints: its disc stands alone.
+  assert unit[24, 10].any() and not unit[24, 15:20].any() and not unit[15:20, 10].any()
+  decoded = task.decode(targets)[0]
+  want = image_example["keypoints"][0]
+  for j in range(17):
+    found = decoded[j][decoded[j, :, 2] > 0]
+    if want[j, 2] > 0:
+      assert len(found) == 1, j
+      np.testing.assert_allclose(found[0], want[j], atol=0.05)
+    else:
+      assert not len(found), j
+  inputs, image = tasks.get_task("pose_to_image", config)(image_example, _rng())
+  np.testing.assert_array_equal(inputs, targets)
+  assert not decoded[:, 1:].any()  # One point per joint, the other slots zero.
+
+
+def test_pose_decoding_finds_people_and_ignores_noise():
+  config = task_table.options()
+  people = np.zeros((2, 17, 3), np.float32)
+  for p, (x0, y0) in enumerate([(6.5, 6.5), (6.5, 40.5)]):
+    for j in range(17):
+      people[p, j] = x0 + 10 * (j % 9), y0 + 12 * (j // 9), 2
+  pixels = tasks.render_pose(people, 72, 96, config)[None]
+  noisy = pixels + _rng().normal(0, 0.05, pixels.shape).astype(np.float32)
+  decoded = tasks.decode_pose(noisy, config)[0]
+  for j in range(17):
+    found = decoded[j][decoded[j, :, 2] > 0]
+    assert len(found) == 2, j
+    np.testing.assert_allclose(found[np.argsort(found[:, 1])], people[:, j], atol=0.3)
 
 
 # ---------------------------------------------------------------------------
@@ -309,7 +414,8 @@ def test_window_keeps_frames_and_annotations_aligned():
   video = np.broadcast_to(t[:, None, None, None], (FRAMES, 4, 4, 3)).astype(np.uint8)
   flow = np.broadcast_to(t[:-1, None, None, None], (FRAMES - 1, 4, 4, 2)).astype(np.float32)
   depth = np.broadcast_to(t[:, None, None], (FRAMES, 4, 4)).astype(np.float32)
-  example = {"video": video, "flow": flow, "depth": depth}
+  valid = np.broadcast_to(t[:, None, None] % 2 == 0, (FRAMES, 4, 4))
+  example = {"video": video, "flow": flow, "depth": depth, "valid": valid}
   task = tasks.get_task("optical_flow")
   starts = set()
   for seed in range(8):
@@ -319,6 +425,7 @@ def test_window_keeps_frames_and_annotations_aligned():
     np.testing.assert_array_equal(window["video"][:, 0, 0, 0], start + np.arange(5))
     np.testing.assert_array_equal(window["depth"][:, 0, 0], start + np.arange(5))
     np.testing.assert_array_equal(window["flow"][:, 0, 0, 0], start + np.arange(4))
+    np.testing.assert_array_equal(window["valid"][:, 0, 0], (start + np.arange(5)) % 2 == 0)
   assert len(starts) > 1 and max(starts) <= FRAMES - 5
 
 

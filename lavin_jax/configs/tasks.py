@@ -5,8 +5,8 @@ pipeline's task weights, the evaluation's metric families, the image-only tasks)
 task's id is its index in `TASK_NAMES`.
 
 Metric families (lavin_jax.eval.runner): mse, psnr, ssim, lpips, fid on pixels; depth,
-normals, mask_iou, segment_iou, flow on the target decoded back to values. Tasks the
-paper does not score get the nearest fitting measure.
+normals, mask_iou, segment_iou, flow, keypoints (PCK), panoptic (PQ) on the prediction
+decoded back to values. Tasks the paper does not score get the nearest fitting measure.
 """
 
 from typing import NamedTuple
@@ -36,9 +36,11 @@ TASKS: dict[str, TaskInfo] = {
   "normal_estimation": TaskInfo("image", ("normals",), ("normals",)),
   "normal_to_image": TaskInfo("image", ("normals",), _GENERATION),
   "instance_segmentation": TaskInfo("image", ("instances",), ("segment_iou",)),
-  "panoptic_segmentation": TaskInfo("image", ("semantic", "instances"), ("mse", "psnr")),
+  "panoptic_segmentation": TaskInfo("image", ("semantic", "instances"), ("panoptic",)),
   "detection": TaskInfo("image", ("boxes",), ("mask_iou",)),
   "foreground_segmentation": TaskInfo("image", ("instances",), ("mask_iou",)),
+  "pose_estimation": TaskInfo("image", ("keypoints",), ("keypoints",)),
+  "pose_to_image": TaskInfo("image", ("keypoints",), _GENERATION),
   # Video tasks.
   "frame_prediction": TaskInfo("video", (), _RESTORATION + ("lpips",)),
   "video_depth": TaskInfo("video", ("depth",), ("depth",)),
@@ -51,6 +53,9 @@ TASKS: dict[str, TaskInfo] = {
 TASK_NAMES = tuple(TASKS)
 # Tasks that read nothing but a still: any image collection can train them.
 IMAGE_ONLY_TASKS = tuple(n for n, t in TASKS.items() if t.media == "image" and not t.annotations)
+# What the built-in rendered data set (lavin_jax.data.synthetic), the training configs'
+# default source, annotates: every task but the pose tasks.
+SYNTHETIC_ANNOTATIONS = ("depth", "normals", "instances", "semantic", "boxes", "flow")
 
 
 def options() -> ml_collections.ConfigDict:
@@ -71,12 +76,25 @@ def options() -> ml_collections.ConfigDict:
   c.rain_length = (15, 35)
   c.rain_angle = 20.0  # Degrees either side of vertical.
   c.rain_strength = 0.8
-  c.panoptic_shades = (1.0, 0.8, 0.6)
+  c.panoptic_border = 2  # Pixels of each thing instance's rim drawn as the border colour.
+  c.pose_joint_radius = 4  # Pixels.
+  c.pose_limb_width = 2  # Pixels.
+  c.pose_limb_grey = 0.5  # Grey level of the limbs, in [0, 1].
+  c.pose_hidden_value = 0.5  # Brightness of hidden joints (v = 1); visible ones: 1.
+  c.pose_max_points = 20  # Points per joint decoded from one frame.
+  c.pose_pck_threshold = 0.05  # PCK: a joint is found within this fraction of the side.
   return c
 
 
-def weights(media: str = "image") -> ml_collections.ConfigDict:
-  """Task weights {name: 1.0 if the task's media is `media` else 0.0}."""
+def weights(
+  media: str = "image", annotations: tuple[str, ...] = SYNTHETIC_ANNOTATIONS
+) -> ml_collections.ConfigDict:
+  """Task weights: 1.0 for the tasks of `media` that read only `annotations`, else 0.0."""
   if media not in ("image", "video"):
     raise ValueError(f"media must be 'image' or 'video', got {media!r}.")
-  return ml_collections.ConfigDict({n: float(t.media == media) for n, t in TASKS.items()})
+  return ml_collections.ConfigDict(
+    {
+      n: float(t.media == media and set(t.annotations) <= set(annotations))
+      for n, t in TASKS.items()
+    }
+  )

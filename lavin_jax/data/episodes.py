@@ -21,14 +21,16 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from lavin_jax.data import keypoints as keypoints_lib
 from lavin_jax.data import tasks
 
 PIXEL_KEYS = ("image", "video")
-NEAREST_KEYS = ("depth", "normals", "instances", "semantic", "flow")
+NEAREST_KEYS = ("depth", "normals", "instances", "semantic", "flow", "valid")
 _CHANNELS = {
   "depth": 0,
   "instances": 0,
   "semantic": 0,
+  "valid": 0,
   "normals": 3,
   "flow": 2,
   "image": 3,
@@ -51,8 +53,10 @@ def _resize_frames(array: np.ndarray, key: str, side: int, size: int) -> np.ndar
   else:
     interpolation = cv2.INTER_NEAREST_EXACT
   frames = array.reshape((-1,) + plane)
+  if array.dtype == bool:  # OpenCV does not resize booleans.
+    frames = frames.view(np.uint8)
   out = [cv2.resize(f, (size, size), interpolation=interpolation) for f in frames]
-  return np.stack(out).reshape(lead + (size, size) + plane[2:])
+  return np.stack(out).reshape(lead + (size, size) + plane[2:]).astype(array.dtype, copy=False)
 
 
 def fit_example(
@@ -64,8 +68,9 @@ def fit_example(
   """Square crop of `example` (random with `rng`, else centred) resized to resolution.
 
   Pixels are resized with area (down) or bilinear (up) interpolation, dense
-  annotations with nearest neighbours; flow vectors and boxes are scaled to match and
-  boxes are clipped to the crop (emptied boxes dropped). Other keys are dropped.
+  annotations with nearest neighbours; flow vectors, boxes and keypoints are scaled to
+  match, boxes are clipped to the crop (emptied boxes dropped) and keypoints outside it
+  unlabelled (`keypoints.fit`). Other keys are dropped.
   """
   pixel_key = next((k for k in PIXEL_KEYS if k in example), None)
   if pixel_key is None:
@@ -98,6 +103,8 @@ def fit_example(
     boxes = np.clip((boxes - [y0, x0, y0, x0]) * scale, 0, resolution)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     out["boxes"] = boxes[keep]
+  if "keypoints" in example:
+    out["keypoints"] = keypoints_lib.fit(example["keypoints"], y0, x0, side, resolution)
   return out
 
 
@@ -131,6 +138,26 @@ def context_indices(
   return others + (others >= query)  # Skips the query.
 
 
+def prepare_example(
+  task: tasks.Task,
+  example: dict,
+  resolution: int,
+  rng: np.random.Generator,
+  *,
+  random_crop: bool = False,
+  window: bool = True,
+  allow_upscale: bool = False,
+) -> dict:
+  """The example `render_pair` renders: its frame window and square crop (`fit_example`).
+
+  `rng` draws, in turn, the frame window of a video task (with `window` False, its
+  first frames) and the crop when `random_crop` (else it is centred).
+  """
+  if window:
+    example = task.window(example, rng)
+  return fit_example(example, resolution, rng if random_crop else None, allow_upscale)
+
+
 def render_pair(
   task: tasks.Task,
   example: dict,
@@ -143,13 +170,17 @@ def render_pair(
 ) -> tasks.Pair:
   """`task`'s (input, target) of one source example, each float32 (T, H, W, 3).
 
-  `rng` draws, in turn, the frame window of a video task (with `window` False, its
-  first frames), the crop when `random_crop` (else it is centred) and the task's own
-  randomness.
+  `rng` draws as in `prepare_example`, then the task's own randomness.
   """
-  if window:
-    example = task.window(example, rng)
-  example = fit_example(example, resolution, rng if random_crop else None, allow_upscale)
+  example = prepare_example(
+    task,
+    example,
+    resolution,
+    rng,
+    random_crop=random_crop,
+    window=window,
+    allow_upscale=allow_upscale,
+  )
   return task(example, rng)
 
 
@@ -188,6 +219,7 @@ def render_episode(
   pool=None,
   random_crop: bool = False,
   allow_upscale: bool = False,
+  keep_query: bool = False,
 ) -> dict:
   """The episode of query `source[index]` with the context examples `pool[j]`, j in context.
 
@@ -200,13 +232,15 @@ def render_episode(
     resolution, random_crop, allow_upscale: as in `render_pair` and `fit_example`.
     k_max: context slots (default K).
     pool: the examples `context` indexes; None: `source`.
+    keep_query: also return 'query_example', the query's example as its target was
+      rendered from (`prepare_example`): the ground truth an evaluation scores against.
   Raises:
     ValueError naming the source or context example that does not fit the task.
   """
 
   def render(examples, i, rng, name):
     try:
-      return render_pair(
+      example = prepare_example(
         task,
         examples[int(i)],
         resolution,
@@ -214,10 +248,14 @@ def render_episode(
         random_crop=random_crop,
         allow_upscale=allow_upscale,
       )
+      return example, task(example, rng)
     except ValueError as e:
       raise ValueError(f"{name} example {i}: {e}") from e
 
   name, pool = ("Source", source) if pool is None else ("Context", pool)
-  query = render(source, index, rngs[0], "Source")
-  pairs = [render(pool, j, rng, name) for j, rng in zip(context, rngs[1:], strict=True)]
-  return assemble(query, tuple(np.stack(clips) for clips in zip(*pairs)), task.id, k_max)
+  query_example, query = render(source, index, rngs[0], "Source")
+  pairs = [render(pool, j, rng, name)[1] for j, rng in zip(context, rngs[1:], strict=True)]
+  episode = assemble(query, tuple(np.stack(clips) for clips in zip(*pairs)), task.id, k_max)
+  if keep_query:
+    episode["query_example"] = query_example
+  return episode

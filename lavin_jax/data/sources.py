@@ -1,4 +1,4 @@
-"""Random-access sources of examples: TFDS data sets, image folders, template folders.
+"""Random-access sources of examples: the schema, TFDS data sets, image and template folders.
 
 Schema (this docstring is the authority; tasks and the pipeline rely on it). A source is
 a sequence (`len(source)`, `source[i]`; a grain data source) whose examples are dicts
@@ -17,6 +17,12 @@ and any of these annotations (the leading T only for clips):
   'semantic'   int32 (..., H, W): class ids, 0 background; `source.class_names[id]`.
   'boxes'      float32 (N, 4), stills only: row i is the box [y0, x0, y1, x1] in pixels
                of instance i + 1 (y1 and x1 exclusive: one past the last row / column).
+  'keypoints'  float32 (N, 17, 3), stills only: one row per person, COCO's 17 joints as
+               (x, y, v): x, y in the pixel frame of boxes (pixel (row i, column j) spans
+               [j, j + 1) x [i, i + 1)), v COCO's visibility (0 not labelled, x = y = 0;
+               1 labelled, hidden; 2 visible); `lavin_jax.data.keypoints`.
+  'valid'      bool (..., H, W): the pixels whose annotations count in an evaluation
+               (False on void labels, outside a benchmark's crop); all where absent.
   'flow'       float32 (T - 1, H, W, 2), clips only: forward flow (dx, dy) in pixels
                from frame k to k + 1; pixel (row i, column j) of frame k goes to
                (x, y) = (j + 0.5 + dx, i + 0.5 + dy) in frame k + 1.
@@ -24,7 +30,9 @@ Pair sources (template folders of the released code) give instead
   'input', 'target' uint8 (H, W, 3) RGB and 'name' str (the shared file name prefix).
 
 Every source has `keys` (the example keys, so a task can check its annotation before
-any example is read) and `class_names` (None where there is no 'semantic').
+any example is read) and `class_names` (None where there is no 'semantic'). Sources of
+panoptic labels also have `thing_classes`: the class ids whose objects are instances
+(in those classes an id-0 pixel is a crowd); the other classes are stuff.
 
 Sources are named by spec strings: `lavin_jax.data.specs.get_source`.
 """
@@ -38,8 +46,22 @@ from PIL import Image
 import skimage
 import tensorflow_datasets as tfds
 
+from lavin_jax.data import class_names
+from lavin_jax.data import keypoints as keypoints_lib
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-SCHEMA_KEYS = ("image", "video", "depth", "normals", "instances", "semantic", "boxes", "flow")
+SCHEMA_KEYS = (
+  "image",
+  "video",
+  "depth",
+  "normals",
+  "instances",
+  "semantic",
+  "boxes",
+  "keypoints",
+  "flow",
+  "valid",
+)
 # RGB photographs that ship inside scikit-image's data module (never downloaded).
 SKIMAGE_PHOTOGRAPHS = (
   "astronaut.png",
@@ -77,7 +99,7 @@ def check_size(height: int, width: int, min_size, what: str) -> None:
     )
 
 
-def _image_size(path: pathlib.Path) -> tuple[int, int]:
+def image_size(path: pathlib.Path) -> tuple[int, int]:
   """(height, width) from the file header; ValueError naming the file if unreadable."""
   try:
     with Image.open(path) as image:
@@ -111,6 +133,28 @@ def read_image(path: str | os.PathLike, min_size=None) -> np.ndarray:
   return array
 
 
+def read_label_png(path: str | os.PathLike) -> np.ndarray:
+  """uint8 (H, W) indices of a palette (or gray) PNG of labels, as VOC and DAVIS store.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: not a palette or gray image.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"No label file at {path}.")
+  try:
+    with Image.open(path) as image:
+      if image.mode not in ("P", "L"):
+        raise ValueError(
+          f"Label file {path} is a {image.mode} image, not a palette PNG of label "
+          "indices; use the data set's own PNGs."
+        )
+      return np.asarray(image)
+  except (OSError, SyntaxError) as e:
+    raise _unreadable(path, e) from e
+
+
 class ImageFilesSource:
   """Stills read from a list of image files: examples {'image'}.
 
@@ -127,7 +171,7 @@ class ImageFilesSource:
     for path in self.paths:
       if not path.is_file():
         raise FileNotFoundError(f"No image file at {path}.")
-      check_size(*_image_size(path), min_size, f"Image {path}")
+      check_size(*image_size(path), min_size, f"Image {path}")
 
   def __len__(self) -> int:
     return len(self.paths)
@@ -206,7 +250,7 @@ class TemplateFolderSource:
     self.pairs = [(inputs[n], targets[n]) for n in self.names]
     for pair in self.pairs:
       for path in pair:
-        check_size(*_image_size(path), min_size, f"Image {path}")
+        check_size(*image_size(path), min_size, f"Image {path}")
 
   def __len__(self) -> int:
     return len(self.pairs)
@@ -224,7 +268,7 @@ class TemplateFolderSource:
 
 
 # ----------------------------------------------------------------------------------
-# TFDS.
+# Values in the schema's types.
 # ----------------------------------------------------------------------------------
 def _as_rgb(array: np.ndarray) -> np.ndarray:
   """uint8 (..., H, W, 3) from gray (..., H, W) / (..., H, W, 1) or RGBA."""
@@ -236,6 +280,48 @@ def _as_rgb(array: np.ndarray) -> np.ndarray:
   return array[..., :3]
 
 
+def _plane(array: np.ndarray) -> np.ndarray:
+  """(..., H, W) of a label map stored as an image: (..., H, W, 1) or gray RGB."""
+  return array[..., 0] if array.ndim >= 3 and array.shape[-1] in (1, 3) else array
+
+
+def to_schema(key: str, value) -> np.ndarray:
+  """`value` with the dtype and layout the schema gives `key`.
+
+  Images become RGB uint8; label maps ('instances', 'semantic', 'valid') stored as
+  images (a trailing axis of 1 or 3 equal channels) lose that axis; 'depth' loses a
+  trailing axis of 1.
+  """
+  value = np.asarray(value)
+  if key in ("image", "video"):
+    return _as_rgb(value).astype(np.uint8, copy=False)
+  if key in ("instances", "semantic"):
+    return _plane(value).astype(np.int32, copy=False)
+  if key == "valid":
+    return _plane(value).astype(bool, copy=False)
+  if key == "depth":
+    value = value[..., 0] if value.shape[-1:] == (1,) else value
+  elif key == "boxes":
+    value = value.reshape(-1, 4)
+  elif key == "keypoints":
+    return keypoints_lib.as_keypoints(value)
+  return value.astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------------
+# TFDS.
+# ----------------------------------------------------------------------------------
+# TFDS data sets whose features are not named as the schema's keys: 'tfds:NAME' maps
+# them as below (a spec's KEY=FEATURE options override), and names their classes.
+TFDS_PRESETS: dict[str, dict[str, Any]] = {
+  "scene_parse150": {
+    "features": {"semantic": "annotation"},
+    "class_names": class_names.ADE20K,
+  },
+  "div2k": {"features": {"image": "hr"}},
+}
+
+
 class TfdsSource:
   """A split of a prepared TFDS data set read through `tfds.data_source`.
 
@@ -243,10 +329,12 @@ class TfdsSource:
     name: TFDS name, with the config if any ('name/config').
     split: split name (TFDS slicing such as 'train[:90%]' works).
     data_dir: TFDS data directory (None: TFDS's default).
-    features: schema key -> feature name ('a/b' for nested features). None: the
-      schema keys the data set has under the same names.
+    features: schema key -> feature name ('a/b' for nested features), added to (and
+      overriding) the defaults: the schema keys the data set has under the same names,
+      and the `TFDS_PRESETS` of the data set.
     min_size: stills or clips below it are an error (checked as examples are read).
-    class_names: names of the 'semantic' ids, if the data set has them.
+    class_names: names of the 'semantic' ids (default: the preset's, if any).
+    thing_classes: the class ids with instances, for panoptic labels.
   """
 
   def __init__(
@@ -257,8 +345,15 @@ class TfdsSource:
     features: Mapping[str, str] | None = None,
     min_size=None,
     class_names: Sequence[str] | None = None,
+    thing_classes: Sequence[int] | None = None,
   ):
     self.name, self.split, self.min_size = name, split, min_size
+    unknown = sorted(set(features or ()) - set(SCHEMA_KEYS))
+    if unknown:
+      raise ValueError(
+        f"TFDS data set {name!r}: {unknown} are not schema keys; map some of "
+        f"{', '.join(SCHEMA_KEYS)} to features, e.g. semantic=annotation."
+      )
     try:
       builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
@@ -266,50 +361,56 @@ class TfdsSource:
         f"TFDS data set {name!r} is neither registered nor prepared under data_dir="
         f"{data_dir}. Check the name, or pass the data_dir it was prepared in."
       ) from e
-    if not builder.is_prepared():
-      raise FileNotFoundError(
-        f"TFDS data set {name!r} is not prepared in {builder.data_dir}. Prepare "
-        f"it with `tfds build {name} --file_format=array_record --data_dir=DIR` "
-        "and pass that data_dir."
-      )
     try:
       self._source = builder.as_data_source(split=split)
     except NotImplementedError as e:
+      if not builder.is_prepared():
+        raise FileNotFoundError(
+          f"TFDS data set {name!r} is not prepared in {builder.data_dir}. Prepare "
+          f"it with `tfds build {name} --file_format=array_record --data_dir=DIR` "
+          "and pass that data_dir."
+        ) from e
       raise ValueError(
         f"TFDS data set {name!r} in {builder.data_dir} is not stored as "
         "array_record, so it has no random access. Prepare it again with "
         f"`tfds build {name} --file_format=array_record`."
       ) from e
     available = _feature_names(builder.info.features)
-    if features is None:
-      features = {k: k for k in SCHEMA_KEYS if k in available}
-    missing = {k: f for k, f in features.items() if f not in available}
+    preset = TFDS_PRESETS.get(name.split("/")[0], {})
+    mapped = {k: k for k in SCHEMA_KEYS if k in available}
+    mapped.update(preset.get("features", {}))
+    mapped.update(features or {})
+    missing = {k: f for k, f in mapped.items() if f not in available}
     if missing:
       raise ValueError(
         f"TFDS data set {name!r} has no feature(s) {missing}; it has "
         f"{sorted(available)}. Map the schema keys to existing features."
       )
-    if not any(k in features for k in ("image", "video")):
+    if not any(k in mapped for k in ("image", "video")):
       raise ValueError(
         f'TFDS data set {name!r}: no feature is mapped to "image" or "video" '
-        f'(features: {sorted(available)}). Pass features={{"image": "<name>"}}.'
+        f"(features: {sorted(available)}). Give one, e.g. tfds:{name},image=<feature>."
       )
-    self.features = dict(features)
-    self.keys = tuple(features)
-    self.class_names = None if class_names is None else tuple(class_names)
+    self.features = mapped
+    self.keys = tuple(mapped)
+    names = preset.get("class_names") if class_names is None else class_names
+    self.class_names = None if names is None else tuple(names)
+    if thing_classes is not None:
+      self.thing_classes = tuple(int(c) for c in thing_classes)
 
   def __len__(self) -> int:
     return len(self._source)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     raw = self._source[index]
-    example = {key: _lookup(raw, feature) for key, feature in self.features.items()}
-    for key, value in example.items():
+    example = {}
+    for key, feature in self.features.items():
+      value = _lookup(raw, feature)
       if isinstance(value, list):  # Sequence features decode to lists.
-        example[key] = np.stack(value)
+        value = np.stack(value)
+      example[key] = to_schema(key, value)
     for key in ("image", "video"):
       if key in example:
-        example[key] = _as_rgb(example[key])
         h, w = example[key].shape[-3:-1]
         check_size(h, w, self.min_size, f"Example {index} of TFDS {self.name}, split {self.split}")
     return example
@@ -332,8 +433,3 @@ def _lookup(example: Mapping[str, Any], feature: str):
   for part in feature.split("/"):
     example = example[part]
   return example
-
-
-# ----------------------------------------------------------------------------------
-# Factory.
-# ----------------------------------------------------------------------------------

@@ -1,8 +1,14 @@
 """Sources by name: spec strings and configs -> `lavin_jax.data.sources` objects.
 
 `get_source(spec)` makes a source (`lavin_jax.data.sources`) from a string or a config:
-  'tfds:NAME[/CONFIG][,split=train][,data_dir=DIR]'   any prepared TFDS data set
-                                                       stored as array_record
+  'tfds:NAME[/CONFIG][,split=train][,data_dir=DIR][,KEY=FEATURE...]'
+                                                       any prepared TFDS data set
+                                                       stored as array_record; KEY=FEATURE
+                                                       reads schema key KEY from FEATURE
+                                                       ('a/b' nested), e.g.
+                                                       tfds:div2k,image=hr (same-name
+                                                       features and sources.TFDS_PRESETS
+                                                       are read unasked)
   'folder:PATH'                                        every image under PATH
   'templates:PATH'                                     <name>_input.png /
                                                        <name>_target.png pairs
@@ -13,6 +19,20 @@
                                                        built on first use (synthetic.py);
                                                        split=images|clips is short for
                                                        content=...,split=train
+  'coco:ROOT[,split=train2017|val2017][,annotations=instances|keypoints|panoptic]'
+                                                       COCO 2017's own files (coco.py)
+  'voc:ROOT[,split=train|val|trainval]'                Pascal VOC 2012 segmentation,
+                                                       the VOCdevkit files (voc.py)
+  'davis:ROOT[,split=train|val][,clip_frames=N]'       DAVIS 2017 clips with their
+                                                       object ids (davis.py)
+  'videos:DIR[,clip_frames=N]'                         clips of the video files under
+                                                       DIR (videos.py)
+  'pseudo:IMAGES[,depth=DIR][,normals=DIR][,depth_scale=1000][,normals_axes=opencv|opengl]'
+                                                       images with depth / normal files
+                                                       beside them (pseudo_labels.py)
+  'packed:DIR'                                         a source packed into ArrayRecord
+                                                       shards (packed.py,
+                                                       launch/pack_source.py)
 Each also takes `min_size=N`: an image smaller than N pixels on a side is an error.
 The same fields go in a dict or ConfigDict: {'kind': 'folder', 'path': ..., ...}.
 """
@@ -21,12 +41,18 @@ import inspect
 import re
 from typing import Any, Callable, Mapping
 
+from lavin_jax.data import coco
+from lavin_jax.data import davis
+from lavin_jax.data import packed
+from lavin_jax.data import pseudo_labels
 from lavin_jax.data import sources
 from lavin_jax.data import synthetic
+from lavin_jax.data import videos
+from lavin_jax.data import voc
 
 
-def _tfds(name, split="train", data_dir=None, min_size=None):
-  return sources.TfdsSource(name, split, data_dir, min_size=min_size)
+def _tfds(name, split="train", data_dir=None, min_size=None, **features):
+  return sources.TfdsSource(name, split, data_dir, features, min_size)
 
 
 def _synthetic(name="small", content="images", split="train", data_dir=None, min_size=None):
@@ -46,7 +72,16 @@ _KINDS: dict[str, tuple[Callable[..., Any], str | None]] = {
   "templates": (sources.TemplateFolderSource, "folder"),
   "photos": (_photos, None),
   "synthetic": (_synthetic, "name"),
+  "coco": (coco.load, "root"),
+  "voc": (voc.VocSegmentation, "root"),
+  "davis": (davis.Davis, "root"),
+  "videos": (videos.VideoFiles, "folder"),
+  "pseudo": (pseudo_labels.PseudoLabels, "images"),
+  "packed": (packed.PackedSource, "folder"),
 }
+
+
+_INTEGER_OPTIONS = ("min_size", "clip_frames")
 
 
 def parse_spec(spec: str) -> dict[str, Any]:
@@ -70,7 +105,12 @@ def parse_spec(spec: str) -> dict[str, Any]:
     key, eq, value = part.partition("=")
     if not eq:
       raise ValueError(f"Source option {part!r} in {spec!r} is not key=value.")
-    fields[key.strip()] = int(value) if key.strip() == "min_size" else value
+    key = key.strip()
+    if key in _INTEGER_OPTIONS:
+      if not value.strip().isdigit():
+        raise ValueError(f"Source option {part!r} in {spec!r} needs a whole number.")
+      value = int(value)
+    fields[key] = value
   return fields
 
 

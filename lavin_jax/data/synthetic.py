@@ -298,4 +298,5 @@ def load_synthetic(
     data_dir=os.fspath(builder.data_dir_root),
     min_size=min_size,
     class_names=render.CLASS_NAMES,
+    thing_classes=(render.SPHERE, render.BOX),
   )

@@ -23,8 +23,23 @@ Renderings of annotations (each has an exact inverse, `Task.decode`):
   background (0) is black. Decoding snaps each pixel to the nearest palette colour.
 - masks (foreground segmentation, single-object detection): white on black; decoding
   thresholds the mean channel at mid-grey.
-- panoptic: class c has colour `palette(c)`, darkened for the k-th instance by
-  `panoptic_shades[k % len(panoptic_shades)]` (stuff, k = 0, keeps the class colour).
+- panoptic: class c has colour `class_palette(c)`, one of the 214 colours of the RGB grid
+  with levels {0, 1/5, ..., 1} other than black and white in a fixed order (classes
+  repeat every 214); void (class 0) is black. A pixel of a class with instances (ids
+  > 0) is white where a pixel of its class but another id (0 for a crowd) is within
+  `panoptic_border` pixels (a square window): rims that part touching instances.
+  Decoding snaps pixels to the nearest of black, white and the class colours and
+  numbers the 4-connected regions of each class; each 8-connected white rim
+  takes the class most common among its 4-neighbours, and each of its pixels the
+  nearest region of that class within `panoptic_border` * sqrt(2) pixels (void beyond).
+- pose: on black, each labelled person's limbs (the `keypoints.SKELETON` pairs whose
+  joints are both labelled) are lines `pose_limb_width` wide of grey `pose_limb_grey`,
+  and each labelled joint j a disc of radius `pose_joint_radius` of hue 360 j / 17
+  degrees, full saturation, value 1 when visible (v = 2) and `pose_hidden_value` when
+  hidden (v = 1). Decoding reads each joint's hue among the saturated pixels; every
+  8-connected region of a joint's hue of at least a third of a disc's area is one point
+  at its centroid, visible when its mean value is above the midpoint of the two: per
+  frame (17, pose_max_points, 3) (x, y, v) points, largest regions first, zero padded.
 
 Image operations use OpenCV (colour spaces, Canny, blur kernels, remapping).
 """
@@ -36,14 +51,16 @@ from typing import Callable
 import cv2
 import ml_collections
 import numpy as np
+from scipy import ndimage
 
 from lavin_jax.configs import tasks as task_table
+from lavin_jax.data import keypoints as keypoints_lib
 from lavin_jax.io import pixels as pixels_lib
 
 Array = np.ndarray
 Pair = tuple[Array, Array]
 # Per-frame annotation keys: (H, W[, C]) for images, (T, H, W[, C]) for videos.
-FRAME_KEYS = ("depth", "normals", "instances", "semantic")
+FRAME_KEYS = ("depth", "normals", "instances", "semantic", "valid")
 
 
 # ---------------------------------------------------------------------------
@@ -137,6 +154,154 @@ def decode_palette(pixels: Array) -> Array:
   pixels = np.asarray(pixels, np.float32)
   distance = ((pixels[..., None, :] - _PALETTE) ** 2).sum(-1)
   return distance.argmin(-1).astype(np.int32)
+
+
+_LEVELS = 6  # Of the class palette's RGB grid.
+_CLASS_COLOURS = _LEVELS**3 - 2  # All grid colours but black and white.
+_BORDER = _CLASS_COLOURS + 1  # The palette row of white, the instance rims' colour.
+# Palette row of each grid colour (grid index r * 36 + g * 6 + b): black is row 0, the
+# class colours rows 1.._CLASS_COLOURS in a fixed walk over the grid, white the last.
+_GRID_ROW = np.zeros(_LEVELS**3, np.int64)
+_GRID_ROW[(np.arange(_CLASS_COLOURS) * 79 + 107) % _CLASS_COLOURS + 1] = np.arange(
+  1, _CLASS_COLOURS + 1
+)
+_GRID_ROW[-1] = _BORDER
+
+
+def _class_palette_table() -> Array:
+  """(216, 3) pixels: row 0 black, rows 1..214 the class colours, row 215 white."""
+  levels = np.arange(_LEVELS) / (_LEVELS - 1)
+  grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+  table = np.zeros_like(grid)
+  table[_GRID_ROW] = grid
+  return _from_unit(table)
+
+
+_CLASS_PALETTE = _class_palette_table()
+
+
+def class_palette(ids: Array) -> Array:
+  """Class ids (...) -> pixels (..., 3): black for 0, else a class colour."""
+  ids = np.asarray(ids)
+  return _CLASS_PALETTE[np.where(ids > 0, (ids - 1) % _CLASS_COLOURS + 1, 0)]
+
+
+def render_panoptic(semantic: Array, instances: Array, config: ml_collections.ConfigDict) -> Array:
+  """Class and instance ids (N, H, W) -> pixels (N, H, W, 3); see the module docstring."""
+  semantic, instances = np.asarray(semantic), np.asarray(instances)
+  pixels = class_palette(semantic)
+  size = (1,) + (2 * config.panoptic_border + 1,) * 2
+  rim = np.zeros(semantic.shape, bool)
+  for c in np.unique(semantic[instances > 0]):
+    same = semantic == c
+    low = ndimage.minimum_filter(np.where(same, instances, np.iinfo(np.int32).max), size)
+    high = ndimage.maximum_filter(np.where(same, instances, -1), size)
+    rim |= same & ((low != instances) | (high != instances))
+  pixels[rim] = _CLASS_PALETTE[_BORDER]
+  return pixels
+
+
+def _rim_classes(rims: Array, classes: Array, present: Array) -> Array:
+  """The class of each rim (labels 1..R): the most common class of its 4-neighbours."""
+  votes = np.zeros((rims.max() + 1, len(present)), np.int64)
+  pairs = (
+    (rims[:, :-1], classes[:, 1:]),
+    (rims[:, 1:], classes[:, :-1]),
+    (rims[:-1], classes[1:]),
+    (rims[1:], classes[:-1]),
+  )
+  for rim, neighbour in pairs:
+    keep = (rim > 0) & (neighbour > 0)
+    np.add.at(votes, (rim[keep], np.searchsorted(present, neighbour[keep])), 1)
+  return np.where(votes.max(1) > 0, present[votes.argmax(1)], 0)
+
+
+def decode_panoptic(pixels: Array, config: ml_collections.ConfigDict) -> Array:
+  """Pixels (N, H, W, 3) -> int32 (N, H, W, 2): class id and region id (0: void)."""
+  # The nearest colour of a full grid is the nearest level in each channel.
+  levels = np.round(_unit(pixels) * (_LEVELS - 1)).astype(np.int64)
+  nearest = _GRID_ROW[(levels[..., 0] * _LEVELS + levels[..., 1]) * _LEVELS + levels[..., 2]]
+  reach = config.panoptic_border * np.sqrt(2.0) + 1e-6
+  out = np.zeros(nearest.shape + (2,), np.int32)
+  for frame, out_frame in zip(nearest, out):
+    border = frame == _BORDER
+    classes = np.where(border, 0, frame)
+    present = np.unique(classes[classes > 0])
+    for c in present:
+      _, regions = cv2.connectedComponents((classes == c).astype(np.uint8), connectivity=4)
+      inside = regions > 0
+      out_frame[inside, 0] = c
+      out_frame[inside, 1] = regions[inside] + out_frame[..., 1].max()
+    if not (border.any() and present.size):
+      continue
+    _, rims = cv2.connectedComponents(border.astype(np.uint8), connectivity=8)
+    owner = _rim_classes(rims, classes, present)[rims]
+    for c in present:
+      pick = border & (owner == c)
+      if pick.any():
+        far, (rows, cols) = ndimage.distance_transform_edt(classes != c, return_indices=True)
+        fill = pick & (far <= reach)
+        out_frame[fill] = out_frame[rows[fill], cols[fill]]
+  return out
+
+
+def _joint_colours(hidden_value: float) -> Array:
+  """(2, 17, 3) unit RGB of each joint: row 0 hidden (v = 1), row 1 visible (v = 2)."""
+  hue = 360.0 * np.arange(keypoints_lib.NUM_JOINTS) / keypoints_lib.NUM_JOINTS
+  values = np.array([hidden_value, 1.0])[:, None]
+  hsv = np.stack(np.broadcast_arrays(hue, 1.0, values), -1).astype(np.float32)
+  return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+_SHIFT = 4  # Fractional bits of the points OpenCV draws.
+
+
+def _cv_point(xy: Array) -> tuple[int, int]:
+  """(x, y) in the pixel frame of keypoints -> OpenCV's fixed-point pixel indices."""
+  return tuple(int(round((c - 0.5) * 2**_SHIFT)) for c in xy)
+
+
+def render_pose(
+  keypoints: Array, height: int, width: int, config: ml_collections.ConfigDict
+) -> Array:
+  """Keypoints (N, 17, 3) -> pixels (H, W, 3); see the module docstring."""
+  people = keypoints_lib.as_keypoints(keypoints)
+  canvas = np.zeros((height, width, 3), np.float32)
+  grey = (float(config.pose_limb_grey),) * 3
+  for person in people:
+    for a, b in keypoints_lib.SKELETON:
+      if person[a, 2] > 0 and person[b, 2] > 0:
+        start, end = _cv_point(person[a, :2]), _cv_point(person[b, :2])
+        cv2.line(canvas, start, end, grey, config.pose_limb_width, cv2.LINE_8, _SHIFT)
+  colours = _joint_colours(config.pose_hidden_value)
+  radius = int(config.pose_joint_radius * 2**_SHIFT)
+  for person in people:
+    for j in np.flatnonzero(person[:, 2] > 0):
+      colour = tuple(float(c) for c in colours[int(person[j, 2] > 1), j])
+      cv2.circle(canvas, _cv_point(person[j, :2]), radius, colour, -1, cv2.LINE_8, _SHIFT)
+  return _from_unit(canvas)
+
+
+def decode_pose(pixels: Array, config: ml_collections.ConfigDict) -> Array:
+  """Pixels (N, H, W, 3) -> points (N, 17, pose_max_points, 3); see the module docstring."""
+  joints, slots = keypoints_lib.NUM_JOINTS, config.pose_max_points
+  hsv = _per_frame(lambda f: cv2.cvtColor(f, cv2.COLOR_RGB2HSV), _unit(pixels))
+  joint = np.round(hsv[..., 0] * joints / 360.0).astype(np.int64) % joints
+  coloured = (hsv[..., 1] > 0.5) & (hsv[..., 2] > config.pose_hidden_value / 2)
+  min_area = np.pi * config.pose_joint_radius**2 / 3
+  visible_above = (1.0 + config.pose_hidden_value) / 2
+  out = np.zeros((len(hsv), joints, slots, 3), np.float32)
+  for t in range(len(hsv)):
+    for j in range(joints):
+      mask = (coloured[t] & (joint[t] == j)).astype(np.uint8)
+      _, regions, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
+      areas = stats[1:, cv2.CC_STAT_AREA]
+      order = np.argsort(-areas, kind="stable")[:slots]
+      for slot, r in enumerate(order[areas[order] >= min_area]):
+        value = hsv[t, ..., 2][regions == r + 1].mean()
+        x, y = centroids[r + 1] + 0.5
+        out[t, j, slot] = x, y, 2.0 if value > visible_above else 1.0
+  return out
 
 
 def render_mask(mask: Array) -> Array:
@@ -285,10 +450,12 @@ def _instances(clip, config):
 
 
 def _panoptic(clip, config):
-  instances = clip["instances"]
-  shades = np.asarray(config.panoptic_shades, np.float32)
-  shade = np.where(instances > 0, shades[instances % len(shades)], 1.0)[..., None]
-  return _from_unit(_unit(palette(clip["semantic"])) * shade)
+  return render_panoptic(clip["semantic"], clip["instances"], config)
+
+
+def _pose(clip, config):
+  height, width = clip["frames"].shape[1:3]
+  return render_pose(clip["keypoints"], height, width, config)[None]
 
 
 def _foreground(clip, config):
@@ -360,9 +527,11 @@ REGISTRY: dict[str, TaskSpec] = {
   "normal_estimation": _NORMALS,
   "normal_to_image": TaskSpec(partial(_swapped, _normals)),
   "instance_segmentation": _INSTANCES,
-  "panoptic_segmentation": TaskSpec(partial(_annotation, _panoptic)),
+  "panoptic_segmentation": TaskSpec(partial(_annotation, _panoptic), decode_panoptic),
   "detection": TaskSpec(partial(_annotation, _largest_box), _MASK_DECODE),
   "foreground_segmentation": TaskSpec(partial(_annotation, _foreground), _MASK_DECODE),
+  "pose_estimation": TaskSpec(partial(_annotation, _pose), decode_pose),
+  "pose_to_image": TaskSpec(partial(_swapped, _pose)),
   # Video tasks.
   "frame_prediction": TaskSpec(_frame_prediction, frames_per_clip=2),
   "video_depth": _DEPTH,
@@ -480,7 +649,8 @@ class Task:
     return inputs.astype(np.float32), targets.astype(np.float32)
 
   def decode(self, target: Array) -> Array:
-    """Values of a rendered target (T, H, W, 3): depth, normals, flow, ids or a mask."""
+    """Values of a rendered target (T, H, W, 3): depth, normals, flow, ids, a mask,
+    panoptic classes and regions, or keypoints (see the module docstring)."""
     if self.spec.decode_fn is None:
       raise ValueError(
         f"Task {self.name!r} has no decoder: its target is an image to be compared as pixels."

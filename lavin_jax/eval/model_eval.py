@@ -1,19 +1,24 @@
-"""Evaluation of a model's files (bundle or released weights) on a configured source.
+"""Evaluation of a model's files (bundle or released weights) on a task or a protocol.
 
   report = evaluate_model(lavin_jax.configs.evaluate.get_config('depth_estimation'),
                           ModelFiles(bundle='bundle/'), 'eval/')
 
-Every setting, source and weight file is checked before the model is loaded.
+Every setting, source and weight file is checked before the model is loaded. A
+protocol's runs are written under `<output>/<run name>/`, its figures to
+`<output>/<protocol>_summary.json`.
 """
 
 import functools
+import json
 import math
+import pathlib
 
 import ml_collections
 
-from lavin_jax.data import specs
+from lavin_jax.eval import protocols
 from lavin_jax.eval import runner
 from lavin_jax.inference import loading
+from lavin_jax.io import files
 
 
 def _check_sampling(sampling: ml_collections.ConfigDict) -> None:
@@ -34,12 +39,7 @@ def _lpips_weights(config):
 
 
 def evaluate_model(config: ml_collections.ConfigDict, model: loading.ModelFiles, output) -> dict:
-  """Scores the model on config.source with config.task's metrics; returns the report."""
-  if not config.source:
-    raise ValueError(
-      "Set config.source to a source spec (lavin_jax.data.specs), e.g. "
-      "--config.source=synthetic:small,split=validation."
-    )
+  """Scores the model on config's task or protocol; returns the report or the summary."""
   _check_sampling(config.sampling)
   lpips_weights = _lpips_weights(config)
   fid_weights = config.fid_weights or None
@@ -50,9 +50,9 @@ def evaluate_model(config: ml_collections.ConfigDict, model: loading.ModelFiles,
       f"ST-VAE's downsampling times J-DiT's patch size); got "
       f"{config.resolution}."
     )
-  source = specs.get_source(config.source)
-  context_source = specs.get_source(config.context_source) if config.context_source else None
-  runner.validate(config, source, context_source, lpips_weights, fid_weights)
+  runs = protocols.plan(config)
+  for run in runs:
+    runner.validate(run.config, run.source, run.context_source, lpips_weights, fid_weights)
 
   pipe = model.load()
   sampling = config.sampling.to_dict()
@@ -62,13 +62,23 @@ def evaluate_model(config: ml_collections.ConfigDict, model: loading.ModelFiles,
     "context_source": config.context_source,
     **sampling,
   }
-  return runner.evaluate(
-    functools.partial(pipe, **sampling),
-    source,
-    config,
-    output,
-    context_source=context_source,
-    lpips_weights=lpips_weights,
-    fid_weights=fid_weights,
-    run_info=run_info,
-  )
+  output = pathlib.Path(output)
+  reports = [
+    runner.evaluate(
+      functools.partial(pipe, **sampling),
+      run.source,
+      run.config,
+      output / run.name,
+      context_source=run.context_source,
+      lpips_weights=lpips_weights,
+      fid_weights=fid_weights,
+      run_info=run_info,
+    )
+    for run in runs
+  ]
+  summary = protocols.summarize(config, runs, reports)
+  if not config.protocol:
+    return summary
+  text = json.dumps(summary, indent=1, allow_nan=False)
+  files.atomic_write_text(output / f"{config.protocol}_summary.json", text)
+  return json.loads(text)

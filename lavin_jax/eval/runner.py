@@ -9,7 +9,10 @@ score the same queries):
   3. `predict_fn` predicts the targets of a batch of queries from their context pairs;
   4. predictions are scored against the targets with the task's metric families
      (`lavin_jax.configs.tasks.TASKS`), rendered annotations (depth, normals, masks,
-     instance ids, flow) being decoded back to values with the task's decoder first.
+     instance ids, flow) being decoded back to values with the task's decoder first;
+     keypoints and panoptic segments are scored against the query example's own
+     annotations (cropped and resized like the query). Pixels where the query example's
+     'valid' is False (and, for depth, where its depth is unknown) are not scored.
      Video tasks are scored per frame.
 
 Metrics (keys of the report; pixel metrics on [-1, 1] pixels, so PSNR has data range 2):
@@ -22,7 +25,11 @@ Metrics (keys of the report; pixel metrics on [-1, 1] pixels, so PSNR has data r
   segment_miou         instance ids: per frame, mean IoU over the ids in target or
                        prediction (background included)
   epe                  optical flow end-point error in pixels, per frame pair
-Data-set values are means over all frames (miou and fid: pooled). A non-finite value
+  pck, keypoint_precision   pose: joints found within pose_pck_threshold of the side
+                       (`lavin_jax.eval.pose`); counts pooled over the data set
+  pq, sq, rq           panoptic quality (`lavin_jax.eval.panoptic`), pooled; needs the
+                       source's `thing_classes`
+Data-set values are means over all frames (miou, pck, pq and fid: pooled). A non-finite value
 (PSNR of an exact prediction) is written as null.
 
 Outputs, each replaced atomically: `<out_dir>/<task>.json` (metric means, the settings,
@@ -51,6 +58,8 @@ from lavin_jax.data import tasks as tasks_lib
 from lavin_jax.eval import fid as fid_lib
 from lavin_jax.eval import lpips as lpips_lib
 from lavin_jax.eval import metrics
+from lavin_jax.eval import panoptic as panoptic_lib
+from lavin_jax.eval import pose as pose_lib
 from lavin_jax.eval import weights as weights_lib
 from lavin_jax.io import files
 from lavin_jax.io import pixels
@@ -67,11 +76,13 @@ class PredictFn(Protocol):
 
 
 # ---------------------------------------------------------------------------
-# Metric accumulators: update(pred, target) with (B, T, H, W, 3) pixel clips returns
-# per-example values {name: (B,)}; result() returns the data-set values.
+# Metric accumulators: update(pred, target, truth) with (B, T, H, W, 3) pixel clips and
+# the B query examples the targets were rendered from returns per-example values
+# {name: (B,)}; result() returns the data-set values.
 # ---------------------------------------------------------------------------
 
-FrameFn = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+FrameFn = Callable[..., dict[str, np.ndarray]]
+MaskFn = Callable[[Sequence[dict], tuple[int, ...]], np.ndarray]
 
 
 def _frames(clips: np.ndarray) -> np.ndarray:
@@ -84,19 +95,47 @@ def _decode(task: tasks_lib.Task, clips: np.ndarray) -> np.ndarray:
   return np.stack([task.decode(clip) for clip in clips])
 
 
-class FrameMeans:
-  """Metrics of single frames (after an optional decoding), averaged over all frames."""
+def _per_frame(truth: Sequence[dict], key: str, shape: tuple[int, ...]) -> np.ndarray:
+  """(B * T, H, W) of each example's `key`, stills as one frame, of clips (B, T, H, W)."""
+  return _frames(np.stack([np.reshape(example[key], shape[1:4]) for example in truth]))
 
-  def __init__(self, fn: FrameFn, decode: Optional[Callable[[np.ndarray], np.ndarray]] = None):
+
+def _valid(truth: Sequence[dict], shape: tuple[int, ...]) -> np.ndarray:
+  """(B * T, H, W): the examples' 'valid' masks (all True where absent)."""
+  masks = [np.broadcast_to(example.get("valid", True), shape[1:4]) for example in truth]
+  return _frames(np.stack(masks))
+
+
+def _valid_depth(truth: Sequence[dict], shape: tuple[int, ...]) -> np.ndarray:
+  """`_valid`, less the pixels of unknown depth (0 or not finite)."""
+  depth = _per_frame(truth, "depth", shape)
+  return _valid(truth, shape) & np.isfinite(depth) & (depth > 0)
+
+
+class FrameMeans:
+  """Metrics of single frames (after an optional decoding), averaged over all frames.
+
+  With `mask`, `fn(pred, target, mask(truth, shape))` scores the pixels it selects.
+  """
+
+  def __init__(
+    self,
+    fn: FrameFn,
+    decode: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    mask: Optional[MaskFn] = None,
+  ):
     self._fn = fn
     self._decode = decode
+    self._mask = mask
     self._values: dict[str, list[np.ndarray]] = {}
 
-  def update(self, pred, target):
+  def update(self, pred, target, truth):
+    shape = pred.shape
     if self._decode is not None:
       pred, target = self._decode(pred), self._decode(target)
     batch = pred.shape[0]
-    values = self._fn(_frames(pred), _frames(target))
+    masks = () if self._mask is None else (self._mask(truth, shape),)
+    values = self._fn(_frames(pred), _frames(target), *masks)
     for name, v in values.items():
       self._values.setdefault(name, []).append(np.asarray(v, np.float64))
     return {
@@ -108,16 +147,17 @@ class FrameMeans:
 
 
 class PooledIoU:
-  """IoU of decoded binary masks, intersections and unions summed over the data set."""
+  """IoU of decoded binary masks on valid pixels, pooled over the data set."""
 
   def __init__(self, decode: Callable[[np.ndarray], np.ndarray]):
     self._decode = decode
     self._intersection, self._union = [], []
 
-  def update(self, pred, target):
+  def update(self, pred, target, truth):
+    valid = _valid(truth, pred.shape).reshape(pred.shape[:4])
     intersection, union = (
       np.asarray(c, np.float64)
-      for c in metrics.iou_counts(self._decode(pred), self._decode(target))
+      for c in metrics.iou_counts(self._decode(pred) & valid, self._decode(target) & valid)
     )
     self._intersection.append(intersection.ravel())
     self._union.append(union.ravel())
@@ -128,6 +168,55 @@ class PooledIoU:
     return {
       "miou": metrics.mean_iou(np.concatenate(self._intersection), np.concatenate(self._union))
     }
+
+
+class PooledKeypoints:
+  """PCK and precision of decoded joints against the examples' keypoints, pooled."""
+
+  def __init__(self, task: tasks_lib.Task):
+    self._task = task
+    self._counts = np.zeros(3, np.int64)
+
+  def update(self, pred, target, truth):
+    del target
+    radius = self._task.config.pose_pck_threshold * pred.shape[2]
+    per_example = []
+    for points, example in zip(_decode(self._task, pred), truth):
+      counts = sum(pose_lib.match_counts(frame, example["keypoints"], radius) for frame in points)
+      self._counts += counts
+      per_example.append(pose_lib.scores(counts))
+    return {k: np.array([e[k] for e in per_example]) for k in per_example[0]}
+
+  def result(self):
+    return pose_lib.scores(self._counts)
+
+
+class PooledPanoptic:
+  """Panoptic quality of decoded segments against the examples' classes and instances."""
+
+  def __init__(self, task: tasks_lib.Task, thing_classes):
+    self._task = task
+    self._things = thing_classes
+    self._total = panoptic_lib.PanopticQuality(thing_classes)
+
+  def update(self, pred, target, truth):
+    del target
+    shape = pred.shape
+    semantic = np.where(_valid(truth, shape), _per_frame(truth, "semantic", shape), 0)
+    instances = _per_frame(truth, "instances", shape)
+    decoded = _frames(_decode(self._task, pred))
+    frames = shape[1]
+    per_example = []
+    for b in range(shape[0]):
+      example = panoptic_lib.PanopticQuality(self._things)
+      for f in range(b * frames, (b + 1) * frames):
+        for quality in (example, self._total):
+          quality.add(decoded[f, ..., 0], decoded[f, ..., 1], semantic[f], instances[f])
+      per_example.append(example.result())
+    return {k: np.array([e[k] for e in per_example]) for k in per_example[0]}
+
+  def result(self):
+    return self._total.result()
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -144,7 +233,8 @@ class FrechetDistance:
     self._pred = fid_lib.RunningStats(2048)
     self._target = fid_lib.RunningStats(2048)
 
-  def update(self, pred, target):
+  def update(self, pred, target, truth):
+    del truth
     for stats, clips in ((self._pred, pred), (self._target, target)):
       stats.update(np.asarray(self._features(_frames(clips))))
     return {}
@@ -178,37 +268,48 @@ def end_point_error(pred_flow: np.ndarray, target_flow: np.ndarray) -> np.ndarra
 
 def _pixel_metric(name):
   fn = jax.jit(getattr(metrics, name))
-  return lambda task, nets: FrameMeans(_named(name, fn))
+  return lambda task, nets, source: FrameMeans(_named(name, fn))
 
 
-def _lpips_metric(task, nets):
-  del task
+def _lpips_metric(task, nets, source):
+  del task, source
   module, params = nets["lpips"]
   return FrameMeans(_named("lpips", functools.partial(_apply, module, {"params": params})))
 
 
 def _decoded_metric(make):
   """A family scoring decoded values: make(decode) -> accumulator."""
-  return lambda task, nets: make(functools.partial(_decode, task))
+  return lambda task, nets, source: make(functools.partial(_decode, task))
 
 
-# Metric family -> builder(task, nets) of its accumulator; nets holds the loaded
+def _panoptic_metric(task, nets, source):
+  del nets
+  return PooledPanoptic(task, source.thing_classes)
+
+
+# Metric family -> builder(task, nets, source) of its accumulator; nets holds the loaded
 # ('lpips': (module, params), 'fid': (module, variables)) networks.
 METRIC_FAMILIES = {
   "mse": _pixel_metric("mse"),
   "psnr": _pixel_metric("psnr"),
   "ssim": _pixel_metric("ssim"),
   "lpips": _lpips_metric,
-  "fid": lambda task, nets: FrechetDistance(*nets["fid"]),
-  "depth": _decoded_metric(functools.partial(FrameMeans, jax.jit(metrics.depth_metrics))),
-  "normals": _decoded_metric(functools.partial(FrameMeans, jax.jit(metrics.normal_metrics))),
+  "fid": lambda task, nets, source: FrechetDistance(*nets["fid"]),
+  "depth": _decoded_metric(
+    functools.partial(FrameMeans, jax.jit(metrics.depth_metrics), mask=_valid_depth)
+  ),
+  "normals": _decoded_metric(
+    functools.partial(FrameMeans, jax.jit(metrics.normal_metrics), mask=_valid)
+  ),
   "mask_iou": _decoded_metric(PooledIoU),
   "segment_iou": _decoded_metric(
     functools.partial(FrameMeans, _named("segment_miou", segment_iou))
   ),
   "flow": _decoded_metric(functools.partial(FrameMeans, _named("epe", end_point_error))),
+  "keypoints": lambda task, nets, source: PooledKeypoints(task),
+  "panoptic": _panoptic_metric,
 }
-DECODED_FAMILIES = ("depth", "normals", "mask_iou", "segment_iou", "flow")
+DECODED_FAMILIES = ("depth", "normals", "mask_iou", "segment_iou", "flow", "keypoints", "panoptic")
 
 
 # ---------------------------------------------------------------------------
@@ -285,6 +386,12 @@ def validate(
         episodes_lib.fit_example(first, config.resolution, allow_upscale=config.allow_upscale)
       except ValueError as e:
         raise ValueError(f"The {name} does not fit task {task.name!r}: {e}") from e
+  if "panoptic" in task.info.metrics and getattr(source, "thing_classes", None) is None:
+    raise ValueError(
+      f"Task {task.name!r} is scored by panoptic quality, which needs the source's "
+      "`thing_classes` (the class ids with instances); use a source that has them, "
+      "e.g. coco:ROOT,annotations=panoptic."
+    )
   if "fid" in task.info.metrics and fid_weights is not None:
     if config.num_examples * task.num_frames < 2:
       raise ValueError("FID needs at least 2 frames to estimate a covariance; raise num_examples.")
@@ -302,7 +409,8 @@ def make_episode(
   """Query `index` with its K context pairs, unpadded (`lavin_jax.data.episodes`).
 
   Adds 'context_indices': the K examples of `context_source`, or of `source` when it is
-  None, drawn by a generator seeded by (seed, index).
+  None, drawn by a generator seeded by (seed, index); and 'query_example', the query's
+  example its target was rendered from.
   """
   pool_size = len(source if context_source is None else context_source)
   query = index if context_source is None else None
@@ -319,6 +427,7 @@ def make_episode(
     config.resolution,
     pool=context_source,
     allow_upscale=config.allow_upscale,
+    keep_query=True,
   )
   episode["context_indices"] = context.astype(np.int64)
   return episode
@@ -406,13 +515,14 @@ def evaluate(
   unused = sorted(set(paths) - set(families))
   if unused:
     logging.info("Task %s does not use %s; its weights are ignored.", task.name, unused)
-  accumulators = [METRIC_FAMILIES[f](task, nets) for f in families if f not in skipped]
+  accumulators = [METRIC_FAMILIES[f](task, nets, source) for f in families if f not in skipped]
 
   examples, grid_rows = [], []
   starts = range(0, config.num_examples, config.batch_size)
   for start in tqdm.tqdm(starts, desc=f"evaluate {task.name}", unit="batch"):
     indices = range(start, min(start + config.batch_size, config.num_examples))
     episodes = [make_episode(task, source, context_source, i, config) for i in indices]
+    truth = [e.pop("query_example") for e in episodes]
     batch = {k: np.stack([e[k] for e in episodes]) for k in episodes[0]}
     seed = int(_rng(config.seed, 2, start).integers(2**31))
     pred = np.asarray(
@@ -426,7 +536,7 @@ def evaluate(
       )
     per_example = {}
     for accumulator in accumulators:
-      per_example.update(accumulator.update(pred, batch["target"]))
+      per_example.update(accumulator.update(pred, batch["target"], truth))
     for row, i in enumerate(indices):
       examples.append(
         {
