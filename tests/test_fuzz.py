@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 import pytest
 from safetensors.numpy import save_file
+import torch_files
 
 from lavin_jax.configs import common
 from lavin_jax.configs import models as model_configs
@@ -26,7 +27,6 @@ from lavin_jax.data import specs
 from lavin_jax.io import bundle
 from lavin_jax.io import safetensors_file
 from lavin_jax.io import torch_checkpoint
-import torch_files
 
 FUZZ = hypothesis.settings(
   derandomize=True,
