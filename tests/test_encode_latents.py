@@ -144,6 +144,25 @@ def test_two_processes_write_disjoint_shards_a_training_run_reads(tmp_path):
     assert filecmp.cmp(tmp_path / "latents" / path, tmp_path / "again" / path, shallow=False), path
 
 
+def test_without_a_destination_the_script_says_so(tmp_path):
+  proc = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / "launch" / "encode_latents.py"),
+      f"--config={ROOT / 'lavin_jax' / 'configs' / 'train_dit.py'}:tiny,runlocal",
+    ],
+    cwd=tmp_path,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT,
+    check=False,
+  )
+  assert proc.returncode == 1
+  assert "error: Set --config.latents.dir or --workdir" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
 # ---------------------------------------------------------------------------------------
 # Subprocess: an encoding job that dies (SIGKILL) in the middle of a shard.
 

@@ -620,6 +620,22 @@ def test_config_argument_parsing():
     train_dit_config.get_config("tiny,fast")
 
 
+def test_paper_mixture_config():
+  from lavin_jax.configs import data as data_configs  # pylint: disable=g-import-not-at-top
+  from lavin_jax.configs import tasks as task_table  # pylint: disable=g-import-not-at-top
+
+  config = train_dit_config.get_config("0.1b,paper")
+  assert sorted(config.sources) == sorted(data_configs.PAPER_DATA_SETS)
+  weights = dict(config.data.task_weights)
+  assert set(weights) == set(task_table.TASK_NAMES)
+  for name, weight in weights.items():
+    assert weight == data_configs.PAPER_EXAMPLES.get(name, 0), name
+  assert weights["foreground_segmentation"] == 0 and weights["depth_estimation"] == 1_281_167
+  config.vae_random_init = True
+  with pytest.raises(ValueError, match="config.sources holds no source spec"):
+    dit.check_config(config)  # the paper's data sets are named, not given
+
+
 def test_launcher_rejects_bad_config_before_training(tmp_path):
   proc = subprocess.run(
     [

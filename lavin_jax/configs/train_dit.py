@@ -32,7 +32,7 @@ from lavin_jax.configs import tasks
 
 
 def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
-  """J-DiT training for `<size>[,runlocal]`."""
+  """J-DiT training for `<size>[,runlocal][,paper]`."""
   size, flags = common.parse_arg(arg, models.JDIT_SIZES, "0.1b", flags=("runlocal", "paper"))
   c = ml_collections.ConfigDict()
   c.seed = 0

@@ -121,16 +121,16 @@ def _encode_pairs(pairs, encode: Callable, batch_size: int) -> list[list[np.ndar
 
   Equal clips (a photograph several tasks share) are encoded once.
   """
-  found, clips, refs = {}, [], []
-  for unit in pairs:
-    refs.append([])
-    for pair in unit:
-      for clip in pair:
-        key = (clip.shape, hashlib.sha1(clip.tobytes()).digest())
-        if key not in found:
-          found[key] = len(clips)
-          clips.append(clip)
-      refs[-1].append([found[(c.shape, hashlib.sha1(c.tobytes()).digest())] for c in pair])
+  found, clips = {}, []
+
+  def slot(clip):
+    key = (clip.shape, hashlib.sha1(clip.tobytes()).digest())
+    if key not in found:
+      found[key] = len(clips)
+      clips.append(clip)
+    return found[key]
+
+  refs = [[[slot(clip) for clip in pair] for pair in unit] for unit in pairs]
   moments = _moments(np.stack(clips), encode, batch_size)
   return [[moments[ref] for ref in unit] for unit in refs]
 
@@ -209,7 +209,9 @@ def encode_latents(
 
   encode, written, encoded = None, [], 0
   mine = work[process_index::process_count]
-  for p, j, count in tqdm.tqdm(mine, desc="encode latents", unit="shard", disable=process_index):
+  for p, j, count in tqdm.tqdm(
+    mine, desc="encode latents", unit="shard", disable=process_index != 0
+  ):
     paths = {t.name: shards.shard_paths(directory, p.name, t.name, count)[j] for t in p.tasks}
     todo = [t for t in p.tasks if not paths[t.name].exists()]
     if not todo:

@@ -244,7 +244,7 @@ def check_config(config, batches_given=False):
     )
   if config.input == "latents":
     latents.check_config(config.latents)
-  if not batches_given and not any(config.sources.values()):
+  if not batches_given and not source_specs(config):
     raise ValueError(
       "config.sources holds no source spec; set one, e.g. "
       "--config.sources.synthetic=synthetic:small (lavin_jax.data.specs)."
@@ -359,12 +359,17 @@ def latents_dir(config, workdir) -> str:
   return config.latents.dir or os.path.join(workdir, "latents")
 
 
+def source_specs(config) -> dict:
+  """{name: spec} of the sources in use: config.sources with a non-empty spec."""
+  return {name: spec for name, spec in config.sources.items() if spec}
+
+
 def open_sources(config) -> dict:
-  """{name: source} of config.sources' non-empty specs."""
+  """{name: source} of `source_specs`."""
   # Imported here: sources pull in tensorflow_datasets, which only the data needs.
   from lavin_jax.data import specs  # pylint: disable=g-import-not-at-top
 
-  return {name: specs.get_source(spec) for name, spec in config.sources.items() if spec}
+  return {name: specs.get_source(spec) for name, spec in source_specs(config).items()}
 
 
 def encode_latents(config, workdir) -> list:
@@ -408,10 +413,13 @@ def make_input(config, workdir):
   if config.input == "pixels":
     return iter(pipeline.make_mixture(config.data, open_sources(config)))
   encode_latents(config, workdir)
-  names = [name for name, spec in config.sources.items() if spec]
   return iter(
     latents.make_latent_pipeline(
-      latents_dir(config, workdir), names, config.data, config.latents, vae_identity(config)
+      latents_dir(config, workdir),
+      list(source_specs(config)),
+      config.data,
+      config.latents,
+      vae_identity(config),
     )
   )
 
@@ -430,8 +438,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
     config: a configs/train_dit.py config.
     workdir: output directory; a run there resumes from its latest checkpoint.
     batches: optional iterator of process-local batches replacing the configured
-      pipeline (tests). A Grain iterator's position is
-      checkpointed; any other iterator restarts from its beginning on resume.
+      input (tests). A Grain iterator's position is checkpointed; any other
+      iterator restarts from its beginning on resume.
 
   Returns:
     The final TrainState.
