@@ -90,7 +90,7 @@ def settings(
   """What stored latents depend on: rendering, views and the ST-VAE (settings.json)."""
   return {
     "resolution": data_config.resolution,
-    "random_crop": data_config.random_crop,
+    "random_crop": data_config.random_crop and latents_config.views > 1,  # view 0 is centred
     "allow_upscale": data_config.allow_upscale,
     "task_options": data_config.task.to_dict(),
     "views": latents_config.views,
@@ -194,15 +194,16 @@ def encode_latents(
   """
   check_config(latents_config)
   mixture.check_config(data_config)
-  keys = {name: mixture.source_keys(s) for name, s in sources.items()}
-  plans = mixture.plan(data_config, {name: (len(s), keys[name]) for name, s in sources.items()})
+  described = mixture.describe(sources)
+  plans = mixture.plan(data_config, described)
   mixture.check_examples(plans, sources, data_config)
   directory = pathlib.Path(directory)
   shards.write_once(shards.settings_file(directory), settings(data_config, latents_config, vae))
   per_shard = latents_config.examples_per_shard
   work = []  # (plan, shard index, shard count)
   for p in plans:
-    layout = {"size": p.size, "keys": sorted(keys[p.name]), "examples_per_shard": per_shard}
+    keys = sorted(described[p.name][1])
+    layout = {"size": p.size, "keys": keys, "examples_per_shard": per_shard}
     shards.write_once(shards.source_file(directory, p.name), layout)
     count = shards.num_shards(p.size, per_shard)
     work += [(p, j, count) for j in range(count)]

@@ -93,10 +93,16 @@ def weighted_tasks(config: ml_collections.ConfigDict) -> tuple[list[tasks.Task],
   return chosen, probs / probs.sum()
 
 
-def source_keys(source) -> tuple[str, ...]:
-  """The example keys of a source: its `keys`, or those of its first example."""
-  keys = getattr(source, "keys", None)
-  return tuple(source[0]) if keys is None else tuple(keys)
+def describe(sources: Mapping) -> dict[str, tuple[int, tuple[str, ...]]]:
+  """{name: (size, example keys)} of sources, what `plan` reads; a source without
+  `keys` is described by its first example's."""
+  described = {}
+  for name, source in sources.items():
+    keys = getattr(source, "keys", None)
+    if keys is None:
+      keys = source[0] if len(source) else ()
+    described[name] = (len(source), tuple(keys))
+  return described
 
 
 def check_examples(plans, sources: Mapping, config: ml_collections.ConfigDict) -> None:

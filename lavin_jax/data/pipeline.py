@@ -103,9 +103,7 @@ def make_mixture(
   """
   mixture.check_config(config)
   shard = mixture.shard_options(config, process_index, process_count)
-  plans = mixture.plan(
-    config, {name: (len(s), mixture.source_keys(s)) for name, s in sources.items()}
-  )
+  plans = mixture.plan(config, mixture.describe(sources))
   mixture.check_examples(plans, sources, config)
   ds = mixture.batches(
     plans, config, shard, lambda p: EpisodeMaker(sources[p.name], list(p.tasks), p.probs, config)

@@ -43,6 +43,15 @@ from lavin_jax.train import state as state_lib
 
 CLIP_KEYS = ("context_inputs", "context_targets", "query", "target")
 INPUTS = ("pixels", "latents")
+# ST-VAE settings that leave the stored posterior moments as they are.
+VAE_FIELDS_BESIDE_LATENTS = (
+  "latent_shift",
+  "latent_scale",
+  "remat",
+  "tile_sample_size",
+  "tile_overlap",
+  "tile_frames",
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -347,9 +356,7 @@ def load_released_params(config):
 
 def vae_identity(config) -> dict:
   """What stored latents depend on of the ST-VAE: its weights and architecture."""
-  model = {
-    k: v for k, v in config.vae.to_dict().items() if k not in ("latent_shift", "latent_scale")
-  }
+  model = {k: v for k, v in config.vae.to_dict().items() if k not in VAE_FIELDS_BESIDE_LATENTS}
   weights = config.vae_checkpoint or f"random init, seed {config.seed + 1}"
   return {"weights": weights, "model": model}
 
