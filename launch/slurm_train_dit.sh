@@ -2,7 +2,7 @@
 # J-DiT training on SLURM GPU nodes with 8 A100/H100 each: one process per GPU.
 #
 #   sbatch --nodes=8 launch/slurm_train_dit.sh 3.4b /shared/runs/dit_3.4b \
-#       --config.vae_checkpoint=/shared/weights/stvae.pt --config.source=...
+#       --config.vae_checkpoint=/shared/weights/stvae.pt --config.sources.synthetic=...
 #
 # jax.distributed.initialize detects SLURM by itself (--auto_distributed): the
 # coordinator is the first node, and every task sees all 8 GPUs of its node but uses

@@ -2,7 +2,7 @@
 # J-DiT training on a Cloud TPU VM pod slice: the same command on every worker.
 #
 #   launch/tpu_train_dit.sh my-tpu us-central2-b 1b /mnt/shared/runs/dit_1b \
-#       --config.vae_checkpoint=/data/stvae.pt --config.source=...
+#       --config.vae_checkpoint=/data/stvae.pt --config.sources.synthetic=...
 #
 # jax.distributed.initialize detects the TPU pod by itself (--auto_distributed). The
 # repository must already be on every worker at ~/lavin_jax with

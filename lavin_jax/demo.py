@@ -9,9 +9,9 @@ Stages, each skipped when its output exists (an interrupted run resumes):
             every demo task's training pairs once (all later stages use them)
   2. vae    train a small ST-VAE (MSE + KL) on the stills of every demo task's training
             pairs, inputs and targets -> vae_bundle/
-  3. dit    encode every demo task's training pairs once with the frozen ST-VAE, then
-            train a small J-DiT on in-context episodes drawn from them
-            (lavin_jax.data.latents; orbax checkpoints in dit/checkpoints)
+  3. dit    encode every demo task's training pairs once with the frozen ST-VAE
+            (dit/latents), then train a small J-DiT on in-context episodes drawn from
+            them (lavin_jax.data.latents; orbax checkpoints in dit/checkpoints)
             -> bundle/ (EMA J-DiT + ST-VAE)
   4. eval   in-context predictions on held-out scenes for every demo task, and two
             baselines: the mean training target, and a copy of the query (a report
@@ -27,7 +27,6 @@ import pathlib
 import time
 
 from absl import logging
-import jax
 import ml_collections
 import numpy as np
 
@@ -36,9 +35,8 @@ from lavin_jax.data import latents
 from lavin_jax.data import specs
 from lavin_jax.data import tasks as tasks_lib
 from lavin_jax.eval import runner
-from lavin_jax.io import bundle as bundle_lib
 from lavin_jax.inference import pipeline as inference
-from lavin_jax.models import stvae
+from lavin_jax.io import bundle as bundle_lib
 from lavin_jax.train import checkpoint
 from lavin_jax.train import dit as dit_train
 
@@ -105,37 +103,39 @@ def train_vae_stage(config, workdir: pathlib.Path, train_pairs: dict) -> pathlib
 # Stage 3: the J-DiT.
 
 
-def encode_training_pairs(train_pairs: dict, vae_bundle: pathlib.Path):
-  """Posterior moments of the training pairs, and the ST-VAE config with latent
-  normalisation constants fitted to them (zero mean, unit variance)."""
+def encode_training_pairs(config, workdir: pathlib.Path, vae_bundle: pathlib.Path):
+  """The J-DiT config for the training scenes' latents, and the ST-VAE params.
+
+  Every demo task's pairs of the training scenes are encoded once with the frozen
+  ST-VAE into dit/latents (lavin_jax.data.latents; finished shards are kept), and the
+  config's latent normalisation is fitted to their posterior means (zero mean, unit
+  variance).
+  """
   bundle_config, params = bundle_lib.load_bundle(vae_bundle)
-  vae = stvae.STVAE(bundle_config.stvae)
-  encode = jax.jit(lambda x: vae.apply({"params": params["stvae"]}, x, method="encode"))
-  tables = latents.encode_pairs(train_pairs, encode)
-  means = np.concatenate([t[k].ravel() for t in tables.values()
-                          for k in ("input_mean", "target_mean")])
-  vae_config = bundle_config.stvae
-  vae_config.latent_shift = float(means.mean())
-  vae_config.latent_scale = float(1.0 / means.std())
-  return tables, vae_config, params["stvae"]
+  c = ml_collections.ConfigDict(config.dit.to_dict())
+  c.vae = bundle_config.stvae
+  c.vae_checkpoint = str(vae_bundle)
+  scenes = f"synthetic:{config.synthetic},content=images,split=train,data_dir={workdir / 'data'}"
+  c.sources = {"scenes": scenes}
+  dit_workdir = str(workdir / "dit")
+  dit_train.encode_latents(c, dit_workdir)
+  shift, std = latents.mean_statistics(dit_train.latents_dir(c, dit_workdir))
+  c.vae.latent_shift = shift
+  c.vae.latent_scale = 1.0 / std
+  return c, params["stvae"]
 
 
-def train_dit_stage(config, workdir: pathlib.Path, train_pairs: dict,
-                    vae_bundle: pathlib.Path) -> pathlib.Path:
-  """Trains J-DiT on in-context episodes of precomputed latents (resuming from its
+def train_dit_stage(config, workdir: pathlib.Path, vae_bundle: pathlib.Path) -> pathlib.Path:
+  """Trains J-DiT on in-context episodes of the stored latents (resuming from its
   checkpoints); returns the inference bundle (EMA J-DiT + the ST-VAE)."""
   out = workdir / "bundle"
   if (out / bundle_lib.CONFIG_FILE).exists():
     return out
-  tables, vae_config, vae_params = encode_training_pairs(train_pairs, vae_bundle)
-  c = ml_collections.ConfigDict(config.dit.to_dict())
+  c, vae_params = encode_training_pairs(config, workdir, vae_bundle)
   c.total_steps = _steps(config, c.total_steps)
   c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, c.total_steps // 2)
   c.optimizer.decay_steps = c.total_steps  # the schedule spans the scaled run
-  c.vae = vae_config
-  batches = iter(latents.make_latent_pipeline(tables, c.data, vae_config.latent_shift,
-                                              vae_config.latent_scale))
-  state = dit_train.train(c, str(workdir / "dit"), batches=batches)
+  state = dit_train.train(c, str(workdir / "dit"))
   checkpoint.export_bundle(out, state.ema_params, c, vae_params=vae_params, dtype=None)
   return out
 
@@ -207,7 +207,8 @@ def beats_both(config, name: str, scores: dict) -> bool:
 
 def learning_check(config, results: dict) -> tuple[str, int]:
   """The table of model vs baselines per task, and how many tasks beat both."""
-  lines = [f"{'task':26s} {'metric':13s} {'model':>9s} {'mean tgt':>9s} {'copy qry':>9s}  beats both"]
+  header = f"{'task':26s} {'metric':13s} {'model':>9s} {'mean tgt':>9s} {'copy qry':>9s}"
+  lines = [header + "  beats both"]
   wins = 0
   for name, metric in config.tasks.items():
     r = results[name]
@@ -255,7 +256,7 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
 
   train_pairs = stage("data", data_stage, config, workdir)
   vae_bundle = stage("vae", train_vae_stage, config, workdir, train_pairs)
-  bundle = stage("dit", train_dit_stage, config, workdir, train_pairs, vae_bundle)
+  bundle = stage("dit", train_dit_stage, config, workdir, vae_bundle)
   results = stage("eval", evaluate_stage, config, workdir, train_pairs, bundle)
   table, wins = stage("report", learning_check, config, results)
   plot_losses(workdir)
@@ -268,9 +269,11 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
 def cli():
   """Console entry point `lavin-demo` (same flags as launch/demo.py)."""
   from absl import app  # pylint: disable=g-import-not-at-top
-  from lavin_jax import cli  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  from lavin_jax import cli  # pylint: disable=g-import-not-at-top
+
   config_flag = config_flags.DEFINE_config_file(
       "config", configs.path("demo"), "Demo settings, e.g. lavin_jax/configs/demo.py:smoke.")
   workdir = flags.DEFINE_string("workdir", "lavin_demo", "Output directory; resumes.")

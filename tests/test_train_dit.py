@@ -68,9 +68,13 @@ def tiny_config(**model):
   return c
 
 
-def latent_batch(rng, batch=2, pairs=2, frames=1, size=4, num_pairs=None):
-  """Random latents in the batch layout; pairs >= num_pairs are zero (padding)."""
-  shape = (batch, pairs, frames, size, size, 16)
+def latent_batch(rng, batch=2, pairs=2, frames=1, size=4, num_pairs=None, channels=32):
+  """Random clips in the batch layout; pairs >= num_pairs are zero (padding).
+
+  channels=32: posterior moments (mean | logvar), the trainer's input='latents'
+  batches; 16: J-DiT latents.
+  """
+  shape = (batch, pairs, frames, size, size, channels)
   b = {
     "context_inputs": rng.standard_normal(shape, np.float32),
     "context_targets": rng.standard_normal(shape, np.float32),
@@ -151,7 +155,7 @@ def test_tiny_model_overfits_one_fixed_batch(overfit_run):
 
 def test_velocity_loss_matches_numpy():
   rng = np.random.default_rng(1)
-  b = latent_batch(rng, batch=3)
+  b = latent_batch(rng, batch=3, channels=16)
   cond, mask = incontext.build_condition(
     b["context_inputs"], b["context_targets"], b["query"], b["num_pairs"], np.zeros(3, bool)
   )
@@ -266,7 +270,7 @@ def test_context_drop_rate_is_uncond_ratio():
 
 def test_dropped_context_gives_null_condition_velocity():
   rng = np.random.default_rng(5)
-  b = latent_batch(rng, batch=2, pairs=3, frames=2)
+  b = latent_batch(rng, batch=2, pairs=3, frames=2, channels=16)
   cond, mask = incontext.build_condition(
     b["context_inputs"], b["context_targets"], b["query"], b["num_pairs"], np.ones(2, bool)
   )
@@ -283,8 +287,8 @@ def test_dropped_context_gives_null_condition_velocity():
 
 def test_padding_to_eight_pairs_matches_true_pairs():
   rng = np.random.default_rng(6)
-  alone = latent_batch(rng, batch=1, pairs=3)
-  padded = latent_batch(rng, batch=1, pairs=8, num_pairs=np.array([3]))
+  alone = latent_batch(rng, batch=1, pairs=3, channels=16)
+  padded = latent_batch(rng, batch=1, pairs=8, num_pairs=np.array([3]), channels=16)
   for k in ("context_inputs", "context_targets"):
     padded[k][:, :3] = alone[k]
     # Garbage in the padding: masking, not zeros, must hide it.
@@ -460,6 +464,102 @@ def test_pixel_batches_encode_each_clip_separately():
     np.testing.assert_array_equal(again[key], latents[key])
 
 
+def test_stored_moments_take_the_pixel_path_after_the_encoder():
+  """sample_batch of the ST-VAE's moments == encode_batch of the pixels, draw for draw."""
+  from lavin_jax.models import stvae  # pylint: disable=g-import-not-at-top
+
+  vae_config = configs.stvae("tiny")
+  vae = stvae.STVAE(vae_config)
+  rng = np.random.default_rng(12)
+  pixels = lambda *shape: rng.uniform(-1, 1, shape + (5, 16, 16, 3)).astype(np.float32)
+  batch = {
+    "context_inputs": pixels(2, 2),
+    "context_targets": pixels(2, 2),
+    "query": pixels(2),
+    "target": pixels(2),
+  }
+  params = jax.jit(functools.partial(vae.init, method="encode"))(
+    jax.random.PRNGKey(0), batch["query"]
+  )["params"]
+  moments_of = jax.jit(
+    lambda x: jnp.concatenate(vae.apply({"params": params}, x, method="encode"), axis=-1)
+  )
+  stored = {
+    key: moments_of(x.reshape((-1,) + x.shape[-4:])).reshape(x.shape[:-4] + (2, 2, 2, 32))
+    for key, x in batch.items()
+  }
+  key = jax.random.PRNGKey(3)
+  want = jax.jit(lambda b: dit.encode_batch(vae, params, b, key, vae_config))(batch)
+  got = jax.jit(lambda b: dit.sample_batch(b, key, vae_config))(stored)
+  for name in want:
+    assert got[name].shape == want[name].shape == stored[name].shape[:-1] + (16,)
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=name)
+  # A sure posterior (log-variance -30) gives the normalised mean.
+  sure = {
+    k: jnp.concatenate([v[..., :16], jnp.full_like(v[..., 16:], -30.0)], -1)
+    for k, v in stored.items()
+  }
+  mean = stvae.normalize_latents(stored["query"][..., :16], vae_config)
+  np.testing.assert_allclose(dit.sample_batch(sure, key, vae_config)["query"], mean, atol=1e-5)
+
+
+def test_batches_of_two_frame_counts_compile_once_each():
+  mesh, state, step = setup_training(training_config())
+  rng = np.random.default_rng(13)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.AXIS_RULES):
+    for frames in (1, 2, 1, 2, 1):
+      batch = mesh_lib.global_batch(latent_batch(rng, frames=frames), mesh)
+      state, metrics = step(state, None, batch)
+      assert np.isfinite(float(metrics["loss"]))
+  assert step._cache_size() == 2  # pylint: disable=protected-access
+
+
+def _mixture_config(tmp_path):
+  """Stills and clips of the synthetic data set, trained from stored latents."""
+  config = training_config()
+  config.vae = configs.stvae("tiny")
+  config.vae_random_init = True
+  config.sources = {
+    "scenes": f"synthetic:tiny,content=images,data_dir={tmp_path / 'data'}",
+    "clips": f"synthetic:tiny,content=clips,data_dir={tmp_path / 'data'}",
+  }
+  for name in config.data.task_weights:
+    weight = {"colorization": 1.0, "depth_estimation": 1.0, "video_depth": 2.0}.get(name, 0.0)
+    config.data.task_weights[name] = weight
+  config.data.resolution, config.data.batch_size, config.data.k_max = 32, 2, 2
+  config.data.read_threads = 1
+  config.latents.dir = str(tmp_path / "latents")
+  config.latents.examples_per_shard, config.latents.batch_size = 3, 4
+  config.total_steps, config.checkpoint_every = 4, 2
+  return config
+
+
+def test_mixture_of_stills_and_clips_trains_and_resumes_exactly(tmp_path):
+  config = _mixture_config(tmp_path)
+  straight = dit.train(config, str(tmp_path / "straight"))
+  assert sorted(os.listdir(tmp_path / "latents")) == ["clips", "scenes", "settings.json"]
+  batches = dit.make_input(config, str(tmp_path / "straight"))
+  assert {next(batches)["query"].shape[1] for _ in range(4)} == {1, 2}  # T' of 1 and 5 frames
+
+  config.total_steps = 2
+  dit.train(config, str(tmp_path / "resumed"))
+  config.total_steps = 4
+  resumed = dit.train(config, str(tmp_path / "resumed"))
+  jax.tree.map(np.testing.assert_array_equal, resumed.params, straight.params)
+  jax.tree.map(np.testing.assert_array_equal, resumed.ema_params, straight.ema_params)
+  data = [tmp_path / run / "checkpoints" / "4" / "data" for run in ("straight", "resumed")]
+  states = [sorted(p.read_text() for p in d.iterdir() if p.suffix == ".json") for d in data]
+  assert states[0] and states[0] == states[1]
+  losses = [
+    [
+      json.loads(line)["loss"]
+      for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+    ]
+    for run in ("straight", "resumed")
+  ]
+  assert losses[0] == losses[1]
+
+
 def test_init_from_released_weights():
   from lavin_jax.convert import jdit as convert_jdit  # pylint: disable=g-import-not-at-top
 
@@ -518,6 +618,22 @@ def test_config_argument_parsing():
     train_dit_config.get_config("2b")
   with pytest.raises(ValueError, match="Unknown config flags"):
     train_dit_config.get_config("tiny,fast")
+
+
+def test_paper_mixture_config():
+  from lavin_jax.configs import data as data_configs  # pylint: disable=g-import-not-at-top
+  from lavin_jax.configs import tasks as task_table  # pylint: disable=g-import-not-at-top
+
+  config = train_dit_config.get_config("0.1b,paper")
+  assert sorted(config.sources) == sorted(data_configs.PAPER_DATA_SETS)
+  weights = dict(config.data.task_weights)
+  assert set(weights) == set(task_table.TASK_NAMES)
+  for name, weight in weights.items():
+    assert weight == data_configs.PAPER_EXAMPLES.get(name, 0), name
+  assert weights["foreground_segmentation"] == 0 and weights["depth_estimation"] == 1_281_167
+  config.vae_random_init = True
+  with pytest.raises(ValueError, match="config.sources holds no source spec"):
+    dit.check_config(config)  # the paper's data sets are named, not given
 
 
 def test_launcher_rejects_bad_config_before_training(tmp_path):

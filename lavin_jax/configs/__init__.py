@@ -5,9 +5,9 @@ Job configs are `get_config(arg)` files in big_vision's form; launch scripts tak
 
   models.py     J-DiT and ST-VAE size tables (`jdit(size)`, `stvae(size)`)
   tasks.py      the task table (media, annotations read, metric families) and options
-  data.py       the in-context data pipeline's defaults
+  data.py       the data pipeline's, the stored latents' and the paper mixture's defaults
   flow.py       rectified-flow training settings
-  train_dit.py  J-DiT training          (get_config: '<size>[,runlocal]')
+  train_dit.py  J-DiT training          (get_config: '<size>[,runlocal][,paper]')
   train_vae.py  ST-VAE training         (get_config: 'demo' | 'tiny' | 'small' | 'released')
   evaluate.py   an evaluation run       (get_config: '')
   demo.py       the end-to-end demo     (get_config: 'default' | 'smoke')

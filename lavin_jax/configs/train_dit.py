@@ -10,8 +10,14 @@ CPU smoke run (tiny model, random-init ST-VAE, a few steps):
   python launch/train_dit.py --config=lavin_jax/configs/train_dit.py:tiny,runlocal \
       --workdir=/tmp/lavin_dit_tiny
 
-The argument is `<size>[,runlocal]` with size in lavin_jax.configs.JDIT_SIZES; every
-field can be overridden, e.g. `--config.mesh.fsdp=8 --config.optimizer.lr=5e-5`.
+The paper's task mixture (its data sets as sources; set those you hold, e.g. a COCO and
+a Kubric adapter, and give the tasks no source feeds weight 0):
+
+  python launch/train_dit.py --config=lavin_jax/configs/train_dit.py:0.1b,paper \
+      --config.sources.coco=SPEC --config.sources.kubric=SPEC ...
+
+The argument is `<size>[,runlocal][,paper]` with size in lavin_jax.configs.JDIT_SIZES;
+every field can be overridden, e.g. `--config.mesh.fsdp=8 --config.optimizer.lr=5e-5`.
 Clusters: launch/slurm_train_dit.sh (GPU), launch/tpu_train_dit.sh (TPU pods).
 """
 
@@ -26,8 +32,8 @@ from lavin_jax.configs import tasks
 
 
 def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
-  """J-DiT training for `<size>[,runlocal]`."""
-  size, flags = common.parse_arg(arg, models.JDIT_SIZES, "0.1b", flags=("runlocal",))
+  """J-DiT training for `<size>[,runlocal][,paper]`."""
+  size, flags = common.parse_arg(arg, models.JDIT_SIZES, "0.1b", flags=("runlocal", "paper"))
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = 100_000
@@ -36,18 +42,22 @@ def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
   c.model = models.jdit(size)
   c.init_from = ""  # optional released J-DiT safetensors to start from
 
-  # Frozen ST-VAE: training encodes pixel batches inside the step ('pixels'), or
-  # encodes every example's task pairs once up front and draws episodes of latents
-  # ('latents'; deterministic tasks and centred crops: lavin_jax.data.latents).
+  # Frozen ST-VAE: training encodes pixel batches inside the step ('pixels'), or reads
+  # the posterior moments of every example's task pairs, encoded once into
+  # latents.dir (launch/encode_latents.py, or at the start of training), and draws the
+  # posterior sample inside the step ('latents'; lavin_jax.data.latents).
   c.input = "pixels"  # pixels | latents
   c.vae = models.stvae("released")
   c.vae_checkpoint = ""  # released stvae.pt, or an inference bundle directory
   c.vae_random_init = False  # smoke tests only: an untrained ST-VAE
+  c.latents = data.latents()
 
   # Data: episodes of 1..k_max context pairs + a query, padded to k_max
-  # (lavin_jax.data.pipeline). The source is a lavin_jax.data.sources spec:
-  # 'synthetic' (built-in rendered scenes with every annotation), 'tfds:NAME', ...
-  c.source = "synthetic"
+  # (lavin_jax.data.pipeline), mixed over the sources: {name: lavin_jax.data.specs spec,
+  # e.g. 'synthetic' (built-in rendered scenes with every annotation), 'tfds:NAME'}.
+  # Each weighted task draws from the sources carrying what it reads
+  # (lavin_jax.data.mixture); a source with an empty spec is left out.
+  c.sources = ml_collections.ConfigDict({"synthetic": "synthetic"})
   c.data = data.pipeline("image")
   c.data.batch_size = 640  # global, over all processes
   c.data.resolution = 256
@@ -71,6 +81,11 @@ def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
   # ahead of the device.
   c.log_every = 1
 
+  if "paper" in flags:
+    # The paper's tasks weighted by their training examples (configs/data.py).
+    c.sources = data.paper_sources()
+    c.data.task_weights = data.paper().task_weights
+
   if "runlocal" in flags:
     c.total_steps = 10
     c.vae = models.stvae("tiny")
@@ -82,7 +97,7 @@ def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
     c.data.k_max = 2
     c.data.worker_count = 0
     # scikit-image's photographs (no download) and the tasks that need only images.
-    c.source = "photos"
+    c.sources = ml_collections.ConfigDict({"photos": "photos"})
     for name in c.data.task_weights:
       c.data.task_weights[name] = float(name in tasks.IMAGE_ONLY_TASKS)
     c.checkpoint_every = 5

@@ -9,7 +9,7 @@ evaluation) makes it with these pieces:
   `render_episode`   the query and its context examples rendered and assembled;
   `assemble`         the layout below.
 
-Layout (numpy, unbatched; pixels float32 in [-1, 1], or normalised latents):
+Layout (numpy, unbatched; pixels float32 in [-1, 1], or stored ST-VAE moments):
   'context_inputs', 'context_targets': (k_max, T, H, W, C); slots >= num_pairs are zero
   'query', 'target': (T, H, W, C)
   'num_pairs': int32 K in [1, k_max]
@@ -189,12 +189,12 @@ def assemble(
 ) -> dict:
   """The episode of a query pair and K context pairs stacked (K, ...), in k_max slots.
 
-  k_max defaults to K (no padding).
+  k_max defaults to K (no padding); the slots have the context's dtype.
   """
   inputs, targets = context
   num_pairs = len(inputs)
   k_max = num_pairs if k_max is None else k_max
-  slots = np.zeros((2, k_max) + inputs.shape[1:], np.float32)
+  slots = np.zeros((2, k_max) + inputs.shape[1:], inputs.dtype)
   slots[0, :num_pairs] = inputs
   slots[1, :num_pairs] = targets
   return {

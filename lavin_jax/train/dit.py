@@ -8,8 +8,11 @@ dropout), loss, update step, sharded init, then
 
 A batch (see lavin_jax.data.pipeline) holds 'context_inputs' and
 'context_targets' (B, K, T, H, W, 3), 'query' and 'target' (B, T, H, W, 3) in
-[-1, 1] and 'num_pairs' (B,); with config.input = 'latents' the same keys hold
-ST-VAE latents (B, K, T', h, w, 16) etc. already normalised.
+[-1, 1] and 'num_pairs' (B,); with config.input = 'latents' the same keys hold the
+stored ST-VAE posterior moments (B, K, T', h, w, 32) etc., mean | log-variance
+(lavin_jax.data.latents). Either way the step draws one posterior sample per clip and
+normalises it on the device (`clip_latents`). Batches may change their frame count T
+from step to step (a mixture of stills and clips): each shape compiles once.
 """
 
 import functools
@@ -18,6 +21,7 @@ import os
 from absl import logging
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -26,6 +30,8 @@ import optax
 from lavin_jax import convert
 from lavin_jax import flow
 from lavin_jax.configs import models as model_configs
+from lavin_jax.data import latents
+from lavin_jax.data import pipeline
 from lavin_jax.io import bundle
 from lavin_jax.models import incontext
 from lavin_jax.models import jdit
@@ -37,36 +43,49 @@ from lavin_jax.train import state as state_lib
 
 CLIP_KEYS = ("context_inputs", "context_targets", "query", "target")
 INPUTS = ("pixels", "latents")
+# ST-VAE settings that leave the stored posterior moments as they are.
+VAE_FIELDS_BESIDE_LATENTS = (
+  "latent_shift",
+  "latent_scale",
+  "remat",
+  "tile_sample_size",
+  "tile_overlap",
+  "tile_frames",
+)
 
 
 # ---------------------------------------------------------------------------------------
 # Inputs: pixels -> latents, the condition sequence, context dropout.
 
 
-def encode_clips(vae, vae_params, clips, key, vae_config):
-  """Pixels (N, T, H, W, 3) -> normalised latents (N, T', H/8, W/8, 16).
+def clip_latents(batch, moments_fn, key, vae_config):
+  """Every clip of a batch as normalised J-DiT latents, coded in one call.
 
-  Frozen ST-VAE: a posterior sample (as the released inference does), then the
-  J-DiT latent normalisation; no gradient flows back.
-  """
-  mean, logvar = vae.apply({"params": vae_params}, clips, method="encode")
-  z = stvae.sample_posterior(mean, logvar, key)
-  return jax.lax.stop_gradient(stvae.normalize_latents(z, vae_config))
-
-
-def encode_batch(vae, vae_params, batch, key, vae_config):
-  """Encodes every clip of a pixel batch separately, in one ST-VAE call.
-
-  Returns the batch's clip keys as latents: context_* (B, K, T', h, w, 16),
-  query and target (B, T', h, w, 16).
+  moments_fn maps the packed clips (N, ...) to the ST-VAE posterior (mean, logvar), each
+  (N, T', h, w, 16); one posterior sample of each (as the released inference draws),
+  then the J-DiT latent normalisation; no gradient flows back. Returns the batch's clip
+  keys: context_* (B, K, T', h, w, 16), query and target (B, T', h, w, 16).
   """
   b, k = batch["context_inputs"].shape[:2]
   clips = incontext.pack_clips(
     batch["context_inputs"], batch["context_targets"], batch["query"], batch["target"]
   )
-  z = encode_clips(vae, vae_params, clips, key, vae_config)
-  ins, tgts, (query, target) = incontext.unpack_clips(z, b, k)
+  mean, logvar = moments_fn(clips)
+  z = stvae.normalize_latents(stvae.sample_posterior(mean, logvar, key), vae_config)
+  ins, tgts, (query, target) = incontext.unpack_clips(jax.lax.stop_gradient(z), b, k)
   return {"context_inputs": ins, "context_targets": tgts, "query": query, "target": target}
+
+
+def encode_batch(vae, vae_params, batch, key, vae_config):
+  """`clip_latents` of a pixel batch: the frozen ST-VAE encodes each clip separately."""
+  encode = lambda clips: vae.apply({"params": vae_params}, clips, method="encode")
+  return clip_latents(batch, encode, key, vae_config)
+
+
+def sample_batch(batch, key, vae_config):
+  """`clip_latents` of a batch of stored moments (mean | logvar on the last axis)."""
+  split = lambda clips: jnp.split(clips.astype(jnp.float32), 2, axis=-1)
+  return clip_latents(batch, split, key, vae_config)
 
 
 # ---------------------------------------------------------------------------------------
@@ -122,7 +141,7 @@ def step_inputs(state, vae_params, batch, *, config, vae=None):
   if config.input == "pixels":
     latents = encode_batch(vae, vae_params, batch, k_vae, config.vae)
   else:
-    latents = {k: batch[k] for k in CLIP_KEYS}
+    latents = sample_batch(batch, k_vae, config.vae)
   inputs = sample_training_inputs(latents, batch["num_pairs"], k_inputs, config.flow)
   return inputs, k_dropout
 
@@ -232,6 +251,13 @@ def check_config(config, batches_given=False):
       f"config.input={config.input!r} encodes with the frozen ST-VAE: set "
       "config.vae_checkpoint to the released stvae.pt (or an inference bundle)."
     )
+  if config.input == "latents":
+    latents.check_config(config.latents)
+  if not batches_given and not source_specs(config):
+    raise ValueError(
+      "config.sources holds no source spec; set one, e.g. "
+      "--config.sources.synthetic=synthetic:small (lavin_jax.data.specs)."
+    )
   if config.vae_checkpoint and not os.path.exists(config.vae_checkpoint):
     raise FileNotFoundError(f"config.vae_checkpoint {config.vae_checkpoint!r} does not exist.")
   if config.init_from and not os.path.isfile(config.init_from):
@@ -255,7 +281,7 @@ def check_batch(batch, config):
   missing = [k for k in CLIP_KEYS + ("num_pairs",) if k not in batch]
   if missing:
     raise ValueError(f"Batch lacks {missing}; it has {sorted(batch)}.")
-  channels = 3 if config.input == "pixels" else config.model.in_channels
+  channels = 3 if config.input == "pixels" else 2 * config.model.in_channels  # moments
   clip = np.shape(batch["query"])
   b, k = np.shape(batch["context_inputs"])[:2]
   want = {
@@ -328,35 +354,79 @@ def load_released_params(config):
 # The trainer.
 
 
-def make_input(config):
-  """This process's Grain batches of the configured data (checkpointable iterator).
+def vae_identity(config) -> dict:
+  """What stored latents depend on of the ST-VAE: its weights and architecture."""
+  model = {k: v for k, v in config.vae.to_dict().items() if k not in VAE_FIELDS_BESIDE_LATENTS}
+  weights = config.vae_checkpoint or f"random init, seed {config.seed + 1}"
+  return {"weights": weights, "model": model}
 
-  input='pixels': episodes of rendered clips (lavin_jax.data.pipeline).
-  input='latents': every example's task pairs are encoded once by the frozen
-  ST-VAE and episodes are drawn from those posteriors (lavin_jax.data.latents).
-  """
-  # Imported here: sources pulls in tensorflow_datasets, which only training needs.
-  from lavin_jax.data import latents  # pylint: disable=g-import-not-at-top
-  from lavin_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
+def latents_dir(config, workdir) -> str:
+  """Where the stored latents are: config.latents.dir, else <workdir>/latents."""
+  return config.latents.dir or os.path.join(workdir, "latents")
+
+
+def source_specs(config) -> dict:
+  """{name: spec} of the sources in use: config.sources with a non-empty spec."""
+  return {name: spec for name, spec in config.sources.items() if spec}
+
+
+def open_sources(config) -> dict:
+  """{name: source} of `source_specs`."""
+  # Imported here: sources pull in tensorflow_datasets, which only the data needs.
   from lavin_jax.data import specs  # pylint: disable=g-import-not-at-top
 
-  source = specs.get_source(config.source)
-  if config.input == "pixels":
-    return iter(pipeline.make_pipeline(config.data, source))
-  vae, vae_params = load_vae(config)
-  encode = jax.jit(lambda p, x: vae.apply({"params": p}, x, method="encode"))
-  names = [task.name for task in pipeline.active_tasks(config.data)[0]]
-  tables = latents.encode_task_pairs(
-    source, names, config.data.resolution, functools.partial(encode, vae_params), config.data.task
+  return {name: specs.get_source(spec) for name, spec in source_specs(config).items()}
+
+
+def encode_latents(config, workdir) -> list:
+  """Encodes the configured mixture's task pairs into `latents_dir` (lavin_jax.data.latents).
+
+  Every process encodes its share of the shards, skipping those already written, then
+  waits for the others. The frozen ST-VAE is loaded only when a shard is left to do.
+  Returns the files this process wrote.
+  """
+  check_config(config)
+
+  def make_encoder():
+    vae, host_params = load_vae(config)
+    params = jax.device_put(host_params, jax.local_devices()[0])
+    encode = jax.jit(lambda p, x: vae.apply({"params": p}, x, method="encode"))
+    return functools.partial(encode, params)
+
+  written = latents.encode_latents(
+    open_sources(config),
+    latents_dir(config, workdir),
+    config.data,
+    config.latents,
+    make_encoder,
+    vae_identity(config),
+    jax.process_index(),
+    jax.process_count(),
   )
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("lavin_jax latents encoded")
+  return written
+
+
+def make_input(config, workdir):
+  """This process's Grain batches of the configured data (checkpointable iterator).
+
+  input='pixels': episodes of rendered clips of the source mixture
+  (lavin_jax.data.pipeline). input='latents': the mixture's task pairs are encoded
+  once (`encode_latents`; finished shards are kept) and episodes of their posterior
+  moments are read from disk (lavin_jax.data.latents).
+  """
+  if config.input == "pixels":
+    return iter(pipeline.make_mixture(config.data, open_sources(config)))
+  encode_latents(config, workdir)
   return iter(
     latents.make_latent_pipeline(
-      tables,
+      latents_dir(config, workdir),
+      list(source_specs(config)),
       config.data,
-      config.vae.latent_shift,
-      config.vae.latent_scale,
-      jax.process_index(),
-      jax.process_count(),
+      config.latents,
+      vae_identity(config),
     )
   )
 
@@ -375,8 +445,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
     config: a configs/train_dit.py config.
     workdir: output directory; a run there resumes from its latest checkpoint.
     batches: optional iterator of process-local batches replacing the configured
-      pipeline (precomputed latents, tests). A Grain iterator's position is
-      checkpointed; any other iterator restarts from its beginning on resume.
+      input (tests). A Grain iterator's position is checkpointed; any other
+      iterator restarts from its beginning on resume.
 
   Returns:
     The final TrainState.
@@ -401,7 +471,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
   logging.info("Mesh %s.", dict(mesh.shape))
 
   # ## Input.
-  it = make_input(config) if batches is None else iter(batches)
+  it = make_input(config, workdir) if batches is None else iter(batches)
   data_iterator = it if hasattr(it, "get_state") else None  # checkpointable: Grain
 
   # ## Model and optimizer.
