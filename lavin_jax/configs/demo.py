@@ -43,9 +43,12 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   # 'validation' scenes are held out for the evaluation).
   c.synthetic = "demo"
 
-  # ST-VAE: tiny, trained with MSE + KL on the stills of every task's training pairs.
+  # ST-VAE: tiny, trained with MSE + KL on the stills of every task's training pairs
+  # (stage 'images', no EMA), then scored on reconstructions of held-out photographs.
   c.vae = train_vae.get_config("tiny")
   c.vae.source = ""  # the demo passes its rendered stills
+  c.vae.report_sources = ml_collections.ConfigDict({"photos": "photos"})
+  c.vae.report_examples = 8
   c.vae.seed = c.get_ref("seed")
   c.vae.resolution = c.get_ref("resolution")
   c.vae.batch_size = 8

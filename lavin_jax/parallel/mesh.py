@@ -7,7 +7,12 @@ them onto the mesh axes ('data', 'fsdp', 'tensor'):
   batch             -> ('data', 'fsdp')   data parallel over both axes
   embed             -> 'fsdp'             parameters and optimizer state (FSDP)
   heads, kv, mlp    -> 'tensor'           tensor parallel
+  conv_out          -> 'fsdp'             ST-VAE conv output channels (FSDP)
+  disc_in, disc_out -> replicated         the PatchGAN discriminator: a few MB
   everything else   -> replicated
+
+A rule never splits a dimension its mesh axes do not divide where `fit_shardings`
+is applied (the ST-VAE's 3-channel output conv stays whole).
 
 An activation annotated ('batch', 'length', 'embed') resolves to
 P(('data', 'fsdp'), None, None): flax assigns each mesh axis at most once per
@@ -37,7 +42,9 @@ AXIS_RULES = (
     ("layers", None),
     ("norm", None),
     ("conv_in", None),
-    ("conv_out", None),
+    ("conv_out", "fsdp"),
+    ("disc_in", None),
+    ("disc_out", None),
 )
 
 
@@ -91,6 +98,29 @@ def logical_shardings(mesh: jax.sharding.Mesh, tree, rules=AXIS_RULES):
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
+def _devices_along(mesh: jax.sharding.Mesh, axes) -> int:
+  """Devices along one PartitionSpec entry: None, a mesh axis or a tuple of them."""
+  names = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
+  return math.prod(mesh.shape[name] for name in names)
+
+
+def fit_shardings(shardings, tree):
+  """`shardings` with every mesh axis dropped from a dimension it does not divide.
+
+  Rules name axes without knowing sizes: the ST-VAE's 3-channel output conv cannot
+  split over fsdp = 2, so that dimension stays whole. `tree` holds the arrays (or
+  ShapeDtypeStructs) the shardings are for, in the same structure.
+  """
+
+  def fit(sharding, x):
+    spec = tuple(sharding.spec) + (None,) * (len(x.shape) - len(sharding.spec))
+    fitted = [axes if dim % _devices_along(sharding.mesh, axes) == 0 else None
+              for axes, dim in zip(spec, x.shape, strict=True)]
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*fitted))
+
+  return jax.tree.map(fit, shardings, tree)
+
+
 def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
   """Leading (batch) axis over ('data', 'fsdp'); other axes replicated."""
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
@@ -98,6 +128,13 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
 
 def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def put_global(tree, shardings):
+  """Host arrays (identical on every process) -> global arrays on `shardings`."""
+  return jax.tree.map(
+      lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda i: np.asarray(x)[i]),
+      tree, shardings)
 
 
 def global_batch(local_batch, mesh: jax.sharding.Mesh):
