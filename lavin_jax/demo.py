@@ -87,16 +87,18 @@ def distinct_stills(pairs: dict) -> list[dict]:
 
 
 def train_vae_stage(config, workdir: pathlib.Path, train_pairs: dict) -> pathlib.Path:
-  """Trains the small ST-VAE on the training pairs' stills; returns its bundle directory."""
+  """Trains the small ST-VAE on the training pairs' stills (lavin_jax.train.vae, which
+  also scores reconstructions of held-out photographs); returns its bundle directory."""
   out = workdir / "vae_bundle"
   if (out / bundle_lib.CONFIG_FILE).exists():
     return out
   from lavin_jax.train import vae as vae_train  # pylint: disable=g-import-not-at-top
   vae_config = ml_collections.ConfigDict(config.vae.to_dict())
   vae_config.total_steps = _steps(config, vae_config.total_steps)
-  params = vae_train.train(vae_config, str(workdir / "vae"), distinct_stills(train_pairs))
-  bundle_lib.save_bundle(out, ml_collections.ConfigDict({"stvae": vae_config.model}),
-                         stvae_params=params)
+  if vae_train.train_and_export(vae_config, str(workdir / "vae"), distinct_stills(train_pairs),
+                                out=str(out)) is None:
+    raise SystemExit("The ST-VAE stage stopped on a stop request; run the demo again to "
+                     "resume it.")
   return out
 
 
@@ -225,6 +227,7 @@ def plot_losses(workdir: pathlib.Path) -> pathlib.Path:
   for ax, run, title in zip(axes, ("vae", "dit"), ("ST-VAE", "J-DiT (flow loss)")):
     path = workdir / run / "metrics.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    records = [r for r in records if "loss" in r]  # not the ST-VAE's reconstruction report
     ax.plot([r["step"] for r in records], [r["loss"] for r in records], lw=0.8)
     ax.set(title=title, xlabel="step", ylabel="loss", yscale="log")
   fig.tight_layout()

@@ -259,12 +259,14 @@ def _flat_shapes(tree) -> dict:
           for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _place(trees, abstract, shardings, what):
-  """Host trees -> global arrays like `abstract`, after a shape check naming `what`."""
-  tree_fit.check_fits(_flat_shapes(trees), _flat_shapes(abstract), what,
-                      "check config.model and the discriminator settings")
-  host = jax.tree.map(lambda x, a: np.asarray(x, a.dtype), trees, abstract)
-  return mesh_lib.put_global(host, shardings)
+def _start_fields(start, disc, config) -> dict:
+  """{VAEState field: host tree} that `start` (vae_init.load) replaces in a fresh state."""
+  fields = {"params": start["params"]}
+  if ema_on(config):
+    fields["ema_params"] = start.get("ema_params", start["params"])
+  if disc is not None and "disc_params" in start:
+    fields["disc_params"] = start["disc_params"]
+  return fields
 
 
 def init_train_state(model, disc, tx, config, mesh, rng, start=None):
@@ -273,24 +275,24 @@ def init_train_state(model, disc, tx, config, mesh, rng, start=None):
   Args:
     start: optional host trees from `vae_init.load`: 'params' replace the fresh
       params (and start the EMA unless 'ema_params' are given); 'disc_params' replace
-      the fresh discriminator when this run has one.
+      the fresh discriminator when this run has one. Checked against the model
+      before anything compiles.
 
   Returns:
     (state, state_shardings).
   """
-  _, shardings = abstract_train_state(model, disc, tx, config, mesh, rng)
+  abstract, shardings = abstract_train_state(model, disc, tx, config, mesh, rng)
+  fields = {} if start is None else _start_fields(start, disc, config)
+  for name, tree in fields.items():
+    tree_fit.check_fits(_flat_shapes(tree), _flat_shapes(getattr(abstract, name)),
+                        f"config.init_from {config.init_from!r} ({name})",
+                        "check config.model and the discriminator settings")
   init = _state_init_fn(model, disc, tx, config)
   state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
-  if start is None:
-    return state, shardings
-  what = f"config.init_from {config.init_from!r}"
-  fields = {"params": start["params"]}
-  if ema_on(config):
-    fields["ema_params"] = start.get("ema_params", start["params"])
-  if disc is not None and "disc_params" in start:
-    fields["disc_params"] = start["disc_params"]
   return state.replace(**{
-      name: _place(tree, getattr(state, name), getattr(shardings, name), what)
+      name: mesh_lib.put_global(
+          jax.tree.map(lambda x, a: np.asarray(x, a.dtype), tree, getattr(abstract, name)),
+          getattr(shardings, name))
       for name, tree in fields.items()}), shardings
 
 

@@ -41,8 +41,9 @@ def _pixels(array) -> np.ndarray:
   return np.asarray(array).astype(np.float32) / 127.5 - 1.0
 
 
-class _Batches:
-  """Random access for Grain: step -> this process's rows of the global batch."""
+class Batches:
+  """Random access for Grain: step -> rows p * B / P ... (p + 1) * B / P - 1 of the
+  global batch, for process p of P."""
 
   def __init__(self, stills, clips, config, process_index, process_count):
     self._config = config
@@ -101,7 +102,7 @@ def check_sources(stills, clips, config) -> None:
 def make_input(stills, clips, config) -> grain.DatasetIterator:
   """This process's batches (B / P, T, H, W, 3) in [-1, 1], as a checkpointable iterator."""
   check_sources(stills, clips, config)
-  batches = _Batches(stills, clips if uses_clips(config) else None, config,
+  batches = Batches(stills, clips if uses_clips(config) else None, config,
                      jax.process_index(), jax.process_count())
   options = grain.ReadOptions(num_threads=config.data_threads,
                               prefetch_buffer_size=config.prefetch_batches)
