@@ -83,6 +83,7 @@ def _main(workdir, num_processes, process_id, port):
   import ml_collections  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, HERE)
   import tiny_vae  # pylint: disable=g-import-not-at-top
+
   from lavin_jax.train import vae  # pylint: disable=g-import-not-at-top
 
   config = tiny_vae.config(total_steps=3, checkpoint_every=3, batch_size=4, adv_weight=0.5,

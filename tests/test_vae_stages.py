@@ -86,13 +86,15 @@ def _stage(config, tmp, name, stills, clips, stop_at):
 
 
 def _main(tmp):
-  import pathlib  # pylint: disable=g-import-not-at-top
   import contextlib  # pylint: disable=g-import-not-at-top
   import io  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, HERE)
   import tiny_vae  # pylint: disable=g-import-not-at-top
+
   from lavin_jax.io import bundle  # pylint: disable=g-import-not-at-top
   from lavin_jax.train import vae  # pylint: disable=g-import-not-at-top
   from lavin_jax.train import vae_data  # pylint: disable=g-import-not-at-top

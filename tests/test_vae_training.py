@@ -18,6 +18,8 @@ import numpy as np
 import optax
 import pytest
 import safetensors.numpy
+import splitmix_weights
+import tiny_vae
 
 from lavin_jax.configs import train_vae as train_vae_configs
 from lavin_jax.convert import stvae as convert_stvae
@@ -32,8 +34,6 @@ from lavin_jax.train import vae
 from lavin_jax.train import vae_data
 from lavin_jax.train import vae_init
 from lavin_jax.train import vae_report
-import splitmix_weights
-import tiny_vae
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "metrics"
 SIZE = 16

@@ -358,7 +358,7 @@ def check_batch_sizes(config, mesh) -> None:
 # The trainer.
 
 
-def _lpips_model(config, mesh):
+def lpips_model(config, mesh):
   """(LPIPS module, params replicated on `mesh`) when the weight files are configured."""
   if not (config.lpips_vgg and config.lpips_lin):
     return None
@@ -422,7 +422,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, source=None,
 
   # ## Models and optimizer (one factory for the ST-VAE and its discriminator).
   model, disc = make_models(config)
-  lpips = _lpips_model(config, mesh)  # the loss's when lpips_weight > 0; the report's
+  lpips = lpips_model(config, mesh)  # the loss's when lpips_weight > 0; the report's
   loss_lpips, lpips_params = lpips if lpips and config.lpips_weight > 0 else (None, {})
   tx, _ = state_lib.create_optimizer(config.optimizer)
 
