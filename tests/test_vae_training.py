@@ -180,8 +180,8 @@ def test_lpips_term_and_report_equal_eval_lpips(lpips_params):
   np.testing.assert_allclose(loss, 0.7 * per_frame.mean(), rtol=1e-6)
   assert set(metrics) == {"lpips"}
 
-  scores = vae_report.report(lambda x: x * 0.8 + 0.05, {"clips": np.asarray(video)},
-                             lpips=(module, lpips_params))
+  distance = functools.partial(jax.jit(module.apply), {"params": lpips_params})
+  scores = vae_report.report(lambda x: x * 0.8 + 0.05, {"clips": np.asarray(video)}, distance)
   np.testing.assert_allclose(scores["clips/lpips"], per_frame.mean(), rtol=1e-5)
   mse = np.mean((frames(recon) - frames(video))**2, axis=(1, 2, 3))
   np.testing.assert_allclose(scores["clips/psnr"], np.mean(10 * np.log10(4 / mse)), rtol=1e-5)
@@ -459,10 +459,20 @@ def test_ema_off_settings_and_batch_split_checks():
     vae.check_batch_sizes(tiny_vae.config(batch_size=4, stage="images+clips"), mesh)
 
 
-def test_train_names_a_bad_start_before_compiling(tmp_path):
+def test_train_names_a_bad_start_or_source_before_compiling(tmp_path, monkeypatch):
+  def compile_(*args, **kwargs):
+    raise AssertionError("compiled before the error")
+
+  monkeypatch.setattr(vae, "init_train_state", compile_)  # the first compile of a run
+  monkeypatch.setattr(vae, "create_train_step", compile_)
   config = tiny_vae.config(init_from=str(tmp_path / "nothing_here"))
   with pytest.raises(FileNotFoundError, match="init_from .*nothing_here.* does not exist"):
     vae.train(config, str(tmp_path / "run"), tiny_vae.stills(2))
+  with pytest.raises(ValueError, match="config.source is empty"):
+    vae.train(tiny_vae.config(), str(tmp_path / "run"))
+  with pytest.raises(ValueError, match="needs clips: set config.clip_source"):
+    vae.train(tiny_vae.config(stage="images+clips"), str(tmp_path / "run"),
+              tiny_vae.stills(2))
 
 
 @pytest.mark.parametrize("arg", ["demo", "tiny", "small", "released", ""])

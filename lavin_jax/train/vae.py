@@ -15,7 +15,7 @@ W is the decoder's output conv kernel and lambda is held fixed (no gradient thro
 it), as in VQGAN. From step disc_start the PatchGAN discriminator D
 (lavin_jax.models.discriminator) takes one AdamW step on the hinge loss
   mean relu(1 - D(x)) + mean relu(1 + D(r)), r detached.
-Terms with weight 0 are not computed. With ema_decay > 0 an EMA of the ST-VAE params
+Terms whose configured weight is 0 are not computed. With ema_decay > 0 an EMA of the ST-VAE params
 is kept and exported.
 
 Stages (config.stage): 'images' trains on stills, 'images+clips' on batches of stills
@@ -370,11 +370,17 @@ def lpips_model(config, mesh):
 def _report(state, model, lpips, examples, config, workdir, mesh):
   """Scores reconstructions of the held-out examples; prints and records them."""
   replicated = mesh_lib.replicated(mesh)
+  on_mesh = lambda x: mesh_lib.put_global(x, replicated)
   params = export_params(state, config)
   apply = jax.jit(lambda p, x: jnp.clip(model.apply({"params": p}, x)[0], -1.0, 1.0),
                   out_shardings=replicated)
-  reconstruct = lambda x: apply(params, mesh_lib.put_global(x, replicated))
-  scores = vae_report.report(reconstruct, examples, lpips)
+  distance = None
+  if lpips is not None:
+    module, lpips_params = lpips
+    lpips_fn = jax.jit(lambda p, x, y: module.apply({"params": p}, x, y),
+                       out_shardings=replicated)
+    distance = lambda x, y: lpips_fn(lpips_params, on_mesh(x), on_mesh(y))
+  scores = vae_report.report(lambda x: apply(params, on_mesh(x)), examples, distance)
   step = int(state.step)
   writer = loop.MetricWriter(workdir)
   writer.write(step, scores)
@@ -389,7 +395,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, source=None,
   """Trains the ST-VAE; checkpoints, metrics.jsonl and the report go to `workdir`.
 
   Call it on every process (multi-host). A workdir with checkpoints resumes from its
-  latest (params, EMA, optimizers, discriminator, data position).
+  latest (params, EMA, optimizers, discriminator, data position); a fresh one starts
+  from config.init_from when set.
 
   Args:
     config: a configs/train_vae.py config.
@@ -403,8 +410,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, source=None,
     The final VAEState (global arrays); its step is below config.total_steps when a
     stop request ended the run early.
   """
-  # ## Checks, sources and the start, before any compile.
+  # ## Checks, sources, report examples and mesh, before any compile.
   check_config(config)
+  if source is None and not config.source:
+    raise ValueError("config.source is empty: set it to a source spec (lavin_jax.data.specs) "
+                     "or pass a source.")
   os.makedirs(workdir, exist_ok=True)
   stills = source if source is not None else specs.get_source(config.source)
   clips = None
@@ -413,7 +423,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, source=None,
     if clips is None and config.clip_source:
       clips = specs.get_source(config.clip_source)
   it = vae_data.make_input(stills, clips, config)
-  start = vae_init.locate(config.init_from) if config.init_from else None
   held_out = vae_report.held_out_examples(config)
   mesh = mesh_lib.create_mesh(config.mesh)
   check_batch_sizes(config, mesh)
@@ -437,8 +446,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, source=None,
       logging.info("Resuming from %s/%d.", ckpt.directory, ckpt.latest_step())
       state, _ = ckpt.restore(abstract, data_iterator=it)
     else:
-      trees = vae_init.load(*start, config.model) if start is not None else None
-      state, _ = init_train_state(model, disc, tx, config, mesh, rng, start=trees)
+      start = None
+      if config.init_from:
+        kind, path = vae_init.locate(config.init_from)
+        logging.info("Starting from %s (%s).", path, kind)
+        start = vae_init.load(kind, path, config.model)
+      state, _ = init_train_state(model, disc, tx, config, mesh, rng, start=start)
 
     # ## Update step and loop.
     step_fn = create_train_step(model, disc, loss_lpips, tx, config, shardings)

@@ -7,13 +7,12 @@ the posterior mean and is clipped to [-1, 1]. Scores are per frame (lavin_jax.ev
 metrics; LPIPS with the weight files of lavin_jax.eval.lpips), averaged over frames and
 examples: '<name>/psnr', '<name>/ssim' and '<name>/lpips'.
 
-  examples = held_out_examples(config)       # {name: (N, T, H, W, 3)}, before training
-  scores = report(reconstruct, examples)     # reconstruct: pixels -> pixels
+  examples = held_out_examples(config)        # {name: (N, T, H, W, 3)}, before training
+  scores = report(reconstruct, examples)      # reconstruct: pixels -> pixels
 """
 
 from typing import Callable, Mapping
 
-import jax
 import numpy as np
 
 from lavin_jax.data import pipeline as pipeline_lib
@@ -48,24 +47,25 @@ def held_out_examples(config) -> dict[str, np.ndarray]:
 
 
 def report(reconstruct: Callable[[np.ndarray], np.ndarray],
-           examples: Mapping[str, np.ndarray], lpips=None) -> dict[str, float]:
+           examples: Mapping[str, np.ndarray],
+           distance: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+           ) -> dict[str, float]:
   """Mean per-frame scores of `reconstruct` (one clip (1, T, H, W, 3) at a time).
 
   Args:
     reconstruct: pixels -> reconstructed pixels in [-1, 1].
     examples: {name: (N, T, H, W, 3)} (`held_out_examples`).
-    lpips: optional (LPIPS module, params) (lavin_jax.eval.lpips.load_lpips).
+    distance: optional LPIPS of two image batches (B, H, W, 3) -> (B,)
+      (lavin_jax.eval.lpips).
   """
   scores = {}
   for name, clips in examples.items():
     recon = np.concatenate([np.asarray(reconstruct(clip[None])) for clip in clips])
     scores[f"{name}/psnr"] = float(np.mean(metrics.psnr(recon, clips)))
     scores[f"{name}/ssim"] = float(np.mean(metrics.ssim(recon, clips)))
-    if lpips is not None:
-      module, params = lpips
+    if distance is not None:
       frames = lambda x: x.reshape((-1,) + x.shape[2:])
-      distance = jax.jit(module.apply)({"params": params}, frames(recon), frames(clips))
-      scores[f"{name}/lpips"] = float(np.mean(distance))
+      scores[f"{name}/lpips"] = float(np.mean(distance(frames(recon), frames(clips))))
   return scores
 
 
