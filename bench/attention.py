@@ -11,20 +11,22 @@ backward, with a key-validity mask as in padded training batches. One JSON line 
 
 from absl import app
 from absl import flags
+import common
 import jax
 import jax.numpy as jnp
 
-import common
 from lavin_jax import configs
 from lavin_jax.models import attention
 
 _LAYOUT = configs.jdit("0.1b")
 _TOKENS = flags.DEFINE_integer("tokens", 18_432, "Sequence length.")
 _HEADS = flags.DEFINE_integer("heads", _LAYOUT.num_heads, "Attention heads.")
-_HEAD_DIM = flags.DEFINE_integer("head_dim", _LAYOUT.hidden_size // _LAYOUT.num_heads,
-                                 "Channels per head.")
-_BLOCK_SIZE = flags.DEFINE_integer("block_size", _LAYOUT.attention_block_size,
-                                   "Query/key block of the blockwise path.")
+_HEAD_DIM = flags.DEFINE_integer(
+  "head_dim", _LAYOUT.hidden_size // _LAYOUT.num_heads, "Channels per head."
+)
+_BLOCK_SIZE = flags.DEFINE_integer(
+  "block_size", _LAYOUT.attention_block_size, "Query/key block of the blockwise path."
+)
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Compute dtype.")
 
 
@@ -34,14 +36,16 @@ def memory(implementation, tokens, heads, head_dim, dtype, block_size, backward)
 
   def forward(q, k, v, key_mask):
     return attention.dot_product_attention(
-        q, k, v, key_mask, implementation=implementation, block_size=block_size)
+      q, k, v, key_mask, implementation=implementation, block_size=block_size
+    )
 
   fn = forward
   if backward:
     fn = jax.grad(lambda *a: forward(*a).astype(jnp.float32).sum(), argnums=(0, 1, 2))
   stats = jax.jit(fn).lower(qkv, qkv, qkv, mask).compile().memory_analysis()
-  return stats.temp_size_in_bytes, (stats.temp_size_in_bytes + stats.argument_size_in_bytes
-                                    + stats.output_size_in_bytes)
+  return stats.temp_size_in_bytes, (
+    stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes
+  )
 
 
 def main(argv):
@@ -50,16 +54,30 @@ def main(argv):
   implementations = ["xla", "blockwise"] + (["cudnn"] if jax.default_backend() == "gpu" else [])
   for backward in (False, True):
     for impl in implementations:
-      temp, total = memory(impl, _TOKENS.value, _HEADS.value, _HEAD_DIM.value,
-                           jnp.dtype(_DTYPE.value), _BLOCK_SIZE.value, backward)
-      common.print_figure({
-          "figure": "attention_memory", "implementation": impl,
+      temp, total = memory(
+        impl,
+        _TOKENS.value,
+        _HEADS.value,
+        _HEAD_DIM.value,
+        jnp.dtype(_DTYPE.value),
+        _BLOCK_SIZE.value,
+        backward,
+      )
+      common.print_figure(
+        {
+          "figure": "attention_memory",
+          "implementation": impl,
           "pass": "forward_backward" if backward else "forward",
-          "tokens": _TOKENS.value, "heads": _HEADS.value, "head_dim": _HEAD_DIM.value,
+          "tokens": _TOKENS.value,
+          "heads": _HEADS.value,
+          "head_dim": _HEAD_DIM.value,
           "dtype": _DTYPE.value,
           "block_size": _BLOCK_SIZE.value if impl == "blockwise" else None,
-          "backend": jax.default_backend(), "temp_gib": round(temp / 2**30, 3),
-          "peak_gib": round(total / 2**30, 3)})
+          "backend": jax.default_backend(),
+          "temp_gib": round(temp / 2**30, 3),
+          "peak_gib": round(total / 2**30, 3),
+        }
+      )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from typing import Callable
 from absl import app
 from absl import flags
 
+from lavin_jax.parallel import mesh as mesh_lib
+
 DEBUG_ENV = "LAVIN_JAX_DEBUG"
 # Errors the package raises for bad input: ValueError (and its subclasses, such as the
 # checkpoint readers' format errors), missing or unreadable files, and a diverged run.
@@ -72,3 +74,30 @@ def run(main: Callable[[list[str]], None]) -> None:
       sys.exit(1)
 
   app.run(checked, flags_parser=parse_flags)
+
+
+def distributed_flags() -> Callable[[], bool]:
+  """Defines the multi-host flags; returns `start`, which starts jax.distributed from them.
+
+  --coordinator_address, --num_processes and --process_id (or the JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES, JAX_PROCESS_ID environment variables), or --auto_distributed for
+  the cluster's own (SLURM, Open MPI, Cloud TPU pods); see
+  `lavin_jax.parallel.mesh.initialize_distributed`. Call `start()` first in `main`.
+  """
+  coordinator = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (multi-host)."
+  )
+  num_processes = flags.DEFINE_integer("num_processes", None, "Processes (multi-host).")
+  process_id = flags.DEFINE_integer("process_id", None, "This process (multi-host).")
+  auto = flags.DEFINE_bool(
+    "auto_distributed",
+    False,
+    "Start jax.distributed from the cluster environment (SLURM, Open MPI, TPU pods).",
+  )
+
+  def start() -> bool:
+    return mesh_lib.initialize_distributed(
+      coordinator.value, num_processes.value, process_id.value, auto_detect=auto.value
+    )
+
+  return start

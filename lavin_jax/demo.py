@@ -44,8 +44,15 @@ BASELINES = ("mean_target", "copy_query")
 
 
 def _source(config, workdir, split):
-  return specs.get_source({"kind": "synthetic", "name": config.synthetic, "split": split,
-                             "content": "images", "data_dir": str(workdir / "data")})
+  return specs.get_source(
+    {
+      "kind": "synthetic",
+      "name": config.synthetic,
+      "split": split,
+      "content": "images",
+      "data_dir": str(workdir / "data"),
+    }
+  )
 
 
 def _steps(config, steps):
@@ -59,15 +66,19 @@ def _steps(config, steps):
 def render_pairs(config, source) -> dict:
   """{task: (inputs, targets)}: every demo task's centred pairs of `source`, each
   (N, 1, H, W, 3) pixels in [-1, 1]."""
-  return {name: latents.render_task_pairs(source, tasks_lib.get_task(name, config.dit.data.task),
-                                          config.resolution)
-          for name in config.tasks}
+  return {
+    name: latents.render_task_pairs(
+      source, tasks_lib.get_task(name, config.dit.data.task), config.resolution
+    )
+    for name in config.tasks
+  }
 
 
 def data_stage(config, workdir: pathlib.Path) -> dict:
   """Builds the synthetic data set unless built; returns `render_pairs` of its training
   split."""
   from lavin_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+
   synthetic.build_synthetic(workdir / "data", config.synthetic, 1, ("images",))
   return render_pairs(config, _source(config, workdir, "train"))
 
@@ -86,16 +97,22 @@ def distinct_stills(pairs: dict) -> list[dict]:
 
 
 def train_vae_stage(config, workdir: pathlib.Path, train_pairs: dict) -> pathlib.Path:
-  """Trains the small ST-VAE on the training pairs' stills; returns its bundle directory."""
+  """Trains the small ST-VAE on the training pairs' stills (lavin_jax.train.vae, which
+  also scores reconstructions of held-out photographs); returns its bundle directory."""
   out = workdir / "vae_bundle"
   if (out / bundle_lib.CONFIG_FILE).exists():
     return out
   from lavin_jax.train import vae as vae_train  # pylint: disable=g-import-not-at-top
+
   vae_config = ml_collections.ConfigDict(config.vae.to_dict())
   vae_config.total_steps = _steps(config, vae_config.total_steps)
-  params = vae_train.train(vae_config, str(workdir / "vae"), distinct_stills(train_pairs))
-  bundle_lib.save_bundle(out, ml_collections.ConfigDict({"stvae": vae_config.model}),
-                         stvae_params=params)
+  if (
+    vae_train.train_and_export(
+      vae_config, str(workdir / "vae"), distinct_stills(train_pairs), out=str(out)
+    )
+    is None
+  ):
+    raise SystemExit("The ST-VAE stage stopped on a stop request; run the demo again to resume it.")
   return out
 
 
@@ -148,11 +165,13 @@ def _baseline_fn(kind, mean):
   def predict(context_inputs, context_targets, query, *, seed):
     del context_inputs, context_targets, seed
     return query if kind == "copy_query" else np.broadcast_to(mean, query.shape)
+
   return predict
 
 
-def finished_report(path: pathlib.Path, run: ml_collections.ConfigDict, run_info: dict,
-                    bundle: pathlib.Path):
+def finished_report(
+  path: pathlib.Path, run: ml_collections.ConfigDict, run_info: dict, bundle: pathlib.Path
+):
   """The evaluation report at `path` if it was written after the bundle with the same
   settings, else None (the evaluation is redone)."""
   if not path.exists() or path.stat().st_mtime < (bundle / bundle_lib.CONFIG_FILE).stat().st_mtime:
@@ -162,8 +181,9 @@ def finished_report(path: pathlib.Path, run: ml_collections.ConfigDict, run_info
   return report if {k: report.get(k) for k in settings} == settings else None
 
 
-def evaluate_stage(config, workdir: pathlib.Path, train_pairs: dict, bundle: pathlib.Path,
-                   eval_dir: str = "eval") -> dict:
+def evaluate_stage(
+  config, workdir: pathlib.Path, train_pairs: dict, bundle: pathlib.Path, eval_dir: str = "eval"
+) -> dict:
   """Scores the model and both baselines on the held-out scenes; returns the results.
 
   Reports go to workdir/eval_dir; those already written for this bundle with the same
@@ -179,18 +199,21 @@ def evaluate_stage(config, workdir: pathlib.Path, train_pairs: dict, bundle: pat
     run.task = name
     sampling = run.sampling.to_dict()
     predictors = {
-        "model": (functools.partial(pipe, **sampling), {"predictor": "model", **sampling}),
-        "mean_target": (_baseline_fn("mean_target", train_pairs[name][1].mean(axis=0)),
-                        {"predictor": "mean_target"}),
-        "copy_query": (_baseline_fn("copy_query", None), {"predictor": "copy_query"}),
+      "model": (functools.partial(pipe, **sampling), {"predictor": "model", **sampling}),
+      "mean_target": (
+        _baseline_fn("mean_target", train_pairs[name][1].mean(axis=0)),
+        {"predictor": "mean_target"},
+      ),
+      "copy_query": (_baseline_fn("copy_query", None), {"predictor": "copy_query"}),
     }
     results[name] = {}
     for who, (fn, run_info) in predictors.items():
       out_dir = workdir / eval_dir / ("" if who == "model" else who)
       report = finished_report(out_dir / f"{name}.json", run, run_info, bundle)
       if report is None:
-        report = runner.evaluate(fn, test_source, run, out_dir, context_source=train_source,
-                                 run_info=run_info)
+        report = runner.evaluate(
+          fn, test_source, run, out_dir, context_source=train_source, run_info=run_info
+        )
       results[name][who] = report["metrics"][metric]
   return results
 
@@ -214,8 +237,10 @@ def learning_check(config, results: dict) -> tuple[str, int]:
     r = results[name]
     better = beats_both(config, name, r)
     wins += better
-    lines.append(f"{name:26s} {metric:13s} {r['model']:9.4f} {r['mean_target']:9.4f} "
-                 f"{r['copy_query']:9.4f}  {'yes' if better else 'no'}")
+    lines.append(
+      f"{name:26s} {metric:13s} {r['model']:9.4f} {r['mean_target']:9.4f} "
+      f"{r['copy_query']:9.4f}  {'yes' if better else 'no'}"
+    )
   lines.append(f"The model beats both baselines on {wins} of {len(config.tasks)} tasks.")
   return "\n".join(lines), wins
 
@@ -223,12 +248,15 @@ def learning_check(config, results: dict) -> tuple[str, int]:
 def plot_losses(workdir: pathlib.Path) -> pathlib.Path:
   """loss_curves.png from the metrics.jsonl of both training runs."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   for ax, run, title in zip(axes, ("vae", "dit"), ("ST-VAE", "J-DiT (flow loss)")):
     path = workdir / run / "metrics.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    records = [r for r in records if "loss" in r]  # not the ST-VAE's reconstruction report
     ax.plot([r["step"] for r in records], [r["loss"] for r in records], lw=0.8)
     ax.set(title=title, xlabel="step", ylabel="loss", yscale="log")
   fig.tight_layout()
@@ -241,8 +269,10 @@ def plot_losses(workdir: pathlib.Path) -> pathlib.Path:
 def run(config: ml_collections.ConfigDict, workdir) -> dict:
   """Runs every stage in `workdir`; returns {'results', 'wins', 'table', 'seconds'}."""
   if not (math.isfinite(config.scale) and config.scale > 0):
-    raise ValueError(f"config.scale multiplies the training steps and must be a positive "
-                     f"number, got {config.scale}; e.g. --config.scale=0.5 for a shorter run.")
+    raise ValueError(
+      f"config.scale multiplies the training steps and must be a positive "
+      f"number, got {config.scale}; e.g. --config.scale=0.5 for a shorter run."
+    )
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   seconds = {}
@@ -275,7 +305,8 @@ def cli():
   from lavin_jax import cli  # pylint: disable=g-import-not-at-top
 
   config_flag = config_flags.DEFINE_config_file(
-      "config", configs.path("demo"), "Demo settings, e.g. lavin_jax/configs/demo.py:smoke.")
+    "config", configs.path("demo"), "Demo settings, e.g. lavin_jax/configs/demo.py:smoke."
+  )
   workdir = flags.DEFINE_string("workdir", "lavin_demo", "Output directory; resumes.")
 
   def main(argv):

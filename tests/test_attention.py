@@ -9,7 +9,8 @@ from lavin_jax.models import attention
 
 # Jitted: one compile per case instead of op-by-op dispatch.
 dot_product_attention = jax.jit(
-    attention.dot_product_attention, static_argnames=("implementation", "block_size"))
+  attention.dot_product_attention, static_argnames=("implementation", "block_size")
+)
 
 
 def numpy_attention(q, k, v, key_mask=None):
@@ -52,8 +53,9 @@ def test_cross_attention_lengths_and_bfloat16():
   for impl in ("xla", "blockwise"):
     out = dot_product_attention(q, k, v, mask, implementation=impl, block_size=16)
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-5)
-  low = dot_product_attention(*(a.astype(jnp.bfloat16) for a in (q, k, v)), mask,
-                              implementation="blockwise", block_size=16)
+  low = dot_product_attention(
+    *(a.astype(jnp.bfloat16) for a in (q, k, v)), mask, implementation="blockwise", block_size=16
+  )
   assert low.dtype == jnp.bfloat16
   np.testing.assert_allclose(low.astype(np.float32), ref, atol=0.05)
 
@@ -111,8 +113,7 @@ def test_bad_arguments():
 
 def _temp_bytes(impl, tokens, heads=2, hd=64):
   shape = jax.ShapeDtypeStruct((1, tokens, heads, hd), jnp.float32)
-  fn = lambda q, k, v: attention.dot_product_attention(
-      q, k, v, implementation=impl, block_size=256)
+  fn = lambda q, k, v: attention.dot_product_attention(q, k, v, implementation=impl, block_size=256)
   return jax.jit(fn).lower(shape, shape, shape).compile().memory_analysis().temp_size_in_bytes
 
 

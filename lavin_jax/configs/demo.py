@@ -20,11 +20,11 @@ from lavin_jax.configs import train_vae
 # Tasks trained and scored: the metric the learning check reads, and whether higher is
 # better.
 TASKS = {
-    "depth_estimation": ("abs_rel", False),
-    "normal_estimation": ("mean_angle", False),
-    "foreground_segmentation": ("miou", True),
-    "detection": ("miou", True),
-    "colorization": ("mse", False),
+  "depth_estimation": ("abs_rel", False),
+  "normal_estimation": ("mean_angle", False),
+  "foreground_segmentation": ("miou", True),
+  "detection": ("miou", True),
+  "colorization": ("mse", False),
 }
 
 
@@ -37,15 +37,19 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   c.resolution = 64
   c.tasks = ml_collections.ConfigDict({name: metric for name, (metric, _) in TASKS.items()})
   c.higher_is_better = ml_collections.ConfigDict(
-      {name: higher for name, (_, higher) in TASKS.items()})
+    {name: higher for name, (_, higher) in TASKS.items()}
+  )
 
   # Data: the built-in synthetic data set ('demo': 1,024 training stills at 64 px; the
   # 'validation' scenes are held out for the evaluation).
   c.synthetic = "demo"
 
-  # ST-VAE: tiny, trained with MSE + KL on the stills of every task's training pairs.
+  # ST-VAE: tiny, trained with MSE + KL on the stills of every task's training pairs
+  # (stage 'images', no EMA), then scored on reconstructions of held-out photographs.
   c.vae = train_vae.get_config("tiny")
   c.vae.source = ""  # the demo passes its rendered stills
+  c.vae.report_sources = ml_collections.ConfigDict({"photos": "photos"})
+  c.vae.report_examples = 8
   c.vae.seed = c.get_ref("seed")
   c.vae.resolution = c.get_ref("resolution")
   c.vae.batch_size = 8

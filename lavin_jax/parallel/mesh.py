@@ -7,7 +7,12 @@ them onto the mesh axes ('data', 'fsdp', 'tensor'):
   batch             -> ('data', 'fsdp')   data parallel over both axes
   embed             -> 'fsdp'             parameters and optimizer state (FSDP)
   heads, kv, mlp    -> 'tensor'           tensor parallel
+  conv_out          -> 'fsdp'             ST-VAE conv output channels (FSDP)
+  disc_in, disc_out -> replicated         the PatchGAN discriminator: a few MB
   everything else   -> replicated
+
+A rule never splits a dimension its mesh axes do not divide where `fit_shardings`
+is applied (the ST-VAE's 3-channel output conv stays whole).
 
 An activation annotated ('batch', 'length', 'embed') resolves to
 P(('data', 'fsdp'), None, None): flax assigns each mesh axis at most once per
@@ -26,18 +31,20 @@ import numpy as np
 MESH_AXES = ("data", "fsdp", "tensor")
 
 AXIS_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("kv", "tensor"),
-    ("mlp", "tensor"),
-    ("length", None),
-    ("patch", None),
-    ("freq", None),
-    ("layers", None),
-    ("norm", None),
-    ("conv_in", None),
-    ("conv_out", None),
+  ("batch", ("data", "fsdp")),
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("kv", "tensor"),
+  ("mlp", "tensor"),
+  ("length", None),
+  ("patch", None),
+  ("freq", None),
+  ("layers", None),
+  ("norm", None),
+  ("conv_in", None),
+  ("conv_out", "fsdp"),
+  ("disc_in", None),
+  ("disc_out", None),
 )
 
 
@@ -48,20 +55,24 @@ def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> tuple[int, ..
     raise ValueError(f"Unknown mesh axes {sorted(unknown)}; the axes are {MESH_AXES}.")
   sizes = [int(axis_sizes.get(name, 1)) for name in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise ValueError(f"At most one mesh axis may be -1 (the rest), got {dict(zip(MESH_AXES, sizes))}.")
+    raise ValueError(
+      f"At most one mesh axis may be -1 (the rest), got {dict(zip(MESH_AXES, sizes))}."
+    )
   if any(s == 0 or s < -1 for s in sizes):
     raise ValueError(f"Mesh axis sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}.")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if num_devices % known:
       raise ValueError(
-          f"{num_devices} devices do not divide by the fixed mesh axes "
-          f"{dict(zip(MESH_AXES, sizes))} (product {known}).")
+        f"{num_devices} devices do not divide by the fixed mesh axes "
+        f"{dict(zip(MESH_AXES, sizes))} (product {known})."
+      )
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
     raise ValueError(
-        f"Mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
-        f"{num_devices} are available; set one axis to -1 to use the rest.")
+      f"Mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
+      f"{num_devices} are available; set one axis to -1 to use the rest."
+    )
   return tuple(sizes)
 
 
@@ -77,8 +88,8 @@ def create_mesh(axis_sizes: Mapping[str, int], devices=None) -> jax.sharding.Mes
   shape = mesh_shape(axis_sizes, len(devices))
   # Auto axes: shardings come from annotations and XLA's propagation (GSPMD).
   return jax.make_mesh(
-      shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
-      devices=devices)
+    shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES), devices=devices
+  )
 
 
 def logical_shardings(mesh: jax.sharding.Mesh, tree, rules=AXIS_RULES):
@@ -91,6 +102,31 @@ def logical_shardings(mesh: jax.sharding.Mesh, tree, rules=AXIS_RULES):
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
+def _devices_along(mesh: jax.sharding.Mesh, axes) -> int:
+  """Devices along one PartitionSpec entry: None, a mesh axis or a tuple of them."""
+  names = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
+  return math.prod(mesh.shape[name] for name in names)
+
+
+def fit_shardings(shardings, tree):
+  """`shardings` with every mesh axis dropped from a dimension it does not divide.
+
+  Rules name axes without knowing sizes: the ST-VAE's 3-channel output conv cannot
+  split over fsdp = 2, so that dimension stays whole. `tree` holds the arrays (or
+  ShapeDtypeStructs) the shardings are for, in the same structure.
+  """
+
+  def fit(sharding, x):
+    spec = tuple(sharding.spec) + (None,) * (len(x.shape) - len(sharding.spec))
+    fitted = [
+      axes if dim % _devices_along(sharding.mesh, axes) == 0 else None
+      for axes, dim in zip(spec, x.shape, strict=True)
+    ]
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*fitted))
+
+  return jax.tree.map(fit, shardings, tree)
+
+
 def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
   """Leading (batch) axis over ('data', 'fsdp'); other axes replicated."""
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
@@ -98,6 +134,15 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
 
 def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def put_global(tree, shardings):
+  """Host arrays (identical on every process) -> global arrays on `shardings`."""
+  return jax.tree.map(
+    lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda i: np.asarray(x)[i]),
+    tree,
+    shardings,
+  )
 
 
 def global_batch(local_batch, mesh: jax.sharding.Mesh):
@@ -113,8 +158,9 @@ def global_batch(local_batch, mesh: jax.sharding.Mesh):
   global_size = batch_size.pop() * jax.process_count()
   if global_size % shards:
     raise ValueError(
-        f"Global batch {global_size} does not divide over data x fsdp = {shards} "
-        "devices; change the batch size or the mesh.")
+      f"Global batch {global_size} does not divide over data x fsdp = {shards} "
+      "devices; change the batch size or the mesh."
+    )
   return jax.make_array_from_process_local_data(batch_sharding(mesh), local_batch)
 
 
@@ -123,10 +169,13 @@ def _env_int(name):
   return None if value in (None, "") else int(value)
 
 
-def initialize_distributed(coordinator: str | None = None,
-                           num_processes: int | None = None,
-                           process_id: int | None = None,
-                           *, auto_detect: bool = False) -> bool:
+def initialize_distributed(
+  coordinator: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  *,
+  auto_detect: bool = False,
+) -> bool:
   """Starts `jax.distributed` for a multi-process run; returns whether it did.
 
   Values come from the arguments (flags), else from the environment variables
@@ -146,12 +195,18 @@ def initialize_distributed(coordinator: str | None = None,
     missing = [k for k, v in given.items() if v is None]
     if missing:
       raise ValueError(
-          f"Multi-process start needs coordinator, num_processes and process_id; "
-          f"missing {missing}. Pass them (flags or JAX_* environment variables) or "
-          "enable cluster auto-detection.")
+        f"Multi-process start needs coordinator, num_processes and process_id; "
+        f"missing {missing}. Pass them (flags or JAX_* environment variables) or "
+        "enable cluster auto-detection."
+      )
   jax.distributed.initialize(
-      coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
-  logging.info("jax.distributed: process %d of %d, %d local / %d global devices.",
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
+    coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+  )
+  logging.info(
+    "jax.distributed: process %d of %d, %d local / %d global devices.",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return True

@@ -223,18 +223,9 @@ def init_train_state(model, tx, config, mesh, rng):
   _, shardings = abstract_train_state(model, tx, config, mesh, rng)
   state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
   if config.get("init_from"):
-    params = put_global(load_released_params(config), shardings.params)
+    params = mesh_lib.put_global(load_released_params(config), shardings.params)
     state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
   return state, shardings
-
-
-def put_global(tree, shardings):
-  """Host arrays (identical on every process) -> global arrays on `shardings`."""
-  return jax.tree.map(
-    lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda i: np.asarray(x)[i]),
-    tree,
-    shardings,
-  )
 
 
 # ---------------------------------------------------------------------------------------
@@ -480,7 +471,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
   vae, vae_params = None, None
   if config.input == "pixels":
     vae, host_vae_params = load_vae(config)  # small: replicated
-    vae_params = put_global(
+    vae_params = mesh_lib.put_global(
       host_vae_params, jax.tree.map(lambda _: mesh_lib.replicated(mesh), host_vae_params)
     )
 
