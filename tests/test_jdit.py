@@ -121,7 +121,8 @@ def test_head_dim_64_model_runs():
 
 def test_scanned_and_unscanned_agree(tiny):
   """Same weights, both layouts (and remat on/off): same outputs and same gradients."""
-  module, params = tiny
+  _, params = tiny
+  module = jdit.JDiT(_config(remat_policy="save_attention"))
   flat = jdit.JDiT(_config(scan_layers=False, remat_policy="none"))
   flat_params = jdit.unscan_params(params)
   assert set(flat_params) - set(params) == {"blocks_0", "blocks_1"}
@@ -235,6 +236,11 @@ def test_bad_inputs_raise_before_compile(tiny, change, match):
   mask = jnp.ones(shapes["mask"], bool)
   with pytest.raises(ValueError, match=match):
     jax.jit(module.apply).lower({"params": params}, x, t, cond, mask)
+
+
+@pytest.mark.parametrize("size", configs.JDIT_SIZES)
+def test_default_remat_policy_is_known(size):
+  assert configs.jdit(size).remat_policy in jdit.REMAT_POLICIES
 
 
 def test_unknown_remat_policy(tiny):
