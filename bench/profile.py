@@ -11,7 +11,9 @@ XSpace (`<trace_dir>/**/*.xplane.pb`, readable with xprof/TensorBoard) is parsed
 jax.profiler.ProfileData: every event that names an HLO op is summed per op. Prints one
 JSON line for the run (seconds, FLOP/s, MFU against a matmul measured in the same
 process), then one per top op: milliseconds per run, share of the summed op time,
-calls per run, and the op's HLO kind, shape and JAX source name.
+calls per run, and the op's HLO kind, shape and JAX source name; before them, the seconds
+per run by category (matmul, transpose, reduce, elementwise: an op containing a dot
+counts as matmul, else one containing a transpose as transpose, and so on).
 """
 
 import collections
@@ -89,6 +91,16 @@ def op_times(trace_dir: pathlib.Path) -> tuple[dict, dict]:
   return totals, counts
 
 
+def category(op: dict) -> str:
+  """matmul, transpose, reduce, elementwise or other: what an HLO op mostly does."""
+  inside = set(op.get("inside") or ()) | {op.get("opcode")}
+  for name, opcodes in (("matmul", {"dot", "convolution"}), ("transpose", {"transpose"}),
+                        ("reduce", {"reduce"})):
+    if inside & opcodes:
+      return name
+  return "elementwise" if op.get("opcode") == "fusion" else "other"
+
+
 def _short(op_name: str | None) -> str | None:
   """The source name without the jit/while/checkpoint wrappers."""
   if op_name is None:
@@ -134,6 +146,12 @@ def main(argv):
       "op_seconds_per_run": round(summed / 1e9 / _REPEATS.value, 4),
       "trace_dir": str(trace_dir)})
   ops = hlo_ops(work.compiled.as_text())
+  categories = collections.Counter()
+  for name, ns in totals.items():
+    categories[category(ops.get(name, {}))] += ns
+  common.print_figure({
+      "figure": "op_categories", "what": _WHAT.value,
+      **{name: round(ns / 1e9 / _REPEATS.value, 3) for name, ns in categories.most_common()}})
   for rank, (name, ns) in enumerate(totals.most_common(_TOP.value)):
     op = ops.get(name, {})
     common.print_figure({
