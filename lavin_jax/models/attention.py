@@ -148,9 +148,10 @@ def _chunked_forward(q, k, v, bias):
     def chunk(q_c):
       logits = _logits(q_c, k_h, bias_h)
       peak = logits.max(-1, keepdims=True)
-      p = jnp.exp(logits - peak)
-      total = p.sum(-1, keepdims=True)
-      out = jnp.dot(p.astype(v_h.dtype), v_h, preferred_element_type=jnp.float32) / total
+      # Rounded once to the value matmul's dtype; the normaliser sums the same numbers.
+      p = jnp.exp(logits - peak).astype(v_h.dtype)
+      total = p.sum(-1, keepdims=True, dtype=jnp.float32)
+      out = jnp.dot(p, v_h, preferred_element_type=jnp.float32) / total
       return out.astype(q_c.dtype), (peak + jnp.log(total))[:, 0]
 
     return jax.lax.map(chunk, q_h)
