@@ -22,12 +22,17 @@ from lavin_jax.models import attention
 _LAYOUT = configs.jdit("0.1b")
 _TOKENS = flags.DEFINE_integer("tokens", 18_432, "Sequence length.")
 _HEADS = flags.DEFINE_integer("heads", _LAYOUT.num_heads, "Attention heads.")
-_HEAD_DIM = flags.DEFINE_integer("head_dim", _LAYOUT.hidden_size // _LAYOUT.num_heads,
-                                 "Channels per head.")
-_BLOCK_SIZE = flags.DEFINE_integer("block_size", _LAYOUT.attention_block_size,
-                                   "Query/key block of the blockwise path.")
-_CHUNK_BYTES = flags.DEFINE_integer("chunk_bytes", _LAYOUT.attention_chunk_bytes,
-                                    "float32 logits per query chunk of the chunked path.")
+_HEAD_DIM = flags.DEFINE_integer(
+  "head_dim", _LAYOUT.hidden_size // _LAYOUT.num_heads, "Channels per head."
+)
+_BLOCK_SIZE = flags.DEFINE_integer(
+  "block_size", _LAYOUT.attention_block_size, "Query/key block of the blockwise path."
+)
+_CHUNK_BYTES = flags.DEFINE_integer(
+  "chunk_bytes",
+  _LAYOUT.attention_chunk_bytes,
+  "float32 logits per query chunk of the chunked path.",
+)
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Compute dtype.")
 
 
@@ -37,35 +42,51 @@ def memory(implementation, tokens, heads, head_dim, dtype, backward):
 
   def forward(q, k, v, key_mask):
     return attention.dot_product_attention(
-        q, k, v, key_mask, implementation=implementation, block_size=_BLOCK_SIZE.value,
-        chunk_bytes=_CHUNK_BYTES.value)
+      q,
+      k,
+      v,
+      key_mask,
+      implementation=implementation,
+      block_size=_BLOCK_SIZE.value,
+      chunk_bytes=_CHUNK_BYTES.value,
+    )
 
   fn = forward
   if backward:
     fn = jax.grad(lambda *a: forward(*a).astype(jnp.float32).sum(), argnums=(0, 1, 2))
   stats = jax.jit(fn).lower(qkv, qkv, qkv, mask).compile().memory_analysis()
-  return stats.temp_size_in_bytes, (stats.temp_size_in_bytes + stats.argument_size_in_bytes
-                                    + stats.output_size_in_bytes)
+  return stats.temp_size_in_bytes, (
+    stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes
+  )
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   implementations = ["xla", "blockwise", "chunked"] + (
-      ["cudnn"] if jax.default_backend() == "gpu" else [])
+    ["cudnn"] if jax.default_backend() == "gpu" else []
+  )
   for backward in (False, True):
     for impl in implementations:
-      temp, total = memory(impl, _TOKENS.value, _HEADS.value, _HEAD_DIM.value,
-                           jnp.dtype(_DTYPE.value), backward)
-      common.print_figure({
-          "figure": "attention_memory", "implementation": impl,
+      temp, total = memory(
+        impl, _TOKENS.value, _HEADS.value, _HEAD_DIM.value, jnp.dtype(_DTYPE.value), backward
+      )
+      common.print_figure(
+        {
+          "figure": "attention_memory",
+          "implementation": impl,
           "pass": "forward_backward" if backward else "forward",
-          "tokens": _TOKENS.value, "heads": _HEADS.value, "head_dim": _HEAD_DIM.value,
+          "tokens": _TOKENS.value,
+          "heads": _HEADS.value,
+          "head_dim": _HEAD_DIM.value,
           "dtype": _DTYPE.value,
           "block_size": _BLOCK_SIZE.value if impl == "blockwise" else None,
           "chunk_bytes": _CHUNK_BYTES.value if impl == "chunked" else None,
-          "backend": jax.default_backend(), "temp_gib": round(temp / 2**30, 3),
-          "peak_gib": round(total / 2**30, 3)})
+          "backend": jax.default_backend(),
+          "temp_gib": round(temp / 2**30, 3),
+          "peak_gib": round(total / 2**30, 3),
+        }
+      )
 
 
 if __name__ == "__main__":

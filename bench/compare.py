@@ -18,11 +18,13 @@ import common
 import workloads
 from lavin_jax import configs
 
-_WHAT = flags.DEFINE_enum("what", "forward", ["forward", "train", "sample"],
-                          "The computation to time.")
+_WHAT = flags.DEFINE_enum(
+  "what", "forward", ["forward", "train", "sample"], "The computation to time."
+)
 _SIZE = flags.DEFINE_enum("size", "0.1b", configs.JDIT_SIZES, "J-DiT size.")
 _VARIANTS = flags.DEFINE_multi_string(
-    "variants", [""], "';'-separated J-DiT config overrides, one flag per variant.")
+  "variants", [""], "';'-separated J-DiT config overrides, one flag per variant."
+)
 _BATCH = flags.DEFINE_integer("batch", 1, "Examples per forward pass or train step.")
 _PAIRS = flags.DEFINE_integer("pairs", 4, "Context pairs per example.")
 _RESOLUTION = flags.DEFINE_integer("resolution", 256, "Image side in pixels.")
@@ -37,8 +39,7 @@ def build(overrides) -> workloads.Workload:
     return workloads.forward(config, _BATCH.value, _PAIRS.value, _RESOLUTION.value)
   if _WHAT.value == "sample":
     return workloads.sampling(config, _PAIRS.value, _RESOLUTION.value, _NUM_STEPS.value)
-  return workloads.train_step(_SIZE.value, config, _BATCH.value, _PAIRS.value,
-                              _RESOLUTION.value)
+  return workloads.train_step(_SIZE.value, config, _BATCH.value, _PAIRS.value, _RESOLUTION.value)
 
 
 def main(argv):
@@ -50,16 +51,26 @@ def main(argv):
     jax.block_until_ready(work.run())
   seconds, _ = workloads.interleaved([w.run for w in works], _REPEATS.value)
   for overrides, work, best in zip(variants, works, seconds):
-    common.print_figure({
-        "figure": "compare", "what": _WHAT.value, "size": _SIZE.value,
-        "overrides": overrides, "dtype": work.config.dtype,
+    common.print_figure(
+      {
+        "figure": "compare",
+        "what": _WHAT.value,
+        "size": _SIZE.value,
+        "overrides": overrides,
+        "dtype": work.config.dtype,
         "attention_impl": work.config.attention_impl,
-        "remat_policy": work.config.remat_policy, "params_m": round(work.params / 1e6, 2),
-        "batch": _BATCH.value, "pairs": _PAIRS.value, "resolution": _RESOLUTION.value,
-        "backend": jax.default_backend(), "seconds": round(best, 4),
+        "remat_policy": work.config.remat_policy,
+        "params_m": round(work.params / 1e6, 2),
+        "batch": _BATCH.value,
+        "pairs": _PAIRS.value,
+        "resolution": _RESOLUTION.value,
+        "backend": jax.default_backend(),
+        "seconds": round(best, 4),
         "speed_vs_first": round(seconds[0] / best, 3),
         "tflops_per_sec": round(work.flops / best / 1e12, 4),
-        "compile_seconds": round(work.compile_seconds, 2)})
+        "compile_seconds": round(work.compile_seconds, 2),
+      }
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ import common
 import workloads
 from lavin_jax import configs
 
-_WHAT = flags.DEFINE_enum("what", "forward", ["forward", "train", "sample"],
-                          "The computation to profile.")
+_WHAT = flags.DEFINE_enum(
+  "what", "forward", ["forward", "train", "sample"], "The computation to profile."
+)
 _SIZE = flags.DEFINE_enum("size", "0.1b", configs.JDIT_SIZES, "J-DiT size.")
 _OVERRIDE = flags.DEFINE_list("override", [], "J-DiT config 'field=value' overrides.")
 _BATCH = flags.DEFINE_integer("batch", 1, "Examples per forward pass or train step.")
@@ -43,8 +44,7 @@ _TOP = flags.DEFINE_integer("top", 15, "Ops to print.")
 _TRACE_DIR = flags.DEFINE_string("trace_dir", "/tmp/lavin_profile", "Trace directory.")
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 2048, "Side of the peak matmul.")
 
-_INSTRUCTION = re.compile(
-    r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+(?: \S+)*?) ([\w\-]+)\((.*)$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+(?: \S+)*?) ([\w\-]+)\((.*)$")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
 # Control-flow thunks can span the events of their bodies: left out of the sums.
 _CONTROL_FLOW = ("while", "conditional", "call")
@@ -64,16 +64,22 @@ def hlo_ops(hlo_text: str) -> dict:
     op_name = re.search(r'op_name="([^"]*)"', rest)
     calls = re.search(r"calls=%?([\w.\-]+)", rest)
     kind = re.search(r"kind=(\w+)", rest)
-    ops[name] = dict(opcode=opcode, shape=shape, kind=kind and kind.group(1),
-                     op_name=op_name and op_name.group(1), calls=calls and calls.group(1))
+    ops[name] = dict(
+      opcode=opcode,
+      shape=shape,
+      kind=kind and kind.group(1),
+      op_name=op_name and op_name.group(1),
+      calls=calls and calls.group(1),
+    )
     computations[current].append(name)
   for op in ops.values():  # a fusion: the ops inside, and their source name if it has none
     inner = [ops[n] for n in computations.get(op["calls"], ())]
     op["inside"] = sorted({i["opcode"] for i in inner} - _SKIP)
     if op["op_name"] is None:
-      op["op_name"] = next((i["op_name"] for i in inner if i["opcode"] in ("dot", "reduce")
-                            and i["op_name"]), next((i["op_name"] for i in inner
-                                                     if i["op_name"]), None))
+      op["op_name"] = next(
+        (i["op_name"] for i in inner if i["opcode"] in ("dot", "reduce") and i["op_name"]),
+        next((i["op_name"] for i in inner if i["op_name"]), None),
+      )
   return ops
 
 
@@ -94,8 +100,11 @@ def op_times(trace_dir: pathlib.Path) -> tuple[dict, dict]:
 def category(op: dict) -> str:
   """matmul, transpose, reduce, elementwise or other: what an HLO op mostly does."""
   inside = set(op.get("inside") or ()) | {op.get("opcode")}
-  for name, opcodes in (("matmul", {"dot", "convolution"}), ("transpose", {"transpose"}),
-                        ("reduce", {"reduce"})):
+  for name, opcodes in (
+    ("matmul", {"dot", "convolution"}),
+    ("transpose", {"transpose"}),
+    ("reduce", {"reduce"}),
+  ):
     if inside & opcodes:
       return name
   return "elementwise" if op.get("opcode") == "fusion" else "other"
@@ -115,8 +124,7 @@ def build() -> workloads.Workload:
     return workloads.forward(config, _BATCH.value, _PAIRS.value, _RESOLUTION.value)
   if _WHAT.value == "sample":
     return workloads.sampling(config, _PAIRS.value, _RESOLUTION.value, _NUM_STEPS.value)
-  return workloads.train_step(_SIZE.value, config, _BATCH.value, _PAIRS.value,
-                              _RESOLUTION.value)
+  return workloads.train_step(_SIZE.value, config, _BATCH.value, _PAIRS.value, _RESOLUTION.value)
 
 
 def main(argv):
@@ -132,34 +140,56 @@ def main(argv):
       jax.block_until_ready(work.run())
   totals, counts = op_times(trace_dir)
   summed = sum(totals.values())
-  common.print_figure({
-      "figure": "profile", "what": _WHAT.value, "size": _SIZE.value,
-      "overrides": _OVERRIDE.value, "batch": _BATCH.value, "pairs": _PAIRS.value,
-      "resolution": _RESOLUTION.value, "dtype": _DTYPE.value,
+  common.print_figure(
+    {
+      "figure": "profile",
+      "what": _WHAT.value,
+      "size": _SIZE.value,
+      "overrides": _OVERRIDE.value,
+      "batch": _BATCH.value,
+      "pairs": _PAIRS.value,
+      "resolution": _RESOLUTION.value,
+      "dtype": _DTYPE.value,
       "attention_impl": work.config.attention_impl,
-      "remat_policy": work.config.remat_policy, "params_m": round(work.params / 1e6, 2),
-      "backend": jax.default_backend(), "seconds": round(seconds, 4),
+      "remat_policy": work.config.remat_policy,
+      "params_m": round(work.params / 1e6, 2),
+      "backend": jax.default_backend(),
+      "seconds": round(seconds, 4),
       "compile_seconds": round(work.compile_seconds, 2),
       "tflops_per_sec": round(work.flops / seconds / 1e12, 4),
       "matmul_peak_tflops": round(peak / 1e12, 4),
       "mfu": round(work.flops / seconds / peak, 4),
       "op_seconds_per_run": round(summed / 1e9 / _REPEATS.value, 4),
-      "trace_dir": str(trace_dir)})
+      "trace_dir": str(trace_dir),
+    }
+  )
   ops = hlo_ops(work.compiled.as_text())
   categories = collections.Counter()
   for name, ns in totals.items():
     categories[category(ops.get(name, {}))] += ns
-  common.print_figure({
-      "figure": "op_categories", "what": _WHAT.value,
-      **{name: round(ns / 1e9 / _REPEATS.value, 3) for name, ns in categories.most_common()}})
+  common.print_figure(
+    {
+      "figure": "op_categories",
+      "what": _WHAT.value,
+      **{name: round(ns / 1e9 / _REPEATS.value, 3) for name, ns in categories.most_common()},
+    }
+  )
   for rank, (name, ns) in enumerate(totals.most_common(_TOP.value)):
     op = ops.get(name, {})
-    common.print_figure({
-        "figure": "top_op", "rank": rank + 1, "op": name,
-        "ms_per_run": round(ns / 1e6 / _REPEATS.value, 2), "share": round(ns / summed, 4),
+    common.print_figure(
+      {
+        "figure": "top_op",
+        "rank": rank + 1,
+        "op": name,
+        "ms_per_run": round(ns / 1e6 / _REPEATS.value, 2),
+        "share": round(ns / summed, 4),
         "calls_per_run": counts[name] // _REPEATS.value,
-        "kind": op.get("kind") or op.get("opcode"), "inside": op.get("inside"),
-        "shape": op.get("shape"), "source": _short(op.get("op_name"))})
+        "kind": op.get("kind") or op.get("opcode"),
+        "inside": op.get("inside"),
+        "shape": op.get("shape"),
+        "source": _short(op.get("op_name")),
+      }
+    )
 
 
 if __name__ == "__main__":

@@ -36,13 +36,18 @@ def bench(size, pairs):
   times = common.repeat_seconds(work.run, _REPEATS.value)
   tokens_per_frame = (_RESOLUTION.value // workloads.VAE_FACTOR // config.patch_size) ** 2
   return {
-      "figure": "guided_sampling_latency", "size": size, "pairs": pairs,
-      "resolution": _RESOLUTION.value, "dtype": _DTYPE.value, "grid_points": _NUM_STEPS.value,
-      "attention_impl": config.attention_impl,
-      "tokens_cond_pass": (2 * pairs + 2) * tokens_per_frame,
-      "tokens_null_pass": 3 * tokens_per_frame,
-      "seconds_per_example": float(np.median(times)),
-      "compile_seconds": work.compile_seconds, "backend": jax.default_backend(),
+    "figure": "guided_sampling_latency",
+    "size": size,
+    "pairs": pairs,
+    "resolution": _RESOLUTION.value,
+    "dtype": _DTYPE.value,
+    "grid_points": _NUM_STEPS.value,
+    "attention_impl": config.attention_impl,
+    "tokens_cond_pass": (2 * pairs + 2) * tokens_per_frame,
+    "tokens_null_pass": 3 * tokens_per_frame,
+    "seconds_per_example": float(np.median(times)),
+    "compile_seconds": work.compile_seconds,
+    "backend": jax.default_backend(),
   }
 
 

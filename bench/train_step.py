@@ -32,12 +32,17 @@ _PAIRS = flags.DEFINE_integer("pairs", 4, "Context pairs per example.")
 _RESOLUTION = flags.DEFINE_integer("resolution", 256, "Image side in pixels.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per figure (best) after a warm-up.")
 _DTYPE = flags.DEFINE_string(
-    "dtype", None, "Compute dtype; default bfloat16 on accelerators, float32 on CPU.")
+  "dtype", None, "Compute dtype; default bfloat16 on accelerators, float32 on CPU."
+)
 _REMAT_POLICIES = common.define_choices(
-    "remat_policies", [], tuple(jdit.REMAT_POLICIES),
-    "Remat policies to compare (default: each size's configured one)")
+  "remat_policies",
+  [],
+  tuple(jdit.REMAT_POLICIES),
+  "Remat policies to compare (default: each size's configured one)",
+)
 _MATMUL_SIZE = flags.DEFINE_integer(
-    "matmul_size", None, "Side of the peak-measuring matmul; default 8192 (CPU: 2048).")
+  "matmul_size", None, "Side of the peak-measuring matmul; default 8192 (CPU: 2048)."
+)
 
 
 def figure(size, batch, dtype, work, seconds, metrics, peak):
@@ -45,21 +50,31 @@ def figure(size, batch, dtype, work, seconds, metrics, peak):
   stats = jax.local_devices()[0].memory_stats() or {}
   allocator_peak = stats.get("peak_bytes_in_use")
   return {
-      "figure": "train_step", "size": size, "params_m": round(work.params / 1e6, 2),
-      "batch": batch, "pairs": _PAIRS.value, "resolution": _RESOLUTION.value,
-      "tokens_per_example": work.tokens // batch, "dtype": dtype,
-      "remat_policy": work.config.remat_policy,
-      "attention_impl": work.config.attention_impl, "devices": jax.device_count(),
-      "backend": jax.default_backend(),
-      "seconds_per_step": round(seconds, 3), "steps_per_sec": round(1 / seconds, 4),
-      "examples_per_sec": round(batch / seconds, 3),
-      "tokens_per_sec": round(work.tokens / seconds, 1),
-      "model_tflop_per_step": round(work.flops / 1e12, 4),
-      "mfu": round(work.flops / seconds / (peak * jax.device_count()), 4),
-      "peak_memory_gib": round((memory.argument_size_in_bytes + memory.output_size_in_bytes
-                                + memory.temp_size_in_bytes) / 2**30, 3),
-      "allocator_peak_gib": None if allocator_peak is None else round(allocator_peak / 2**30, 3),
-      "loss": round(float(metrics["loss"]), 4),
+    "figure": "train_step",
+    "size": size,
+    "params_m": round(work.params / 1e6, 2),
+    "batch": batch,
+    "pairs": _PAIRS.value,
+    "resolution": _RESOLUTION.value,
+    "tokens_per_example": work.tokens // batch,
+    "dtype": dtype,
+    "remat_policy": work.config.remat_policy,
+    "attention_impl": work.config.attention_impl,
+    "devices": jax.device_count(),
+    "backend": jax.default_backend(),
+    "seconds_per_step": round(seconds, 3),
+    "steps_per_sec": round(1 / seconds, 4),
+    "examples_per_sec": round(batch / seconds, 3),
+    "tokens_per_sec": round(work.tokens / seconds, 1),
+    "model_tflop_per_step": round(work.flops / 1e12, 4),
+    "mfu": round(work.flops / seconds / (peak * jax.device_count()), 4),
+    "peak_memory_gib": round(
+      (memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes)
+      / 2**30,
+      3,
+    ),
+    "allocator_peak_gib": None if allocator_peak is None else round(allocator_peak / 2**30, 3),
+    "loss": round(float(metrics["loss"]), 4),
   }
 
 
@@ -70,15 +85,28 @@ def main(argv):
   dtype = _DTYPE.value or ("float32" if on_cpu else "bfloat16")
   size = _MATMUL_SIZE.value or (2048 if on_cpu else 8192)
   peak = workloads.matmul_peak(jnp.dtype(dtype), size)
-  common.print_figure({"figure": "matmul_peak", "backend": jax.default_backend(),
-                       "dtype": dtype, "matmul_size": size,
-                       "tflops_per_device": round(peak / 1e12, 4)})
+  common.print_figure(
+    {
+      "figure": "matmul_peak",
+      "backend": jax.default_backend(),
+      "dtype": dtype,
+      "matmul_size": size,
+      "tflops_per_device": round(peak / 1e12, 4),
+    }
+  )
   for model_size in _SIZES.value:
     for batch in _BATCHES.value:
       overrides = [[f"remat_policy={p}"] for p in _REMAT_POLICIES.value] or [[]]
-      works = [workloads.train_step(
-          model_size, workloads.model_config(model_size, dtype, o), batch, _PAIRS.value,
-          _RESOLUTION.value) for o in overrides]
+      works = [
+        workloads.train_step(
+          model_size,
+          workloads.model_config(model_size, dtype, o),
+          batch,
+          _PAIRS.value,
+          _RESOLUTION.value,
+        )
+        for o in overrides
+      ]
       for work in works:
         jax.block_until_ready(work.run())  # warm-up
       seconds, outputs = workloads.interleaved([w.run for w in works], _STEPS.value)

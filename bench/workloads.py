@@ -55,18 +55,19 @@ def matmul_peak(dtype, size: int, repeats: int = 10) -> float:
   a = jnp.ones((size, size), dtype)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
-  return 2 * size ** 3 / min(common.repeat_seconds(lambda: f(a), repeats))
+  return 2 * size**3 / min(common.repeat_seconds(lambda: f(a), repeats))
 
 
 def forward_flops(c, batch, cond_frames, x_frames, tokens_per_frame):
   """Matmul FLOPs of one J-DiT forward pass on a batch."""
   hd = c.hidden_size // c.num_heads
   d, inner = c.hidden_size, layers.mlp_hidden_size(c)
-  per_token = (d * c.num_heads * hd + 2 * d * c.num_kv_heads * hd + c.num_heads * hd * d
-               + 3 * d * inner)
+  per_token = (
+    d * c.num_heads * hd + 2 * d * c.num_kv_heads * hd + c.num_heads * hd * d + 3 * d * inner
+  )
   tokens = (cond_frames + x_frames) * tokens_per_frame
-  patch = c.patch_size ** 2 * c.in_channels
-  attention = 4 * tokens ** 2 * c.num_heads * hd
+  patch = c.patch_size**2 * c.in_channels
+  attention = 4 * tokens**2 * c.num_heads * hd
   blocks = c.depth * (2 * per_token * tokens + attention)
   io = 2 * patch * d * tokens + 2 * d * patch * x_frames * tokens_per_frame
   return batch * (blocks + io)
@@ -84,8 +85,9 @@ def _latents(rng, batch, frames, resolution, channels):
 def _random_params(model, x, cond, rng):
   """N(0, 0.02^2) weights of the shapes `model.init` gives (nothing compiled)."""
   shapes = jax.eval_shape(model.init, jax.random.key(0), x, jnp.zeros(x.shape[:1]), cond)
-  return jax.tree.map(lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape), s.dtype),
-                      nn.unbox(shapes["params"]))
+  return jax.tree.map(
+    lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape), s.dtype), nn.unbox(shapes["params"])
+  )
 
 
 def _compile(fn, *args):
@@ -121,10 +123,14 @@ def forward(config, batch: int, pairs: int, resolution: int) -> Workload:
   compiled, compile_s = _compile(fn, {"params": params}, x, t, cond)
   per_frame = _tokens_per_frame(config, resolution)
   return Workload(
-      run=lambda: compiled({"params": params}, x, t, cond), config=config,
-      compiled=compiled, compile_seconds=compile_s,
-      flops=forward_flops(config, batch, 2 * pairs + 1, 1, per_frame),
-      tokens=batch * (2 * pairs + 2) * per_frame, params=_count(params))
+    run=lambda: compiled({"params": params}, x, t, cond),
+    config=config,
+    compiled=compiled,
+    compile_seconds=compile_s,
+    flops=forward_flops(config, batch, 2 * pairs + 1, 1, per_frame),
+    tokens=batch * (2 * pairs + 2) * per_frame,
+    params=_count(params),
+  )
 
 
 def sampling(config, pairs: int, resolution: int, num_steps: int) -> Workload:
@@ -141,16 +147,24 @@ def sampling(config, pairs: int, resolution: int, num_steps: int) -> Workload:
   compiled, compile_s = _compile(flow.make_guided_sampler(model), *args)
   per_frame = _tokens_per_frame(config, resolution)
   evaluations = num_steps - 1
-  flops = evaluations * (forward_flops(config, 1, 2 * pairs + 1, 1, per_frame)
-                         + forward_flops(config, 1, 2, 1, per_frame))
+  flops = evaluations * (
+    forward_flops(config, 1, 2 * pairs + 1, 1, per_frame)
+    + forward_flops(config, 1, 2, 1, per_frame)
+  )
   return Workload(
-      run=lambda: compiled(*args), config=config, compiled=compiled,
-      compile_seconds=compile_s, flops=flops,
-      tokens=evaluations * (2 * pairs + 5) * per_frame, params=_count(params))
+    run=lambda: compiled(*args),
+    config=config,
+    compiled=compiled,
+    compile_seconds=compile_s,
+    flops=flops,
+    tokens=evaluations * (2 * pairs + 5) * per_frame,
+    params=_count(params),
+  )
 
 
-def train_step(size: str, model_config_: ml_collections.ConfigDict, batch: int, pairs: int,
-               resolution: int) -> Workload:
+def train_step(
+  size: str, model_config_: ml_collections.ConfigDict, batch: int, pairs: int, resolution: int
+) -> Workload:
   """One AdamW update on precomputed latents (train_dit config of `size`), all devices."""
   config = train_dit.get_config(size)
   config.input = "latents"
@@ -158,10 +172,11 @@ def train_step(size: str, model_config_: ml_collections.ConfigDict, batch: int, 
   rng = np.random.default_rng(0)
   clips = lambda: _latents(rng, batch, pairs, resolution, 16)[:, :, None]
   local = {
-      "context_inputs": clips(), "context_targets": clips(),
-      "query": _latents(rng, batch, 1, resolution, 16),
-      "target": _latents(rng, batch, 1, resolution, 16),
-      "num_pairs": np.full((batch,), pairs, np.int32),
+    "context_inputs": clips(),
+    "context_targets": clips(),
+    "query": _latents(rng, batch, 1, resolution, 16),
+    "target": _latents(rng, batch, 1, resolution, 16),
+    "num_pairs": np.full((batch,), pairs, np.int32),
   }
   model = jdit.JDiT(config.model)
   tx, schedule = state_lib.create_optimizer(config.optimizer)
@@ -180,6 +195,11 @@ def train_step(size: str, model_config_: ml_collections.ConfigDict, batch: int, 
 
   per_frame = _tokens_per_frame(config.model, resolution)
   return Workload(
-      run=run, config=config.model, compiled=compiled, compile_seconds=compile_s,
-      flops=3 * forward_flops(config.model, batch, 2 * pairs + 1, 1, per_frame),
-      tokens=batch * (2 * pairs + 2) * per_frame, params=_count(state.params))
+    run=run,
+    config=config.model,
+    compiled=compiled,
+    compile_seconds=compile_s,
+    flops=3 * forward_flops(config.model, batch, 2 * pairs + 1, 1, per_frame),
+    tokens=batch * (2 * pairs + 2) * per_frame,
+    params=_count(state.params),
+  )

@@ -10,13 +10,18 @@ from lavin_jax.models import attention
 
 # Jitted: one compile per case instead of op-by-op dispatch.
 dot_product_attention = jax.jit(
-    attention.dot_product_attention,
-    static_argnames=("implementation", "block_size", "chunk_bytes"))
+  attention.dot_product_attention, static_argnames=("implementation", "block_size", "chunk_bytes")
+)
 # 300 float32 logits a chunk: 8 query rows (the row multiple) at these lengths, so many
 # chunks and a padded last one.
 SMALL_CHUNK = 300 * 4
-PATHS = [("xla", {}), ("blockwise", dict(block_size=8)), ("blockwise", dict(block_size=512)),
-         ("chunked", dict(chunk_bytes=SMALL_CHUNK)), ("chunked", {})]
+PATHS = [
+  ("xla", {}),
+  ("blockwise", dict(block_size=8)),
+  ("blockwise", dict(block_size=512)),
+  ("chunked", dict(chunk_bytes=SMALL_CHUNK)),
+  ("chunked", {}),
+]
 
 
 def numpy_attention(q, k, v, key_mask=None):
@@ -56,12 +61,16 @@ def test_matches_numpy(impl, options, kv_heads, masked):
 def test_cross_attention_lengths_and_bfloat16():
   q, k, v, mask = _inputs(1, t=20, s=45)
   ref = numpy_attention(q, k, v, mask)
-  for impl, options in (("xla", {}), ("blockwise", dict(block_size=16)),
-                        ("chunked", dict(chunk_bytes=SMALL_CHUNK))):
+  for impl, options in (
+    ("xla", {}),
+    ("blockwise", dict(block_size=16)),
+    ("chunked", dict(chunk_bytes=SMALL_CHUNK)),
+  ):
     out = dot_product_attention(q, k, v, mask, implementation=impl, **options)
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-5)
-    low = dot_product_attention(*(a.astype(jnp.bfloat16) for a in (q, k, v)), mask,
-                                implementation=impl, **options)
+    low = dot_product_attention(
+      *(a.astype(jnp.bfloat16) for a in (q, k, v)), mask, implementation=impl, **options
+    )
     assert low.dtype == jnp.bfloat16
     np.testing.assert_allclose(low.astype(np.float32), ref, atol=0.05)
 
@@ -69,18 +78,21 @@ def test_cross_attention_lengths_and_bfloat16():
 # (batch, queries, keys, heads, kv heads, key padding): grouped-query heads, T != S,
 # lengths no chunk divides, padding at the start, in the middle, at the end, or none.
 CHUNKED_CASES = [
-    (2, 37, 45, 4, 2, "random"),
-    (1, 29, 29, 6, 3, "start"),
-    (2, 45, 20, 4, 1, "middle"),
-    (3, 13, 33, 2, 2, "end"),
-    (1, 50, 50, 4, 4, None),
+  (2, 37, 45, 4, 2, "random"),
+  (1, 29, 29, 6, 3, "start"),
+  (2, 45, 20, 4, 1, "middle"),
+  (3, 13, 33, 2, 2, "end"),
+  (1, 50, 50, 4, 4, None),
 ]
 
 
 def _chunked_case(seed, b, t, s, heads, kv_heads, padding, dtype=jnp.float32):
   q, k, v, mask = _inputs(seed, b=b, t=t, s=s, heads=heads, kv_heads=kv_heads)
-  span = {"start": slice(0, s // 3), "middle": slice(s // 3, 2 * s // 3),
-          "end": slice(2 * s // 3, s)}
+  span = {
+    "start": slice(0, s // 3),
+    "middle": slice(s // 3, 2 * s // 3),
+    "end": slice(2 * s // 3, s),
+  }
   if padding is None:
     mask = None
   elif padding != "random":
@@ -139,11 +151,18 @@ def test_masked_keys_do_not_matter(impl, options):
   np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend,dtype,expected", [
-    ("cpu", jnp.float32, "chunked"), ("cpu", jnp.bfloat16, "chunked"),
-    ("gpu", jnp.bfloat16, "cudnn"), ("gpu", jnp.float16, "cudnn"),
-    ("gpu", jnp.float32, "xla"), ("tpu", jnp.bfloat16, "xla"), ("tpu", jnp.float32, "xla"),
-])
+@pytest.mark.parametrize(
+  "backend,dtype,expected",
+  [
+    ("cpu", jnp.float32, "chunked"),
+    ("cpu", jnp.bfloat16, "chunked"),
+    ("gpu", jnp.bfloat16, "cudnn"),
+    ("gpu", jnp.float16, "cudnn"),
+    ("gpu", jnp.float32, "xla"),
+    ("tpu", jnp.bfloat16, "xla"),
+    ("tpu", jnp.float32, "xla"),
+  ],
+)
 def test_auto_resolves_per_backend(monkeypatch, backend, dtype, expected):
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
   assert attention.resolve("auto", dtype) == expected
@@ -153,8 +172,10 @@ def test_auto_resolves_per_backend(monkeypatch, backend, dtype, expected):
 def test_auto_is_the_backend_path():
   q, k, v, mask = _inputs(9)
   expected = attention.resolve("auto", q.dtype)
-  np.testing.assert_array_equal(dot_product_attention(q, k, v, mask),
-                                dot_product_attention(q, k, v, mask, implementation=expected))
+  np.testing.assert_array_equal(
+    dot_product_attention(q, k, v, mask),
+    dot_product_attention(q, k, v, mask, implementation=expected),
+  )
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the non-GPU error")
@@ -175,8 +196,11 @@ def test_cudnn_matches_xla():
 
 def test_bad_arguments():
   q, k, v, mask = _inputs(8)
-  with pytest.raises(ValueError, match="Unknown attention implementation 'flash'.*"
-                                       "'auto', 'xla', 'cudnn', 'chunked', 'blockwise'"):
+  with pytest.raises(
+    ValueError,
+    match="Unknown attention implementation 'flash'.*"
+    "'auto', 'xla', 'cudnn', 'chunked', 'blockwise'",
+  ):
     attention.dot_product_attention(q, k, v, implementation="flash")
   with pytest.raises(ValueError, match="multiple of key/value heads"):
     attention.dot_product_attention(q[:, :, :3], k, v)
@@ -188,7 +212,8 @@ def _loops(policy):
   """Loops (lax.map and lax.scan) in the gradient of a rematerialised chunked attention."""
   q, k, v, mask = _inputs(10)
   f = lambda q, k, v: attention.dot_product_attention(
-      q, k, v, mask, implementation="chunked", chunk_bytes=SMALL_CHUNK).sum()
+    q, k, v, mask, implementation="chunked", chunk_bytes=SMALL_CHUNK
+  ).sum()
   grad = jax.grad(jax.checkpoint(f, policy=policy), argnums=(0, 1, 2))
   return str(jax.make_jaxpr(grad)(q, k, v)).count("scan[")
 
@@ -203,14 +228,16 @@ def test_save_attention_skips_the_forward_recompute():
 def _temp_bytes(impl, tokens, heads=2, hd=64, backward=False):
   shape = jax.ShapeDtypeStruct((1, tokens, heads, hd), jnp.float32)
   fn = lambda q, k, v: attention.dot_product_attention(
-      q, k, v, implementation=impl, block_size=256, chunk_bytes=2**20).sum()
+    q, k, v, implementation=impl, block_size=256, chunk_bytes=2**20
+  ).sum()
   if backward:
     fn = jax.grad(fn, argnums=(0, 1, 2))
   return jax.jit(fn).lower(shape, shape, shape).compile().memory_analysis().temp_size_in_bytes
 
 
-@pytest.mark.parametrize("impl,backward", [("blockwise", False), ("chunked", False),
-                                           ("chunked", True)])
+@pytest.mark.parametrize(
+  "impl,backward", [("blockwise", False), ("chunked", False), ("chunked", True)]
+)
 def test_memory_is_linear(impl, backward):
   # Compiled, not run: XLA holds the (heads, T, S) float32 scores; these paths do not.
   tokens = 4096

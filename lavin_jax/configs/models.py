@@ -5,10 +5,10 @@ import ml_collections
 # name: (hidden_size, depth, num_heads, num_kv_heads, drop_path, sandwich_norm); paper
 # Table 3 for 0.1b, 1b and 3.4b (the released model).
 _JDIT = {
-    "tiny": (96, 2, 4, 2, 0.0, True),
-    "0.1b": (512, 12, 8, 8, 0.0, False),
-    "1b": (1024, 28, 16, 16, 0.1, True),
-    "3.4b": (2304, 22, 32, 8, 0.1, True),
+  "tiny": (96, 2, 4, 2, 0.0, True),
+  "0.1b": (512, 12, 8, 8, 0.0, False),
+  "1b": (1024, 28, 16, 16, 0.1, True),
+  "3.4b": (2304, 22, 32, 8, 0.1, True),
 }
 JDIT_SIZES = tuple(_JDIT)
 
@@ -24,9 +24,9 @@ _REMAT = {"tiny": "none", "0.1b": "none", "1b": "save_attention", "3.4b": "save_
 
 # name: (block_out_channels, layers_per_block); `released` has 215.6M parameters.
 _STVAE = {
-    "released": ((128, 256, 256, 512), 3),
-    "small": ((32, 64, 64, 64), 1),
-    "tiny": ((32, 32, 32, 32), 1),
+  "released": ((128, 256, 256, 512), 3),
+  "small": ((32, 64, 64, 64), 1),
+  "tiny": ((32, 32, 32, 32), 1),
 }
 STVAE_SIZES = tuple(_STVAE)
 

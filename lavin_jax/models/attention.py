@@ -40,8 +40,9 @@ def resolve(implementation: str, dtype=jnp.float32) -> str:
   """The registry name `implementation` stands for ('auto' by backend and dtype)."""
   if implementation not in IMPLEMENTATIONS and implementation != "auto":
     raise ValueError(
-        f"Unknown attention implementation {implementation!r}; use one of "
-        f"{('auto',) + tuple(IMPLEMENTATIONS)}.")
+      f"Unknown attention implementation {implementation!r}; use one of "
+      f"{('auto',) + tuple(IMPLEMENTATIONS)}."
+    )
   if implementation != "auto":
     return implementation
   name = _AUTO.get(jax.default_backend(), "xla")
@@ -51,14 +52,14 @@ def resolve(implementation: str, dtype=jnp.float32) -> str:
 
 
 def dot_product_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    key_mask: jax.Array | None = None,
-    *,
-    implementation: str = "auto",
-    block_size: int = 512,
-    chunk_bytes: int = 8 * 2**20,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  key_mask: jax.Array | None = None,
+  *,
+  implementation: str = "auto",
+  block_size: int = 512,
+  chunk_bytes: int = 8 * 2**20,
 ) -> jax.Array:
   """Scaled dot-product attention with grouped-query heads.
 
@@ -84,13 +85,15 @@ def dot_product_attention(
 def _check_shapes(q, k, v, key_mask):
   if q.ndim != 4 or k.shape != v.shape or k.ndim != 4:
     raise ValueError(
-        f"attention wants q (B, T, N, hd) and k, v (B, S, K, hd); got q {q.shape}, "
-        f"k {k.shape}, v {v.shape}.")
+      f"attention wants q (B, T, N, hd) and k, v (B, S, K, hd); got q {q.shape}, "
+      f"k {k.shape}, v {v.shape}."
+    )
   (b, _, n, hd), (bk, s, kv, hdk) = q.shape, k.shape
   if b != bk or hd != hdk or n % kv:
     raise ValueError(
-        f"attention: q {q.shape} and k {k.shape} need the same batch and head_dim, and "
-        f"query heads a multiple of key/value heads.")
+      f"attention: q {q.shape} and k {k.shape} need the same batch and head_dim, and "
+      f"query heads a multiple of key/value heads."
+    )
   if key_mask is not None and key_mask.shape != (b, s):
     raise ValueError(f"key_mask must be (B, S) = {(b, s)}, got {key_mask.shape}.")
 
@@ -99,8 +102,9 @@ def _jax_nn(q, k, v, key_mask, *, implementation):
   """jax.nn.dot_product_attention (XLA or cuDNN)."""
   if implementation == "cudnn" and jax.default_backend() != "gpu":
     raise ValueError(
-        f"attention implementation 'cudnn' needs a GPU, but the backend is "
-        f"{jax.default_backend()!r}; use 'auto', 'xla', 'chunked' or 'blockwise'.")
+      f"attention implementation 'cudnn' needs a GPU, but the backend is "
+      f"{jax.default_backend()!r}; use 'auto', 'xla', 'chunked' or 'blockwise'."
+    )
   mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S)
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
@@ -119,7 +123,7 @@ def chunked_attention(q, k, v, key_mask=None, *, chunk_bytes=8 * 2**20):
   size += -size % _ROW_MULTIPLE
   # q (B*K, chunks, size, hd), rows ordered (group head, position); k, v (B*K, S, hd);
   # one additive key bias per (B*K, S).
-  q = (q * jnp.asarray(hd ** -0.5, q.dtype)).reshape(b, t, kv, n // kv, hd)
+  q = (q * jnp.asarray(hd**-0.5, q.dtype)).reshape(b, t, kv, n // kv, hd)
   q = q.transpose(0, 2, 3, 1, 4).reshape(b * kv, rows, hd)
   q = jnp.pad(q, ((0, 0), (0, chunks * size - rows), (0, 0)))
   q = q.reshape(b * kv, chunks, size, hd)
@@ -134,8 +138,7 @@ def chunked_attention(q, k, v, key_mask=None, *, chunk_bytes=8 * 2**20):
 
 def _logits(q, k, bias):
   """float32 logits (rows, S) of one chunk, masked keys pushed to _MASKED."""
-  logits = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())),
-                               preferred_element_type=jnp.float32)
+  logits = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
   return logits if bias is None else logits + bias
 
 
@@ -216,12 +219,15 @@ def blockwise_attention(q, k, v, key_mask=None, *, block_size=512):
   if pad_s and key_mask is None:
     key_mask = jnp.ones((b, s), bool)
   # Heads first: q (nq, B, K, G, bq, hd); k, v (nk, B, K, bk, hd); mask (nk, B, bk).
-  q = q * jnp.asarray(hd ** -0.5, q.dtype)
+  q = q * jnp.asarray(hd**-0.5, q.dtype)
   q = jnp.pad(q, ((0, 0), (0, pad_t), (0, 0), (0, 0)))
   q = q.reshape(b, (t + pad_t) // bq, bq, kv, g, hd).transpose(1, 0, 3, 4, 2, 5)
-  k, v = (jnp.pad(x, ((0, 0), (0, pad_s), (0, 0), (0, 0)))
-          .reshape(b, (s + pad_s) // bk, bk, kv, hd).transpose(1, 0, 3, 2, 4)
-          for x in (k, v))
+  k, v = (
+    jnp.pad(x, ((0, 0), (0, pad_s), (0, 0), (0, 0)))
+    .reshape(b, (s + pad_s) // bk, bk, kv, hd)
+    .transpose(1, 0, 3, 2, 4)
+    for x in (k, v)
+  )
   if key_mask is not None:
     key_mask = jnp.pad(key_mask, ((0, 0), (0, pad_s))).reshape(b, -1, bk).transpose(1, 0, 2)
   attend = functools.partial(_query_block, k=k, v=v, key_mask=key_mask)
@@ -243,13 +249,17 @@ def _query_block(q, k, v, key_mask):
     p = jnp.exp(logits - m_new[..., None])
     correction = jnp.exp(m - m_new)
     l = l * correction + p.sum(-1)
-    pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(v_j.dtype), v_j,
-                    preferred_element_type=jnp.float32)
+    pv = jnp.einsum(
+      "bkgqs,bksd->bkgqd", p.astype(v_j.dtype), v_j, preferred_element_type=jnp.float32
+    )
     return (m_new, l, acc * correction[..., None] + pv), None
 
   stats_shape = q.shape[:-1]
-  init = (jnp.full(stats_shape, _MASKED, jnp.float32), jnp.zeros(stats_shape, jnp.float32),
-          jnp.zeros(q.shape, jnp.float32))
+  init = (
+    jnp.full(stats_shape, _MASKED, jnp.float32),
+    jnp.zeros(stats_shape, jnp.float32),
+    jnp.zeros(q.shape, jnp.float32),
+  )
   (_, l, acc), _ = jax.lax.scan(step, init, (k, v, key_mask))
   return (acc / l[..., None]).astype(q.dtype)
 
@@ -264,8 +274,8 @@ def _with_options(fn, *options):
 
 
 IMPLEMENTATIONS = {
-    "xla": _with_options(functools.partial(_jax_nn, implementation="xla")),
-    "cudnn": _with_options(functools.partial(_jax_nn, implementation="cudnn")),
-    "chunked": _with_options(chunked_attention, "chunk_bytes"),
-    "blockwise": _with_options(blockwise_attention, "block_size"),
+  "xla": _with_options(functools.partial(_jax_nn, implementation="xla")),
+  "cudnn": _with_options(functools.partial(_jax_nn, implementation="cudnn")),
+  "chunked": _with_options(chunked_attention, "chunk_bytes"),
+  "blockwise": _with_options(blockwise_attention, "block_size"),
 }

@@ -25,16 +25,15 @@ STREAMS = ("cond", "x")
 _ACTIVATION_AXES = ("batch", "length", "embed")
 
 REMAT_POLICIES = {
-    "none": None,  # no rematerialisation
-    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
-    "everything_saveable": jax.checkpoint_policies.everything_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable":
-        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    # Keep what attention.dot_product_attention names 'attention' (its output; the
-    # chunked path's log-sum-exp too): the backward pass then recomputes projections and
-    # MLPs but not the quadratic attention forward.
-    "save_attention": jax.checkpoint_policies.save_only_these_names("attention"),
+  "none": None,  # no rematerialisation
+  "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+  "everything_saveable": jax.checkpoint_policies.everything_saveable,
+  "dots_saveable": jax.checkpoint_policies.dots_saveable,
+  "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  # Keep what attention.dot_product_attention names 'attention' (its output; the
+  # chunked path's log-sum-exp too): the backward pass then recomputes projections and
+  # MLPs but not the quadratic attention forward.
+  "save_attention": jax.checkpoint_policies.save_only_these_names("attention"),
 }
 
 
@@ -55,12 +54,12 @@ class PatchEmbedder(nn.Module):
     h = layers.dense(c, c.hidden_size, ("patch", "embed"), use_bias=True, name="proj")(tokens)
     norm_init = lambda init: nn.with_logical_partitioning(init, ("norm",))
     return nn.LayerNorm(
-        epsilon=c.embed_norm_eps,
-        dtype=jnp.float32,
-        param_dtype=jnp.dtype(c.param_dtype),
-        scale_init=norm_init(nn.initializers.ones),
-        bias_init=norm_init(nn.initializers.zeros),
-        name="norm",
+      epsilon=c.embed_norm_eps,
+      dtype=jnp.float32,
+      param_dtype=jnp.dtype(c.param_dtype),
+      scale_init=norm_init(nn.initializers.ones),
+      bias_init=norm_init(nn.initializers.zeros),
+      name="norm",
     )(h)
 
 
@@ -89,13 +88,20 @@ class JointAttention(nn.Module):
     k = layers.apply_rope(jnp.concatenate(ks, axis=1), *rope).astype(dtype)
     v = jnp.concatenate(vs, axis=1).astype(dtype)
     out = attention.dot_product_attention(
-        q, k, v, key_mask, implementation=c.attention_impl,
-        block_size=c.attention_block_size, chunk_bytes=c.attention_chunk_bytes)
+      q,
+      k,
+      v,
+      key_mask,
+      implementation=c.attention_impl,
+      block_size=c.attention_block_size,
+      chunk_bytes=c.attention_chunk_bytes,
+    )
     out = out.reshape(*out.shape[:2], -1)
     out_c, out_x = jnp.split(out, [hc.shape[1]], axis=1)
     return tuple(
-        layers.dense(c, c.hidden_size, ("heads", "embed"), name=f"{stream}_proj")(o)
-        for stream, o in zip(STREAMS, (out_c, out_x)))
+      layers.dense(c, c.hidden_size, ("heads", "embed"), name=f"{stream}_proj")(o)
+      for stream, o in zip(STREAMS, (out_c, out_x))
+    )
 
 
 class JointBlock(nn.Module):
@@ -110,17 +116,24 @@ class JointBlock(nn.Module):
     rate = c.drop_path * layer / max(c.depth - 1, 1)
     modulations = []
     for stream, temb in zip(STREAMS, (t_cond, t_x)):
-      mod = layers.dense(c, 4 * c.hidden_size, ("embed", "mlp"), use_bias=True,
-                         kernel_init=nn.initializers.zeros,
-                         name=f"{stream}_modulation")(nn.silu(temb))
+      mod = layers.dense(
+        c,
+        4 * c.hidden_size,
+        ("embed", "mlp"),
+        use_bias=True,
+        kernel_init=nn.initializers.zeros,
+        name=f"{stream}_modulation",
+      )(nn.silu(temb))
       scale_attn, gate_attn, scale_mlp, gate_mlp = jnp.split(mod.astype(jnp.float32), 4, -1)
       modulations.append((scale_attn, jnp.tanh(gate_attn), scale_mlp, jnp.tanh(gate_mlp)))
 
     norm = layers.rms_norm(c)  # shared by both streams, no weight
     attn_in = [layers.modulate(norm(s), m[0]) for s, m in zip(streams, modulations)]
     attn_out = JointAttention(c, name="joint_attn")(*attn_in, rope, key_mask)
-    streams = [self._residual(s, m[1], o, rate, deterministic)
-               for s, m, o in zip(streams, modulations, attn_out)]
+    streams = [
+      self._residual(s, m[1], o, rate, deterministic)
+      for s, m, o in zip(streams, modulations, attn_out)
+    ]
 
     out = []
     for stream, s, m in zip(STREAMS, streams, modulations):
@@ -148,12 +161,14 @@ class FinalLayer(nn.Module):
   def __call__(self, x, t_x):
     c = self.config
     zeros = nn.initializers.zeros
-    scale = layers.dense(c, c.hidden_size, ("embed", "mlp"), use_bias=True,
-                         kernel_init=zeros, name="modulation")(nn.silu(t_x))
+    scale = layers.dense(
+      c, c.hidden_size, ("embed", "mlp"), use_bias=True, kernel_init=zeros, name="modulation"
+    )(nn.silu(t_x))
     h = layers.modulate(layers.rms_norm(c)(x), scale.astype(jnp.float32))
-    patch_dim = c.patch_size ** 2 * c.in_channels
-    return layers.dense(c, patch_dim, ("embed", "patch"), use_bias=True, kernel_init=zeros,
-                        name="linear")(h)
+    patch_dim = c.patch_size**2 * c.in_channels
+    return layers.dense(
+      c, patch_dim, ("embed", "patch"), use_bias=True, kernel_init=zeros, name="linear"
+    )(h)
 
 
 class JDiT(nn.Module):
@@ -193,24 +208,30 @@ class JDiT(nn.Module):
     # Frame indices over the joint sequence, counting valid condition frames only.
     cond_frames = jnp.cumsum(valid, axis=1) - 1
     x_frames = valid.sum(axis=1, keepdims=True) + jnp.arange(tx)[None]
-    positions = layers.token_positions(
-        jnp.concatenate([cond_frames, x_frames], axis=1), gh, gw)
+    positions = layers.token_positions(jnp.concatenate([cond_frames, x_frames], axis=1), gh, gw)
     rope = layers.rope_tables(positions, c.hidden_size // c.num_heads, c.rope_theta)
     key_mask = None
     if cond_mask is not None:
       key_mask = jnp.concatenate(
-          [jnp.repeat(cond_mask, gh * gw, axis=1), jnp.ones((b, tx * gh * gw), bool)], axis=1)
+        [jnp.repeat(cond_mask, gh * gw, axis=1), jnp.ones((b, tx * gh * gw), bool)], axis=1
+      )
 
-    streams = tuple(nn.with_logical_constraint(s, _ACTIVATION_AXES)
-                    for s in (cond_tokens, x_tokens))
+    streams = tuple(
+      nn.with_logical_constraint(s, _ACTIVATION_AXES) for s in (cond_tokens, x_tokens)
+    )
     _, x_tokens = self._blocks(streams, t_cond, t_x, rope, key_mask, deterministic)
     out = FinalLayer(c, name="final_layer")(x_tokens, t_x)
     return einops.rearrange(
-        out.astype(jnp.float32), "b (t h w) (ph pw c) -> b t (h ph) (w pw) c",
-        t=tx, h=gh, w=gw, ph=c.patch_size, pw=c.patch_size)
+      out.astype(jnp.float32),
+      "b (t h w) (ph pw c) -> b t (h ph) (w pw) c",
+      t=tx,
+      h=gh,
+      w=gw,
+      ph=c.patch_size,
+      pw=c.patch_size,
+    )
 
-  def forward_with_cfg(self, x_t, t, cond, cond_null, cfg_scale, cond_mask=None, *,
-                       x_null=None):
+  def forward_with_cfg(self, x_t, t, cond, cond_null, cfg_scale, cond_mask=None, *, x_null=None):
     """Guided velocity v_null + cfg_scale * (v_cond - v_null), (B, Tx, h, w, C) float32.
 
     cond_null is usually `null_condition(query_latents)`; cond_mask applies to cond only.
@@ -230,27 +251,34 @@ class JDiT(nn.Module):
     c = self.config
     if c.remat_policy not in REMAT_POLICIES:
       raise ValueError(
-          f"Unknown remat_policy {c.remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}.")
+        f"Unknown remat_policy {c.remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}."
+      )
     block = JointBlock
     if c.remat_policy != "none":
       # Argument 7 (deterministic) is a Python bool: static.
-      block = nn.remat(block, policy=REMAT_POLICIES[c.remat_policy],
-                       prevent_cse=not c.scan_layers, static_argnums=(7,))
+      block = nn.remat(
+        block,
+        policy=REMAT_POLICIES[c.remat_policy],
+        prevent_cse=not c.scan_layers,
+        static_argnums=(7,),
+      )
     if c.scan_layers:
       block = nn.scan(
-          block,
-          variable_axes={"params": 0},
-          split_rngs={"params": True, "dropout": True},
-          in_axes=(0,) + (nn.broadcast,) * 5,
-          length=c.depth,
-          metadata_params={nn.PARTITION_NAME: "layers"},
+        block,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(0,) + (nn.broadcast,) * 5,
+        length=c.depth,
+        metadata_params={nn.PARTITION_NAME: "layers"},
       )
       streams, _ = block(c, name="blocks")(
-          streams, jnp.arange(c.depth), t_cond, t_x, rope, key_mask, deterministic)
+        streams, jnp.arange(c.depth), t_cond, t_x, rope, key_mask, deterministic
+      )
       return streams
     for i in range(c.depth):
       streams, _ = block(c, name=f"blocks_{i}")(
-          streams, i, t_cond, t_x, rope, key_mask, deterministic)
+        streams, i, t_cond, t_x, rope, key_mask, deterministic
+      )
     return streams
 
 
@@ -259,22 +287,24 @@ def check_inputs(config, x_t, t, cond, cond_mask=None):
   ch, p = config.in_channels, config.patch_size
   for name, a in (("x_t", x_t), ("cond", cond)):
     if a.ndim != 5 or a.shape[-1] != ch:
-      raise ValueError(
-          f"J-DiT {name} must be latents (B, T, h, w, {ch}); got shape {a.shape}.")
+      raise ValueError(f"J-DiT {name} must be latents (B, T, h, w, {ch}); got shape {a.shape}.")
     if a.shape[2] % p or a.shape[3] % p:
       raise ValueError(
-          f"J-DiT {name} latent height and width must be multiples of the patch size {p}; "
-          f"got shape {a.shape} (crop or pad the images to a multiple of {8 * p} px).")
+        f"J-DiT {name} latent height and width must be multiples of the patch size {p}; "
+        f"got shape {a.shape} (crop or pad the images to a multiple of {8 * p} px)."
+      )
   if cond.shape[0] != x_t.shape[0] or cond.shape[2:4] != x_t.shape[2:4]:
     raise ValueError(
-        f"J-DiT cond {cond.shape} and x_t {x_t.shape} need the same batch size and "
-        f"latent height and width.")
+      f"J-DiT cond {cond.shape} and x_t {x_t.shape} need the same batch size and "
+      f"latent height and width."
+    )
   if t.shape != (x_t.shape[0],):
     raise ValueError(f"J-DiT t must have shape (B,) = ({x_t.shape[0]},); got {t.shape}.")
   if cond_mask is not None and cond_mask.shape != cond.shape[:2]:
     raise ValueError(
-        f"J-DiT cond_mask must be (B, Tc) = {cond.shape[:2]} for cond {cond.shape}; "
-        f"got {cond_mask.shape}.")
+      f"J-DiT cond_mask must be (B, Tc) = {cond.shape[:2]} for cond {cond.shape}; "
+      f"got {cond_mask.shape}."
+    )
 
 
 def scan_params(params, depth: int):
