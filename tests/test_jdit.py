@@ -125,7 +125,8 @@ def test_head_dim_64_model_runs():
 
 def test_scanned_and_unscanned_agree(tiny):
   """Same weights, both layouts (and remat on/off): same outputs and same gradients."""
-  module, params = tiny
+  _, params = tiny
+  module = jdit.JDiT(_config(remat_policy="save_attention"))
   flat = jdit.JDiT(_config(scan_layers=False, remat_policy="none"))
   flat_params = jdit.unscan_params(params)
   assert set(flat_params) - set(params) == {"blocks_0", "blocks_1"}
@@ -145,11 +146,13 @@ def test_scanned_and_unscanned_agree(tiny):
   )
 
 
-@pytest.mark.parametrize("impl", ["xla", "blockwise"])
+@pytest.mark.parametrize("impl", ["xla", "blockwise", "chunked"])
 def test_padding_frames_change_nothing(tiny, impl):
   """An example padded with masked frames gives the velocity of the example alone."""
   _, params = tiny
-  module = jdit.JDiT(_config(attention_impl=impl, attention_block_size=16))
+  module = jdit.JDiT(
+    _config(attention_impl=impl, attention_block_size=16, attention_chunk_bytes=1024)
+  )
   x, t, cond = _inputs(tc=3)
   noise = 10 * _latents(jax.random.key(9), 3)
   # Example 0: frames [c0, pad, c1, pad, c2, pad]; example 1: [c0, c1, c2, pad, pad, pad].
@@ -165,6 +168,22 @@ def test_padding_frames_change_nothing(tiny, impl):
   np.testing.assert_allclose(apply({"params": params}, x, t, padded, mask), alone, atol=1e-5)
   if impl == "xla":  # without the mask the padding is really seen
     assert np.abs(apply({"params": params}, x, t, padded) - alone).max() > 1e-2
+
+
+def test_auto_attention_equals_xla(tiny):
+  """The default attention ('auto': chunked on CPU) gives XLA's loss and gradients."""
+  _, params = tiny
+  x, t, cond = _inputs(tc=3)
+  mask = jnp.array([[True, False, True], [True, True, True]])
+
+  def loss(impl):
+    module = jdit.JDiT(_config(attention_impl=impl, attention_chunk_bytes=1024))
+    f = lambda p: jnp.sum(module.apply({"params": p}, x, t, cond, mask) ** 2)
+    return jax.jit(jax.value_and_grad(f))(params)
+
+  (l_auto, g_auto), (l_xla, g_xla) = loss("auto"), loss("xla")
+  np.testing.assert_allclose(l_auto, l_xla, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_auto, g_xla)
 
 
 def test_guidance(tiny):
@@ -233,6 +252,11 @@ def test_bad_inputs_raise_before_compile(tiny, change, match):
   mask = jnp.ones(shapes["mask"], bool)
   with pytest.raises(ValueError, match=match):
     jax.jit(module.apply).lower({"params": params}, x, t, cond, mask)
+
+
+@pytest.mark.parametrize("size", configs.JDIT_SIZES)
+def test_default_remat_policy_is_known(size):
+  assert configs.jdit(size).remat_policy in jdit.REMAT_POLICIES
 
 
 def test_unknown_remat_policy(tiny):

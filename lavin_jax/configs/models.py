@@ -12,6 +12,16 @@ _JDIT = {
 }
 JDIT_SIZES = tuple(_JDIT)
 
+# Default remat policy (lavin_jax.models.jdit.REMAT_POLICIES) by activation memory at the
+# paper's 10 examples per device (global batch 640 on 64 A100-80G) of 8 pairs: 4,608
+# tokens at 256 px, 18,432 at 512 px, bfloat16 compute. Without remat a layer keeps about
+# 40 D + 8 I bytes a token (I the SwiGLU width): 0.1b 31 KB -> 12 layers x 18,432 tokens
+# x 10 = 69 GB at 512 px, which fits; 1b 62 KB -> 28 x 4,608 x 10 = 81 GB already at
+# 256 px. 'save_attention' keeps the block input (float32, 4 D), the attention output
+# (2 D) and its log-sum-exp (4 N) and recomputes projections and MLPs: 1b 6.2 KB -> 32 GB
+# at 512 px; 3.4b 14 KB -> 22 x 18,432 x 10 = 57 GB, plus 8.5 GB of FSDP-sharded state.
+_REMAT = {"tiny": "none", "0.1b": "none", "1b": "save_attention", "3.4b": "save_attention"}
+
 # name: (block_out_channels, layers_per_block); `released` has 215.6M parameters.
 _STVAE = {
   "released": ((128, 256, 256, 512), 3),
@@ -49,9 +59,10 @@ def jdit(size: str = "3.4b") -> ml_collections.ConfigDict:
   c.dtype = "bfloat16"  # compute dtype
   c.param_dtype = "float32"
   c.scan_layers = True
-  c.remat_policy = "nothing_saveable"  # see lavin_jax.models.jdit.REMAT_POLICIES
-  c.attention_impl = "xla"  # xla | cudnn | blockwise
+  c.remat_policy = _REMAT[size]  # see lavin_jax.models.jdit.REMAT_POLICIES
+  c.attention_impl = "auto"  # auto | xla | cudnn | chunked | blockwise (models.attention)
   c.attention_block_size = 512  # query/key block of the blockwise path
+  c.attention_chunk_bytes = 8 * 2**20  # float32 logits per query chunk of the chunked path
   return c
 
 

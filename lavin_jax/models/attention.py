@@ -1,8 +1,15 @@
 """The one attention function of lavin_jax: softmax(q k^T / sqrt(hd)) v, grouped-query.
 
-Implementations (`implementation=`):
+Implementations (`implementation=`, the registry IMPLEMENTATIONS):
+- 'auto': the fastest exact path of the backend (`resolve`): 'cudnn' on GPU for 16-bit
+  inputs ('xla' for float32, which cuDNN does not take), 'xla' on TPU, 'chunked' on CPU.
 - 'xla': `jax.nn.dot_product_attention` on XLA; materialises the (B, N, T, S) scores.
 - 'cudnn': the same call with cuDNN flash attention; GPU only (ValueError elsewhere).
+- 'chunked': pure JAX in the form XLA CPU runs near its matmul rate: heads first, the
+  rows of one key/value head (its G query heads) in chunks whose float32 logits take
+  about `chunk_bytes` (cache-sized), softmax normalised after the value matmul, and a
+  custom VJP that keeps only the output and the row log-sum-exp (memory linear in the
+  sequence length) and recomputes each chunk's probabilities in the backward pass.
 - 'blockwise': pure JAX, memory linear in the sequence length: queries in blocks
   (`lax.map`), keys in blocks (`lax.scan`) with an online softmax, heads-first layout,
   normalised once after the value matmul; rematerialised per query block so the
@@ -10,18 +17,38 @@ Implementations (`implementation=`):
 
 Grouped-query heads: query head n uses key/value head n // (N // K) (consecutive query
 heads share one), without repeating K and V in memory. Logits and softmax are float32.
+The output, and the chunked path's log-sum-exp, carry the checkpoint name 'attention'
+(remat policy 'save_attention' keeps them).
 """
 
 import functools
 
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 import numpy as np
 
-IMPLEMENTATIONS = ("xla", "cudnn", "blockwise")
-
 # A large finite negative logit for masked keys (finite, so masked rows never give NaN).
 _MASKED = -0.7 * float(np.finfo(np.float32).max)
+# 'auto' by jax.default_backend(); GPU takes cuDNN only for these input dtypes.
+_AUTO = {"cpu": "chunked", "gpu": "cudnn", "tpu": "xla"}
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+_ROW_MULTIPLE = 8  # chunk rows are a multiple of this
+
+
+def resolve(implementation: str, dtype=jnp.float32) -> str:
+  """The registry name `implementation` stands for ('auto' by backend and dtype)."""
+  if implementation not in IMPLEMENTATIONS and implementation != "auto":
+    raise ValueError(
+      f"Unknown attention implementation {implementation!r}; use one of "
+      f"{('auto',) + tuple(IMPLEMENTATIONS)}."
+    )
+  if implementation != "auto":
+    return implementation
+  name = _AUTO.get(jax.default_backend(), "xla")
+  if name == "cudnn" and jnp.dtype(dtype) not in _CUDNN_DTYPES:
+    return "xla"
+  return name
 
 
 def dot_product_attention(
@@ -30,8 +57,9 @@ def dot_product_attention(
   v: jax.Array,
   key_mask: jax.Array | None = None,
   *,
-  implementation: str = "xla",
+  implementation: str = "auto",
   block_size: int = 512,
+  chunk_bytes: int = 8 * 2**20,
 ) -> jax.Array:
   """Scaled dot-product attention with grouped-query heads.
 
@@ -41,26 +69,17 @@ def dot_product_attention(
     v: values (B, S, K, hd).
     key_mask: optional (B, S) bool, False marks keys no query may attend to. Every query
       must keep at least one valid key.
-    implementation: 'xla', 'cudnn' or 'blockwise' (see the module docstring).
+    implementation: a key of IMPLEMENTATIONS or 'auto' (see the module docstring).
     block_size: query and key block length of the blockwise path.
+    chunk_bytes: float32 logits per query chunk of the chunked path.
 
   Returns:
     (B, T, N, hd) in q's dtype.
   """
   _check_shapes(q, k, v, key_mask)
-  if implementation == "blockwise":
-    return blockwise_attention(q, k, v, key_mask, block_size=block_size)
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(
-      f"Unknown attention implementation {implementation!r}; use one of {IMPLEMENTATIONS}."
-    )
-  if implementation == "cudnn" and jax.default_backend() != "gpu":
-    raise ValueError(
-      f"attention implementation 'cudnn' needs a GPU, but the backend is "
-      f"{jax.default_backend()!r}; use 'xla' or 'blockwise'."
-    )
-  mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S)
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+  fn = IMPLEMENTATIONS[resolve(implementation, q.dtype)]
+  out = fn(q, k, v, key_mask, block_size=block_size, chunk_bytes=chunk_bytes)
+  return checkpoint_name(out, "attention")
 
 
 def _check_shapes(q, k, v, key_mask):
@@ -77,6 +96,117 @@ def _check_shapes(q, k, v, key_mask):
     )
   if key_mask is not None and key_mask.shape != (b, s):
     raise ValueError(f"key_mask must be (B, S) = {(b, s)}, got {key_mask.shape}.")
+
+
+def _jax_nn(q, k, v, key_mask, *, implementation):
+  """jax.nn.dot_product_attention (XLA or cuDNN)."""
+  if implementation == "cudnn" and jax.default_backend() != "gpu":
+    raise ValueError(
+      f"attention implementation 'cudnn' needs a GPU, but the backend is "
+      f"{jax.default_backend()!r}; use 'auto', 'xla', 'chunked' or 'blockwise'."
+    )
+  mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+# ---------------------------------------------------------------------------------------
+# Chunked: heads first, cache-sized query chunks, custom VJP.
+
+
+def chunked_attention(q, k, v, key_mask=None, *, chunk_bytes=8 * 2**20):
+  """Exact attention in cache-sized query chunks, heads first (module docstring)."""
+  b, t, n, hd = q.shape
+  s, kv = k.shape[1], k.shape[2]
+  rows = n // kv * t  # query rows of one key/value head
+  chunks = max(1, -(-rows * s * 4 // chunk_bytes))
+  size = -(-rows // chunks)
+  size += -size % _ROW_MULTIPLE
+  # q (B*K, chunks, size, hd), rows ordered (group head, position); k, v (B*K, S, hd);
+  # one additive key bias per (B*K, S).
+  q = (q * jnp.asarray(hd**-0.5, q.dtype)).reshape(b, t, kv, n // kv, hd)
+  q = q.transpose(0, 2, 3, 1, 4).reshape(b * kv, rows, hd)
+  q = jnp.pad(q, ((0, 0), (0, chunks * size - rows), (0, 0)))
+  q = q.reshape(b * kv, chunks, size, hd)
+  k, v = (x.transpose(0, 2, 1, 3).reshape(b * kv, s, hd) for x in (k, v))
+  bias = None
+  if key_mask is not None:
+    bias = jnp.repeat(jnp.where(key_mask, 0.0, _MASKED).astype(jnp.float32), kv, axis=0)
+  out = _chunked(q, k, v, bias).reshape(b * kv, chunks * size, hd)[:, :rows]
+  out = out.reshape(b, kv, n // kv, t, hd).transpose(0, 3, 1, 2, 4)
+  return out.reshape(b, t, n, hd)
+
+
+def _logits(q, k, bias):
+  """float32 logits (rows, S) of one chunk, masked keys pushed to _MASKED."""
+  logits = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+  return logits if bias is None else logits + bias
+
+
+def _chunked_forward(q, k, v, bias):
+  """(out (B*K, chunks, size, hd), log-sum-exp (B*K, chunks, size) float32)."""
+
+  def head(args):
+    q_h, k_h, v_h, bias_h = args
+
+    def chunk(q_c):
+      logits = _logits(q_c, k_h, bias_h)
+      peak = logits.max(-1, keepdims=True)
+      # Rounded once to the value matmul's dtype; the normaliser sums the same numbers.
+      p = jnp.exp(logits - peak).astype(v_h.dtype)
+      total = p.sum(-1, keepdims=True, dtype=jnp.float32)
+      out = jnp.dot(p, v_h, preferred_element_type=jnp.float32) / total
+      return out.astype(q_c.dtype), (peak + jnp.log(total))[:, 0]
+
+    return jax.lax.map(chunk, q_h)
+
+  return jax.lax.map(head, (q, k, v, bias))
+
+
+@jax.custom_vjp
+def _chunked(q, k, v, bias):
+  return _chunked_forward(q, k, v, bias)[0]
+
+
+def _chunked_fwd(q, k, v, bias):
+  out, lse = _chunked_forward(q, k, v, bias)
+  out, lse = checkpoint_name(out, "attention"), checkpoint_name(lse, "attention")
+  return out, (q, k, v, bias, out, lse)
+
+
+def _chunked_bwd(residuals, d_out):
+  """Per head, a scan over query chunks: recompute p, accumulate dK and dV."""
+  q, k, v, bias, out, lse = residuals
+  f32 = jnp.float32
+  delta = jnp.sum(d_out.astype(f32) * out.astype(f32), axis=-1)  # rowsum(dO * O)
+  dot = functools.partial(jax.lax.dot_general, preferred_element_type=f32)
+
+  def head(args):
+    q_h, k_h, v_h, bias_h, do_h, lse_h, delta_h = args
+
+    def chunk(carry, xs):
+      dk, dv = carry
+      q_c, do_c, lse_c, delta_c = xs
+      p = jnp.exp(_logits(q_c, k_h, bias_h) - lse_c[:, None])  # (rows, S)
+      dv = dv + dot(p.astype(v_h.dtype), do_c, (((0,), (0,)), ((), ())))
+      dp = dot(do_c, v_h, (((1,), (1,)), ((), ())))
+      ds = (p * (dp - delta_c[:, None])).astype(q_h.dtype)
+      dq = dot(ds, k_h, (((1,), (0,)), ((), ())))
+      dk = dk + dot(ds, q_c, (((0,), (0,)), ((), ())))
+      return (dk, dv), dq.astype(q_h.dtype)
+
+    init = (jnp.zeros(k_h.shape, f32), jnp.zeros(v_h.shape, f32))
+    (dk, dv), dq = jax.lax.scan(chunk, init, (q_h, do_h, lse_h, delta_h))
+    return dq, dk.astype(k_h.dtype), dv.astype(v_h.dtype)
+
+  dq, dk, dv = jax.lax.map(head, (q, k, v, bias, d_out, lse, delta))
+  return dq, dk, dv, None
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+# ---------------------------------------------------------------------------------------
+# Blockwise: online softmax over key blocks.
 
 
 def blockwise_attention(q, k, v, key_mask=None, *, block_size=512):
@@ -110,7 +240,7 @@ def _query_block(q, k, v, key_mask):
   """One query block (B, K, G, bq, hd) against all key blocks, online softmax."""
 
   def step(carry, kv_block):
-    m, l, acc = carry
+    m, row_sum, acc = carry
     k_j, v_j, mask_j = kv_block
     logits = jnp.einsum("bkgqd,bksd->bkgqs", q, k_j, preferred_element_type=jnp.float32)
     if mask_j is not None:
@@ -118,11 +248,11 @@ def _query_block(q, k, v, key_mask):
     m_new = jnp.maximum(m, logits.max(-1))
     p = jnp.exp(logits - m_new[..., None])
     correction = jnp.exp(m - m_new)
-    l = l * correction + p.sum(-1)
+    row_sum = row_sum * correction + p.sum(-1)
     pv = jnp.einsum(
       "bkgqs,bksd->bkgqd", p.astype(v_j.dtype), v_j, preferred_element_type=jnp.float32
     )
-    return (m_new, l, acc * correction[..., None] + pv), None
+    return (m_new, row_sum, acc * correction[..., None] + pv), None
 
   stats_shape = q.shape[:-1]
   init = (
@@ -130,5 +260,22 @@ def _query_block(q, k, v, key_mask):
     jnp.zeros(stats_shape, jnp.float32),
     jnp.zeros(q.shape, jnp.float32),
   )
-  (_, l, acc), _ = jax.lax.scan(step, init, (k, v, key_mask))
-  return (acc / l[..., None]).astype(q.dtype)
+  (_, row_sum, acc), _ = jax.lax.scan(step, init, (k, v, key_mask))
+  return (acc / row_sum[..., None]).astype(q.dtype)
+
+
+def _with_options(fn, *options):
+  """fn(q, k, v, key_mask, **options it takes), ignoring the other paths' options."""
+
+  def call(q, k, v, key_mask, **kwargs):
+    return fn(q, k, v, key_mask, **{name: kwargs[name] for name in options})
+
+  return call
+
+
+IMPLEMENTATIONS = {
+  "xla": _with_options(functools.partial(_jax_nn, implementation="xla")),
+  "cudnn": _with_options(functools.partial(_jax_nn, implementation="cudnn")),
+  "chunked": _with_options(chunked_attention, "chunk_bytes"),
+  "blockwise": _with_options(blockwise_attention, "block_size"),
+}

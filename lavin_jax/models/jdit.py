@@ -14,7 +14,6 @@ padded with masked frames gives the same velocity as the example alone.
 import einops
 import flax.linen as nn
 import jax
-from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -31,8 +30,9 @@ REMAT_POLICIES = {
   "everything_saveable": jax.checkpoint_policies.everything_saveable,
   "dots_saveable": jax.checkpoint_policies.dots_saveable,
   "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-  # Keep the attention output of each block (tagged 'attention'): the backward pass
-  # then recomputes projections and MLPs but not the quadratic attention.
+  # Keep what attention.dot_product_attention names 'attention' (its output; the
+  # chunked path's log-sum-exp too): the backward pass then recomputes projections and
+  # MLPs but not the quadratic attention forward.
   "save_attention": jax.checkpoint_policies.save_only_these_names("attention"),
 }
 
@@ -88,9 +88,15 @@ class JointAttention(nn.Module):
     k = layers.apply_rope(jnp.concatenate(ks, axis=1), *rope).astype(dtype)
     v = jnp.concatenate(vs, axis=1).astype(dtype)
     out = attention.dot_product_attention(
-      q, k, v, key_mask, implementation=c.attention_impl, block_size=c.attention_block_size
+      q,
+      k,
+      v,
+      key_mask,
+      implementation=c.attention_impl,
+      block_size=c.attention_block_size,
+      chunk_bytes=c.attention_chunk_bytes,
     )
-    out = checkpoint_name(out.reshape(*out.shape[:2], -1), "attention")
+    out = out.reshape(*out.shape[:2], -1)
     out_c, out_x = jnp.split(out, [hc.shape[1]], axis=1)
     return tuple(
       layers.dense(c, c.hidden_size, ("heads", "embed"), name=f"{stream}_proj")(o)

@@ -17,6 +17,21 @@ Axes = tuple[str | None, ...]
 _XAVIER_UNIFORM = nn.initializers.xavier_uniform()
 
 
+def _dense_dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """Dense's contraction, lhs (..., K) x rhs (K, N), as one 2D matmul summed in float32.
+
+  The result is in lhs's dtype, the same numbers as lax.dot_general. The form is for XLA
+  CPU: with more than one free lhs dim it transposes activations for the weight gradient,
+  and it runs a bfloat16 dot natively only when asked for a float32 result (otherwise it
+  converts the operands and runs the dot in float32).
+  """
+  del dimension_numbers, preferred_element_type  # Dense's: lhs last dim with rhs first
+  out = jnp.dot(
+    lhs.reshape(-1, lhs.shape[-1]), rhs, precision=precision, preferred_element_type=jnp.float32
+  )
+  return out.astype(lhs.dtype).reshape(*lhs.shape[:-1], rhs.shape[-1])
+
+
 def dense(
   config: ml_collections.ConfigDict,
   features: int,
@@ -34,6 +49,7 @@ def dense(
     param_dtype=jnp.dtype(config.param_dtype),
     kernel_init=nn.with_logical_partitioning(kernel_init, axes),
     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
+    dot_general=_dense_dot,
     name=name,
   )
 
