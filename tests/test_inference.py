@@ -8,6 +8,7 @@ import tiny_model
 
 from lavin_jax import flow
 from lavin_jax.inference import pipeline as pipeline_lib
+from lavin_jax.inference import selection
 from lavin_jax.io import bundle
 from lavin_jax.models import stvae
 
@@ -124,3 +125,50 @@ def test_bad_options_and_missing_bundle(pipe, tmp_path):
     pipe(*args, num_steps=1)
   with pytest.raises(FileNotFoundError, match="bundle"):
     pipeline_lib.Pipeline.from_bundle(tmp_path / "nothing")
+
+
+def test_a_batch_equals_its_queries_one_at_a_time(pipe):
+  ctx_in, ctx_tgt = _images(6, (3, 2, 1, SIZE, SIZE, 3)), _images(7, (3, 2, 1, SIZE, SIZE, 3))
+  query = _images(8, (3, 1, SIZE, SIZE, 3))
+  batched = pipe(ctx_in, ctx_tgt, query, seed=11, num_steps=3)
+  for i in range(3):
+    alone = pipe(ctx_in[i : i + 1], ctx_tgt[i : i + 1], query[i : i + 1], seed=11 + i, num_steps=3)
+    np.testing.assert_allclose(batched[i], alone[0], atol=1e-5)
+  # Seeds given per example; a context shared by all queries is encoded once.
+  shared = pipe(ctx_in[0], ctx_tgt[0], query, seed=[11, 3, 5], num_steps=3)
+  np.testing.assert_allclose(shared[0], batched[0], atol=1e-5)
+  with pytest.raises(ValueError, match="seeds"):
+    pipe(ctx_in, ctx_tgt, query, seed=[1, 2])
+
+
+def test_parameters_stay_on_the_device(pipe):
+  leaves = jax.tree.leaves((pipe.jdit_params, pipe.stvae_params))
+  assert all(isinstance(x, jax.Array) for x in leaves)
+  assert {d for x in leaves for d in x.devices()} == set(pipe.mesh.devices.flat)
+  before = [id(x) for x in leaves]
+  args = (
+    _images(0, (1, 1, SIZE, SIZE, 3)),
+    _images(1, (1, 1, SIZE, SIZE, 3)),
+    _images(2, (1, SIZE, SIZE, 3)),
+  )
+  pipe(*args, num_steps=3, seed=0)
+  pipe(*args, num_steps=3, seed=1)
+  assert [id(x) for x in jax.tree.leaves((pipe.jdit_params, pipe.stvae_params))] == before
+  assert pipe._sample._cache_size() >= 1  # compiled per shape, not per call
+
+
+def test_selection_draws_and_nearest():
+  rng = np.random.default_rng(4)
+  picks = selection.random_picks(np.random.default_rng(3), 5, 2, 3)
+  released = np.random.default_rng(3)
+  np.testing.assert_array_equal(picks, [released.integers(0, 5, size=2) for _ in range(3)])
+  pool = rng.normal(size=(6, 1, 8, 8, 16))
+  assert selection.features(pool, grid=4).shape == (6, 4 * 4 * 16)
+  assert selection.features(pool[:, :, :3, :5], grid=4).shape == (6, 4 * 4 * 16)
+  np.testing.assert_allclose(selection.features(pool, grid=1)[:, :16], pool.mean(axis=(1, 2, 3)))
+  features = selection.features(pool)
+  chosen = selection.nearest(features[[4, 1]] + 1e-3, features, 3)
+  assert chosen.shape == (2, 3) and list(chosen[:, -1]) == [4, 1]  # the nearest is last
+  assert all(len(set(row)) == 3 for row in chosen)
+  with pytest.raises(ValueError, match="distinct pairs"):
+    selection.nearest(features[:1], features, 7)

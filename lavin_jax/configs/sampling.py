@@ -1,9 +1,20 @@
-"""The released sampler settings (lavin_jax.inference.pipeline, launch/sample.py)."""
+"""The released sampler settings and the numbers of inference (lavin_jax.inference)."""
 
 import ml_collections
 
 SAMPLERS = ("euler", "heun")
 POSTERIORS = ("sample", "mean")
+# How a template folder's pairs are chosen for a query (lavin_jax.inference.selection).
+SELECTIONS = ("random", "nearest")
+VIDEO_FORMATS = ("gif", "mp4")
+
+# Parameters taking more than this share of one device's memory are sharded over all
+# local devices (lavin_jax.inference.placement); the rest is left to activations.
+ONE_DEVICE_FRACTION = 0.5
+# Nearest-context features: each clip's posterior mean averaged over a grid of
+# SELECT_GRID x SELECT_GRID cells per latent frame (bench/context_selection.py).
+SELECT_GRID = 4
+VIDEO_FPS = 8  # frames per second of the GIF / MP4 files launch/sample.py writes
 
 
 def released() -> ml_collections.ConfigDict:

@@ -2,17 +2,22 @@
 
 `ModelFiles.check()` and `ModelFiles.configs()` read no weights, so an entry point can
 validate every input against the model's configs before anything heavy is loaded.
+`attention` overrides the J-DiT's attention implementation (`ATTENTION`).
 """
 
 import dataclasses
 import os
 from typing import Optional
 
+import jax
 import ml_collections
 
 from lavin_jax.configs import models as model_configs
 from lavin_jax.inference import pipeline as pipeline_lib
 from lavin_jax.io import bundle as bundle_lib
+from lavin_jax.models import attention as attention_lib
+
+ATTENTION = tuple(attention_lib.IMPLEMENTATIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,9 +28,17 @@ class ModelFiles:
   vae_path: Optional[str] = None
   dit_path: Optional[str] = None
   size: str = "3.4b"  # J-DiT size of dit_path (lavin_jax.configs.JDIT_SIZES)
+  attention: Optional[str] = None  # one of ATTENTION; None keeps the model's own
 
   def check(self) -> None:
-    """Raises unless exactly one model is named and its files exist."""
+    """Raises unless exactly one model is named, its files exist and it can run here."""
+    if self.attention is not None and self.attention not in ATTENTION:
+      raise ValueError(f"--attention={self.attention!r} is unknown; choose one of {ATTENTION}.")
+    if self.attention == "cudnn" and jax.default_backend() != "gpu":
+      raise ValueError(
+        f"--attention=cudnn needs a GPU, but the backend is {jax.default_backend()!r}; "
+        "choose another implementation."
+      )
     released = (self.vae_path, self.dit_path)
     if self.bundle and any(released):
       raise ValueError("Give --bundle or --vae_path with --dit_path, not both.")
@@ -51,10 +64,14 @@ class ModelFiles:
     """The model's {'jdit', 'stvae'} configs, read without loading any weights."""
     self.check()
     if self.bundle:
-      return bundle_lib.load_config(self.bundle)
-    return ml_collections.ConfigDict(
-      {"jdit": model_configs.jdit(self.size), "stvae": model_configs.stvae("released")}
-    )
+      config = bundle_lib.load_config(self.bundle)
+    else:
+      config = ml_collections.ConfigDict(
+        {"jdit": model_configs.jdit(self.size), "stvae": model_configs.stvae("released")}
+      )
+    if self.attention:
+      config.jdit.attention_impl = self.attention
+    return config
 
   def pixel_multiple(self) -> int:
     """Image sides the model takes are multiples of this."""
@@ -65,13 +82,14 @@ class ModelFiles:
     """The in-context pipeline of these files."""
     self.check()
     if self.bundle:
-      return pipeline_lib.Pipeline.from_bundle(self.bundle)
+      return pipeline_lib.Pipeline.from_bundle(self.bundle, attention=self.attention)
     return pipeline_lib.Pipeline.from_released(
-      self.vae_path, self.dit_path, jdit_config=model_configs.jdit(self.size)
+      self.vae_path, self.dit_path, jdit_config=self.configs().jdit
     )
 
   def describe(self) -> dict:
     """The files as JSON-ready facts for reports."""
-    if self.bundle:
-      return {"bundle": self.bundle}
-    return {"vae_path": self.vae_path, "dit_path": self.dit_path, "size": self.size}
+    files = {"bundle": self.bundle}
+    if not self.bundle:
+      files = {"vae_path": self.vae_path, "dit_path": self.dit_path, "size": self.size}
+    return files if self.attention is None else {**files, "attention": self.attention}

@@ -5,10 +5,18 @@ query are encoded as separate clips by the ST-VAE (posterior sample by default),
 latents are normalised, the condition is [in_1, tgt_1, ..., in_K, tgt_K, query], the
 answer is sampled from noise with classifier-free guidance against the null condition
 [zero frame, query], and the ST-VAE decodes it. Time convention: `lavin_jax.flow`.
+
+The parameters are put on the device(s) once, when the pipeline is made
+(`lavin_jax.inference.placement`), and every call reuses them. Encoding returns the
+posterior's moments, so pairs used by many queries (a template folder) are encoded
+once: `sample` draws each example's posterior sample from the moments. Example b's
+randomness (its posterior sample and its noise) comes from its own seed alone, so a
+query gives the same answer alone or in any batch.
 """
 
-from typing import Optional
+from typing import Mapping, NamedTuple, Optional, Sequence, Union
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -18,15 +26,25 @@ from lavin_jax import convert
 from lavin_jax import flow
 from lavin_jax.configs import models as model_configs
 from lavin_jax.configs import sampling as sampling_configs
+from lavin_jax.inference import placement
 from lavin_jax.io import bundle as bundle_lib
 from lavin_jax.models import incontext
 from lavin_jax.models import jdit as jdit_lib
 from lavin_jax.models import stvae as stvae_lib
 from lavin_jax.models import stvae_tiling
+from lavin_jax.parallel import mesh as mesh_lib
 
 SAMPLERS = sampling_configs.SAMPLERS
 POSTERIORS = sampling_configs.POSTERIORS
 _RELEASED = sampling_configs.released()
+_MAX_SEED = 2**31
+
+
+class Moments(NamedTuple):
+  """The ST-VAE posterior of clips: mean and log-variance, (..., T', h, w, 16) each."""
+
+  mean: jax.Array
+  logvar: jax.Array
 
 
 def _check_clips(name: str, x: np.ndarray, ndim: int) -> None:
@@ -35,6 +53,18 @@ def _check_clips(name: str, x: np.ndarray, ndim: int) -> None:
       f"{name} must have shape {'(B, K, T, H, W, 3)' if ndim == 6 else '(B, T, H, W, 3)'}"
       f" (channels-last RGB in [-1, 1]); got {x.shape}."
     )
+
+
+def check_clip_shape(frames: int, height: int, width: int, multiple: int) -> None:
+  """Raises unless the model takes clips of this many frames and this size."""
+  if height % multiple or width % multiple:
+    raise ValueError(
+      f"height and width must be multiples of {multiple} (the ST-VAE's "
+      f"downsampling times J-DiT's patch size); got {height}x{width}. Resize or "
+      "crop the images."
+    )
+  if (frames - 1) % 4:
+    raise ValueError(f"clips must have 1 + 4k frames (1 for an image); got {frames}.")
 
 
 def validate_inputs(context_inputs, context_targets, query, multiple: int) -> None:
@@ -55,38 +85,82 @@ def validate_inputs(context_inputs, context_targets, query, multiple: int) -> No
     )
   if context_inputs.shape[1] < 1:
     raise ValueError("at least one context pair is needed (K >= 1).")
-  frames, height, width = query.shape[1:4]
-  if height % multiple or width % multiple:
+  check_clip_shape(*query.shape[1:4], multiple)
+
+
+def check_sampling(
+  num_steps: int, cfg_scale: float, sampler: str, posterior: str, flag_prefix: str = ""
+) -> None:
+  """Raises ValueError on sampler settings that cannot run (`flag_prefix` names them)."""
+  if sampler not in SAMPLERS:
+    raise ValueError(f"unknown {flag_prefix}sampler {sampler!r}; choose one of {SAMPLERS}.")
+  if posterior not in POSTERIORS:
+    raise ValueError(f"unknown {flag_prefix}posterior {posterior!r}; choose one of {POSTERIORS}.")
+  if not np.isfinite(cfg_scale):
+    raise ValueError(f"{flag_prefix}cfg_scale must be a finite number; got {cfg_scale}.")
+  if num_steps < 2:
     raise ValueError(
-      f"height and width must be multiples of {multiple} (the ST-VAE's "
-      f"downsampling times J-DiT's patch size); got {height}x{width}. Resize or "
-      "crop the images."
+      f"{flag_prefix}num_steps counts time-grid points and must be >= 2; got {num_steps}."
     )
-  if (frames - 1) % 4:
-    raise ValueError(f"clips must have 1 + 4k frames (1 for an image); got {frames}.")
+
+
+def example_seeds(seed: Union[int, Sequence[int]], batch: int) -> np.ndarray:
+  """Per-example seeds: an int gives seed, seed + 1, ...; a sequence is taken as is."""
+  seeds = seed + np.arange(batch) if np.ndim(seed) == 0 else np.asarray(seed)
+  if seeds.shape != (batch,) or seeds.min() < 0 or seeds.max() >= _MAX_SEED:
+    raise ValueError(
+      f"seeds must be {batch} integers in [0, 2**31) (or one int); got {np.ravel(seed)[:8]}."
+    )
+  return seeds.astype(np.int32)
+
+
+def _pad_rows(tree, size: int):
+  """Pads every leaf's leading axis to `size` with copies of its last row."""
+  return jax.tree.map(
+    lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], size - x.shape[0], axis=0)]), tree
+  )
 
 
 class Pipeline:
-  """ST-VAE + J-DiT in-context predictor.
+  """ST-VAE + J-DiT in-context predictor with device-resident parameters.
 
   Usage:
     pipe = Pipeline.from_bundle("bundle_dir")
     pred = pipe(context_inputs, context_targets, query, seed=0)  # (B, T, H, W, 3)
+
+  mesh_axes (e.g. {'data': 2, 'tensor': 4}) places the model on that mesh of the local
+  devices; None lets `placement.choose_mesh` decide by the parameters' size.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, jdit_params, stvae_params):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    jdit_params,
+    stvae_params,
+    mesh_axes: Optional[Mapping[str, int]] = None,
+  ):
     self.config = config
     self.jdit = jdit_lib.JDiT(config.jdit)
     self.vae = stvae_lib.STVAE(config.stvae)
-    self.jdit_params = jdit_params
-    self.stvae_params = stvae_params
+    self.mesh = placement.choose_mesh(
+      placement.tree_bytes(jdit_params, stvae_params), config.jdit.num_kv_heads, mesh_axes
+    )
+    latent = jnp.zeros((1, 1, 2, 2, config.jdit.in_channels))
+    self.jdit_params = placement.put(
+      jdit_params, placement.logical(self.jdit, self.mesh, latent, jnp.zeros(1), latent)
+    )
+    self.stvae_params = placement.put(stvae_params, placement.replicated(self.mesh, stvae_params))
     self._samplers = {name: flow.make_guided_sampler(self.jdit, name) for name in SAMPLERS}
+    self._sample = jax.jit(self._sample_fn, static_argnames=("sampler", "posterior"))
 
   @classmethod
-  def from_bundle(cls, path: str) -> "Pipeline":
-    """Loads an inference bundle written by `lavin_jax.io.bundle.save_bundle`."""
+  def from_bundle(cls, path: str, attention: Optional[str] = None, mesh_axes=None) -> "Pipeline":
+    """Loads an inference bundle (`lavin_jax.io.bundle`); `attention` overrides its
+    J-DiT's attention implementation."""
     config, params = bundle_lib.load_bundle(path)
-    return cls(config, params["jdit"], params["stvae"])
+    if attention:
+      config.jdit.attention_impl = attention
+    return cls(config, params.pop("jdit"), params.pop("stvae"), mesh_axes)
 
   @classmethod
   def from_released(
@@ -95,6 +169,7 @@ class Pipeline:
     dit_path: str,
     jdit_config: Optional[ml_collections.ConfigDict] = None,
     stvae_config: Optional[ml_collections.ConfigDict] = None,
+    mesh_axes=None,
   ) -> "Pipeline":
     """Loads the released `stvae.pt` and `lavin_dit.safetensors` (3.4B by default)."""
     jdit_config = jdit_config or model_configs.jdit("3.4b")
@@ -102,7 +177,7 @@ class Pipeline:
     jdit_module, jdit_params = convert.load_released_jdit(dit_path, jdit_config)
     vae_module, stvae_params = convert.load_released_stvae(vae_path, stvae_config)
     config = ml_collections.ConfigDict({"jdit": jdit_module.config, "stvae": vae_module.config})
-    return cls(config, jdit_params, stvae_params)
+    return cls(config, jdit_params, stvae_params, mesh_axes)
 
   @property
   def pixel_multiple(self) -> int:
@@ -111,10 +186,12 @@ class Pipeline:
 
   # ---------------------------------------------------------------- latent coding
 
-  def encode(self, clips: jax.Array, key: Optional[jax.Array]) -> jax.Array:
-    """(N, T, H, W, 3) pixels -> (N, T', h, w, 16) normalised latents (sample or mean)."""
-    mean, logvar = stvae_tiling.encode(self.vae, self.stvae_params, clips)
-    z = mean if key is None else stvae_lib.sample_posterior(mean, logvar, key)
+  def encode(self, clips) -> Moments:
+    """(N, T, H, W, 3) pixels -> the posterior Moments, (N, T', h, w, 16) each."""
+    return Moments(*stvae_tiling.encode(self.vae, self.stvae_params, jnp.asarray(clips)))
+
+  def normalize(self, z: jax.Array) -> jax.Array:
+    """ST-VAE latents -> the normalised latents J-DiT reads."""
     return stvae_lib.normalize_latents(z, self.config.stvae)
 
   def decode(self, z: jax.Array) -> jax.Array:
@@ -124,28 +201,64 @@ class Pipeline:
 
   # ---------------------------------------------------------------- sampling
 
-  def sample_latents(
-    self,
-    cond,
-    noise,
-    *,
-    cfg_scale: float = _RELEASED.cfg_scale,
-    num_steps: int = _RELEASED.num_steps,
-    sampler: str = _RELEASED.sampler,
-  ) -> jax.Array:
-    """Integrates the guided velocity from noise (t = 0) to data (t = 1) in one jit.
+  def _sample_fn(
+    self, jdit_params, ctx_in, ctx_tgt, query, seeds, grid, cfg_scale, *, sampler, posterior
+  ):
+    """Jitted: each example's posterior sample and noise from its seed, then the sampler."""
+    num_pairs = ctx_in.mean.shape[1]
 
-    cond: (B, Tc, h, w, 16), ending with the query's latent frames; noise: (B, Tx, h, w, 16).
-    """
-    query = cond[:, -noise.shape[1] :]
+    def draw(ctx_in, ctx_tgt, query, seed):  # one example
+      key_encode, key_noise = jax.random.split(jax.random.key(seed))
+      packed = jax.tree.map(
+        lambda i, t, q: jnp.concatenate([i, t, q[None]]), ctx_in, ctx_tgt, query
+      )  # [in_1 .. in_K, tgt_1 .. tgt_K, query], as one call of the released code
+      z = packed.mean
+      if posterior == "sample":
+        z = stvae_lib.sample_posterior(packed.mean, packed.logvar, key_encode)
+      z = self.normalize(z)
+      noise = jax.random.normal(key_noise, query.mean.shape, jnp.float32)
+      return z[:num_pairs], z[num_pairs:-1], z[-1], noise
+
+    ins, tgts, query_z, noise = jax.vmap(draw)(ctx_in, ctx_tgt, query, seeds)
+    cond = incontext.full_condition(ins, tgts, query_z)
     return self._samplers[sampler](
-      self.jdit_params,
-      noise,
-      cond,
-      jdit_lib.null_condition(query),
-      jnp.asarray(flow.time_grid(num_steps), jnp.float32),
-      jnp.float32(cfg_scale),
+      jdit_params, noise, cond, jdit_lib.null_condition(query_z), grid, cfg_scale
     )
+
+  def sample(
+    self,
+    context_inputs: Moments,
+    context_targets: Moments,
+    query: Moments,
+    *,
+    seed: Union[int, Sequence[int]] = 0,
+    num_steps: int = _RELEASED.num_steps,
+    cfg_scale: float = _RELEASED.cfg_scale,
+    sampler: str = _RELEASED.sampler,
+    posterior: str = _RELEASED.posterior,
+  ) -> jax.Array:
+    """Samples each query's answer latents (B, T', h, w, 16) from encoded clips.
+
+    Args:
+      context_inputs, context_targets: Moments (B, K, T', h, w, 16) of each query's pairs.
+      query: Moments (B, T', h, w, 16).
+      seed: one int (example b gets seed + b) or B ints.
+    """
+    check_sampling(num_steps, cfg_scale, sampler, posterior)
+    batch = query.mean.shape[0]
+    seeds = example_seeds(seed, batch)
+    padded = -(-batch // placement.batch_multiple(self.mesh)) * placement.batch_multiple(self.mesh)
+    args = _pad_rows((context_inputs, context_targets, query, jnp.asarray(seeds)), padded)
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(mesh_lib.AXIS_RULES):
+      latents = self._sample(
+        self.jdit_params,
+        *args,
+        jnp.asarray(flow.time_grid(num_steps), jnp.float32),
+        jnp.float32(cfg_scale),
+        sampler=sampler,
+        posterior=posterior,
+      )
+    return latents[:batch]
 
   def __call__(
     self,
@@ -153,7 +266,7 @@ class Pipeline:
     context_targets,
     query,
     *,
-    seed: int = 0,
+    seed: Union[int, Sequence[int]] = 0,
     num_steps: int = _RELEASED.num_steps,
     cfg_scale: float = _RELEASED.cfg_scale,
     sampler: str = _RELEASED.sampler,
@@ -162,41 +275,51 @@ class Pipeline:
     """Predicts each query's target from its context pairs.
 
     Args:
-      context_inputs, context_targets: (B, K, T, H, W, 3) or (K, T, H, W, 3) shared by
-        all queries; pixels in [-1, 1].
+      context_inputs, context_targets: (B, K, T, H, W, 3), or (K, T, H, W, 3) shared by
+        all queries (then encoded once); pixels in [-1, 1].
       query: (B, T, H, W, 3) or (T, H, W, 3).
+      seed: one int (example b gets seed + b) or B ints.
     Returns:
       (B, T, H, W, 3) float32 predictions in [-1, 1].
     """
     query = np.asarray(query, np.float32)
     if query.ndim == 4:
       query = query[None]
+    shared = np.ndim(context_inputs) == 5
     context_inputs, context_targets = (
-      np.broadcast_to(np.asarray(c, np.float32), (query.shape[0],) + np.shape(c))
-      if np.ndim(c) == 5
-      else np.asarray(c, np.float32)
+      np.asarray(c, np.float32)[None] if shared else np.asarray(c, np.float32)
       for c in (context_inputs, context_targets)
     )
-    validate_inputs(context_inputs, context_targets, query, self.pixel_multiple)
-    if sampler not in SAMPLERS:
-      raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}.")
-    if posterior not in POSTERIORS:
-      raise ValueError(f"unknown posterior mode {posterior!r}; choose one of {POSTERIORS}.")
-    if not np.isfinite(cfg_scale):
-      raise ValueError(f"cfg_scale must be a finite number; got {cfg_scale}.")
-    if num_steps < 2:
-      raise ValueError(f"num_steps counts time-grid points and must be >= 2; got {num_steps}.")
+    validate_inputs(
+      *(
+        np.broadcast_to(c, (query.shape[0],) + c.shape[1:])
+        for c in (context_inputs, context_targets)
+      ),
+      query,
+      self.pixel_multiple,
+    )
+    check_sampling(num_steps, cfg_scale, sampler, posterior)
+    seeds = example_seeds(seed, query.shape[0])
 
     batch, num_pairs = context_inputs.shape[:2]
     clips = incontext.pack_clips(
       jnp.asarray(context_inputs), jnp.asarray(context_targets), jnp.asarray(query)
     )
-    key_encode, key_noise = jax.random.split(jax.random.key(seed))
-    z = self.encode(clips, key_encode if posterior == "sample" else None)
-    ins, tgts, (query_z,) = incontext.unpack_clips(z, batch, num_pairs)
-    cond = incontext.full_condition(ins, tgts, query_z)
-    noise = jax.random.normal(key_noise, query_z.shape, jnp.float32)
-    latents = self.sample_latents(
-      cond, noise, cfg_scale=cfg_scale, num_steps=num_steps, sampler=sampler
+    moments = self.encode(clips)  # one ST-VAE call for every clip
+    parts = [incontext.unpack_clips(m, batch, num_pairs) for m in moments]
+    ins, tgts = (
+      Moments(*(jnp.broadcast_to(p[i], (query.shape[0],) + p[i].shape[1:]) for p in parts))
+      for i in (0, 1)
+    )
+    query_moments = Moments(*(jnp.concatenate(p[2]) for p in parts))
+    latents = self.sample(
+      ins,
+      tgts,
+      query_moments,
+      seed=seeds,
+      num_steps=num_steps,
+      cfg_scale=cfg_scale,
+      sampler=sampler,
+      posterior=posterior,
     )
     return np.asarray(self.decode(latents))
