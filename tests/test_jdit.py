@@ -34,8 +34,9 @@ def _random_params(config, seed=0):
   shapes = nn.unbox(jax.eval_shape(jdit.JDiT(config).init, jax.random.key(0), x, t, x))
   rng = np.random.default_rng(seed)
   return jax.tree_util.tree_map_with_path(
-      lambda path, a: (path[-1].key == "scale") + rng.normal(0, 0.05, a.shape).astype(a.dtype),
-      shapes["params"])
+    lambda path, a: (path[-1].key == "scale") + rng.normal(0, 0.05, a.shape).astype(a.dtype),
+    shapes["params"],
+  )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,9 @@ def _inputs(seed=0, tc=3, tx=1):
   return _latents(kx, tx), jax.random.uniform(kt, (2,)), _latents(kc, tc)
 
 
-@pytest.mark.parametrize("size,count", [("0.1b", 100_709_952), ("1b", 935_095_360),
-                                        ("3.4b", 3_398_976_064)])
+@pytest.mark.parametrize(
+  "size,count", [("0.1b", 100_709_952), ("1b", 935_095_360), ("3.4b", 3_398_976_064)]
+)
 def test_parameter_counts(size, count):
   x = jax.ShapeDtypeStruct((1, 1, 2, 2, 16), jnp.float32)
   t = jax.ShapeDtypeStruct((1,), jnp.float32)
@@ -64,7 +66,8 @@ def test_every_parameter_has_logical_axes(scan):
   t = jax.ShapeDtypeStruct((1,), jnp.float32)
   shapes = jax.eval_shape(jdit.JDiT(_config(scan_layers=scan)).init, jax.random.key(0), x, t, x)
   boxed = jax.tree_util.tree_flatten_with_path(
-      shapes["params"], is_leaf=lambda a: isinstance(a, nn.LogicallyPartitioned))[0]
+    shapes["params"], is_leaf=lambda a: isinstance(a, nn.LogicallyPartitioned)
+  )[0]
   for path, leaf in boxed:
     assert isinstance(leaf, nn.LogicallyPartitioned), path
     assert len(leaf.names) == leaf.value.ndim and set(leaf.names) <= LOGICAL_AXES, path
@@ -86,12 +89,14 @@ def test_dense_matches_flax_dense(dtype, tol):
     return jnp.sum(module.apply(p, x).astype(jnp.float32) * w)
 
   (l_ours, g_ours), (l_plain, g_plain) = (
-      jax.jit(jax.value_and_grad(lambda p, x, m=m: loss(m, p, x), argnums=(0, 1)))(params, x)
-      for m in (ours, plain))
+    jax.jit(jax.value_and_grad(lambda p, x, m=m: loss(m, p, x), argnums=(0, 1)))(params, x)
+    for m in (ours, plain)
+  )
   assert ours.apply(params, x).dtype == jnp.dtype(dtype)
   np.testing.assert_allclose(l_ours, l_plain, rtol=tol)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol * 10),
-               g_ours, g_plain)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol * 10), g_ours, g_plain
+  )
 
 
 def test_rope_split_rule():
@@ -110,10 +115,10 @@ def _numpy_rope(x, pos, split, theta=10000.0):
   """Per axis: half-split rotation by angles pos * theta^(-2i/d), float64."""
   out, start = [], 0
   for axis, d in enumerate(split):
-    part = x[..., start:start + d]
+    part = x[..., start : start + d]
     angle = pos[axis] * theta ** (-np.arange(0, d, 2) / d)
     cos, sin = np.cos(angle), np.sin(angle)
-    a, b = part[..., :d // 2], part[..., d // 2:]
+    a, b = part[..., : d // 2], part[..., d // 2 :]
     out.append(np.concatenate([a * cos - b * sin, b * cos + a * sin], -1))
     start += d
   return np.concatenate(out, -1)
@@ -125,11 +130,12 @@ def test_rope_head_dim_64():
   out = layers.apply_rope(x, *layers.rope_tables(positions, 64, 10000.0))
   for i in range(4):
     np.testing.assert_allclose(
-        out[0, i], _numpy_rope(np.asarray(x[0, i], np.float64), positions[0, i], (24, 20, 20)),
-        atol=1e-5)
+      out[0, i],
+      _numpy_rope(np.asarray(x[0, i], np.float64), positions[0, i], (24, 20, 20)),
+      atol=1e-5,
+    )
   # Scores depend on position differences only: shift every axis, dot products stay.
-  shifted = layers.apply_rope(x, *layers.rope_tables(positions + jnp.array([5, 3, 9]), 64,
-                                                      10000.0))
+  shifted = layers.apply_rope(x, *layers.rope_tables(positions + jnp.array([5, 3, 9]), 64, 10000.0))
   scores = lambda y: jnp.einsum("bqnd,bknd->bnqk", y, y[:, ::-1])
   np.testing.assert_allclose(scores(out), scores(shifted), atol=1e-4)
 
@@ -158,23 +164,29 @@ def test_scanned_and_unscanned_agree(tiny):
   l_scan, g_scan = jax.jit(jax.value_and_grad(lambda p: loss(module, p)))(params)
   l_flat, g_flat = jax.jit(jax.value_and_grad(lambda p: loss(flat, p)))(flat_params)
   np.testing.assert_allclose(l_scan, l_flat, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               jdit.unscan_params(g_scan), g_flat)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+    jdit.unscan_params(g_scan),
+    g_flat,
+  )
 
 
 @pytest.mark.parametrize("impl", ["xla", "blockwise", "chunked"])
 def test_padding_frames_change_nothing(tiny, impl):
   """An example padded with masked frames gives the velocity of the example alone."""
   _, params = tiny
-  module = jdit.JDiT(_config(attention_impl=impl, attention_block_size=16,
-                             attention_chunk_bytes=1024))
+  module = jdit.JDiT(
+    _config(attention_impl=impl, attention_block_size=16, attention_chunk_bytes=1024)
+  )
   x, t, cond = _inputs(tc=3)
   noise = 10 * _latents(jax.random.key(9), 3)
   # Example 0: frames [c0, pad, c1, pad, c2, pad]; example 1: [c0, c1, c2, pad, pad, pad].
-  padded = jnp.stack([
+  padded = jnp.stack(
+    [
       jnp.stack([cond[0, 0], noise[0, 0], cond[0, 1], noise[0, 1], cond[0, 2], noise[0, 2]]),
       jnp.concatenate([cond[1], noise[1]]),
-  ])
+    ]
+  )
   mask = jnp.array([[True, False, True, False, True, False], [True] * 3 + [False] * 3])
   apply = jax.jit(module.apply)
   alone = apply({"params": params}, x, t, cond)
@@ -196,8 +208,7 @@ def test_auto_attention_equals_xla(tiny):
 
   (l_auto, g_auto), (l_xla, g_xla) = loss("auto"), loss("xla")
   np.testing.assert_allclose(l_auto, l_xla, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               g_auto, g_xla)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_auto, g_xla)
 
 
 def test_guidance(tiny):
@@ -209,7 +220,8 @@ def test_guidance(tiny):
   np.testing.assert_array_equal(cond_null[:, 1], cond[:, -1])
   v = lambda c: jax.jit(module.apply)({"params": params}, x, t, c)
   guided = jax.jit(module.apply, static_argnames="method")(
-      {"params": params}, x, t, cond, cond_null, 1.5, method="forward_with_cfg")
+    {"params": params}, x, t, cond, cond_null, 1.5, method="forward_with_cfg"
+  )
   v_cond, v_null = v(cond), v(cond_null)
   np.testing.assert_allclose(guided, v_null + 1.5 * (v_cond - v_null), atol=1e-5)
 
@@ -219,11 +231,14 @@ def test_drop_path(tiny):
   module = jdit.JDiT(_config(drop_path=0.5))
   x, t, cond = _inputs()
   apply = jax.jit(module.apply, static_argnames="deterministic")
-  train = [apply({"params": params}, x, t, cond, deterministic=False,
-                 rngs={"dropout": jax.random.key(i)}) for i in range(2)]
+  train = [
+    apply({"params": params}, x, t, cond, deterministic=False, rngs={"dropout": jax.random.key(i)})
+    for i in range(2)
+  ]
   det = apply({"params": params}, x, t, cond)
-  np.testing.assert_allclose(det, jax.jit(jdit.JDiT(_config()).apply)(
-      {"params": params}, x, t, cond), atol=1e-5)
+  np.testing.assert_allclose(
+    det, jax.jit(jdit.JDiT(_config()).apply)({"params": params}, x, t, cond), atol=1e-5
+  )
   assert np.abs(train[0] - train[1]).max() > 1e-3 and np.abs(train[0] - det).max() > 1e-3
   # The layer-level rule: examples dropped with probability rate, the rest rescaled.
   h = jnp.ones((4000, 1, 1))
@@ -242,7 +257,9 @@ def test_bfloat16_compute_outputs_float32(tiny):
   assert np.abs(low - ref).max() < 0.05 * np.abs(ref).max()
 
 
-@pytest.mark.parametrize("change,match", [
+@pytest.mark.parametrize(
+  "change,match",
+  [
     (dict(x=(2, 1, 5, 4, 16)), "multiples of the patch size"),
     (dict(cond=(2, 3, 4, 3, 16)), "multiples of the patch size"),
     (dict(cond=(2, 3, 6, 4, 16)), "same batch size and latent height and width"),
@@ -250,7 +267,8 @@ def test_bfloat16_compute_outputs_float32(tiny):
     (dict(cond=(2, 3, 4, 16)), r"latents \(B, T, h, w, 16\)"),
     (dict(t=(2, 1)), r"t must have shape \(B,\) = \(2,\); got \(2, 1\)"),
     (dict(mask=(2, 4)), r"cond_mask must be \(B, Tc\) = \(2, 3\)"),
-])
+  ],
+)
 def test_bad_inputs_raise_before_compile(tiny, change, match):
   module, params = tiny
   shapes = dict(x=(2, 1, 4, 4, 16), t=(2,), cond=(2, 3, 4, 4, 16), mask=(2, 3))
@@ -269,5 +287,4 @@ def test_default_remat_policy_is_known(size):
 def test_unknown_remat_policy(tiny):
   _, params = tiny
   with pytest.raises(ValueError, match="remat_policy"):
-    jax.eval_shape(jdit.JDiT(_config(remat_policy="some")).apply, {"params": params},
-                   *_inputs())
+    jax.eval_shape(jdit.JDiT(_config(remat_policy="some")).apply, {"params": params}, *_inputs())

@@ -57,38 +57,38 @@ def _dense_dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_ty
 
 
 def dense(
-    config: ml_collections.ConfigDict,
-    features: int,
-    axes: Axes,
-    *,
-    use_bias: bool = False,
-    kernel_init: nn.initializers.Initializer = nn.initializers.xavier_uniform(),
-    name: str | None = None,
+  config: ml_collections.ConfigDict,
+  features: int,
+  axes: Axes,
+  *,
+  use_bias: bool = False,
+  kernel_init: nn.initializers.Initializer = nn.initializers.xavier_uniform(),
+  name: str | None = None,
 ) -> nn.Dense:
   """A Dense layer whose kernel (in, out) carries the logical `axes`; bias is zero-init."""
   return nn.Dense(
-      features,
-      use_bias=use_bias,
-      dtype=jnp.dtype(config.dtype),
-      param_dtype=jnp.dtype(config.param_dtype),
-      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
-      dot_general=_dense_dot,
-      name=name,
+    features,
+    use_bias=use_bias,
+    dtype=jnp.dtype(config.dtype),
+    param_dtype=jnp.dtype(config.param_dtype),
+    kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
+    dot_general=_dense_dot,
+    name=name,
   )
 
 
 def rms_norm(
-    config: ml_collections.ConfigDict, *, use_scale: bool = False, name: str | None = None
+  config: ml_collections.ConfigDict, *, use_scale: bool = False, name: str | None = None
 ) -> nn.RMSNorm:
   """RMSNorm over the last axis in float32 (eps `config.norm_eps`), optional learned scale."""
   return nn.RMSNorm(
-      epsilon=config.norm_eps,
-      dtype=jnp.float32,
-      param_dtype=jnp.dtype(config.param_dtype),
-      use_scale=use_scale,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-      name=name,
+    epsilon=config.norm_eps,
+    dtype=jnp.float32,
+    param_dtype=jnp.dtype(config.param_dtype),
+    use_scale=use_scale,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+    name=name,
   )
 
 
@@ -142,10 +142,10 @@ class TimestepEmbedder(nn.Module):
     c = self.config
     init = nn.initializers.normal(0.02)
     h = timestep_embedding(t, c.time_freq_dim, c.time_max_period)
-    h = dense(c, c.hidden_size, ("freq", "embed"), use_bias=True, kernel_init=init,
-              name="fc1")(h)
-    return dense(c, c.hidden_size, ("embed", "mlp"), use_bias=True, kernel_init=init,
-                 name="fc2")(nn.silu(h))
+    h = dense(c, c.hidden_size, ("freq", "embed"), use_bias=True, kernel_init=init, name="fc1")(h)
+    return dense(c, c.hidden_size, ("embed", "mlp"), use_bias=True, kernel_init=init, name="fc2")(
+      nn.silu(h)
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ def rope_tables(positions: jax.Array, head_dim: int, theta: float):
   angles = []
   for axis, dim in enumerate(rope_split(head_dim)):
     inv_freq = 1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
-    a = positions[..., axis:axis + 1].astype(jnp.float32) * inv_freq.astype(np.float32)
+    a = positions[..., axis : axis + 1].astype(jnp.float32) * inv_freq.astype(np.float32)
     angles += [a, a]
   angles = jnp.concatenate(angles, axis=-1)[:, :, None, :]
   return jnp.cos(angles), jnp.sin(angles)
@@ -201,4 +201,3 @@ def token_positions(frames: jax.Array, height: int, width: int) -> jax.Array:
   t = jnp.repeat(frames.astype(jnp.int32), height * width, axis=1)[..., None]
   hw = jnp.broadcast_to(jnp.tile(grid, (f, 1)), (b, f * height * width, 2))
   return jnp.concatenate([t, hw.astype(jnp.int32)], axis=-1)
-
