@@ -2,12 +2,10 @@
 step, the EMA, remat, batches by frame count, init_from, the checks and the config file.
 
 The weights are random (tiny_vae.random_params: no init compile); LPIPS runs on the
-deterministic VGG16 weights of the metric fixtures (splitmix_weights), built in memory.
+deterministic VGG16 weights of the metric fixtures, built in memory (tiny_vae.lpips_params).
 """
 
 import functools
-import json
-import pathlib
 import types
 
 import grain
@@ -18,7 +16,6 @@ import numpy as np
 import optax
 import pytest
 import safetensors.numpy
-import splitmix_weights
 import tiny_vae
 
 from lavin_jax.configs import train_vae as train_vae_configs
@@ -35,7 +32,6 @@ from lavin_jax.train import vae_data
 from lavin_jax.train import vae_init
 from lavin_jax.train import vae_report
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "metrics"
 SIZE = 16
 
 
@@ -78,15 +74,7 @@ def disc_params():
 
 @pytest.fixture(scope="module")
 def lpips_params():
-  """LPIPS params from the deterministic rule of the metric fixtures (no weight file)."""
-  with open(FIXTURES / "vgg16_features_keys.json") as f:
-    keys = json.load(f)
-  vgg = {name: splitmix_weights.deterministic_tensor(k, name, tuple(shape))
-         for k, (name, shape) in enumerate(keys)}
-  lin = {f"lin{i}.model.1.weight": np.abs(splitmix_weights.deterministic_tensor(
-      len(keys) + i, "weight", (1, width, 1, 1)))
-         for i, width in enumerate((64, 128, 256, 512, 512))}
-  return lpips_lib.params_from_state_dicts(vgg, lin)
+  return tiny_vae.lpips_params()
 
 
 # ---------------------------------------------------------------------------------------
