@@ -6,6 +6,10 @@ deterministic VGG16 weights of the metric fixtures, built in memory (tiny_vae.lp
 """
 
 import functools
+import os
+import pathlib
+import subprocess
+import sys
 import types
 
 import grain
@@ -32,6 +36,7 @@ from lavin_jax.train import vae_data
 from lavin_jax.train import vae_init
 from lavin_jax.train import vae_report
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 16
 
 
@@ -478,3 +483,16 @@ def test_config_file_settings(arg):
 def test_config_file_rejects_unknown_setting():
   with pytest.raises(ValueError, match="Unknown config argument 'huge'"):
     train_vae_configs.get_config("huge")
+
+
+def test_launcher_names_a_bad_stage_in_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "launch" / "train_vae.py"),
+       f"--config={ROOT / 'lavin_jax' / 'configs' / 'train_vae.py'}:tiny",
+       "--config.stage=videos", f"--workdir={tmp_path}"],
+      capture_output=True, text=True, timeout=300, check=False,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 1
+  assert "error: config.stage must be one of ('images', 'images+clips'), got 'videos'" in (
+      proc.stderr)
+  assert "Traceback" not in proc.stderr
