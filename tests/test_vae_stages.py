@@ -23,12 +23,21 @@ TIMEOUT = 900
 
 
 def test_two_stages_resume_exactly_after_a_stop_in_each(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  proc = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env,
-                        capture_output=True, text=True, timeout=TIMEOUT, check=False)
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
+  proc = subprocess.run(
+    [sys.executable, __file__, str(tmp_path)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   for stage, stop in (("images", 3), ("images+clips", 2)):
@@ -41,7 +50,8 @@ def test_two_stages_resume_exactly_after_a_stop_in_each(tmp_path):
   assert result["images+clips"]["kinds"] == [True, False, False, True]  # both sides of the stop
   assert {"photos/psnr", "photos/ssim", "photos/lpips"} <= set(result["report"])
   assert {"mse", "lpips", "kl", "generator", "adv_weight", "disc_loss"} <= set(
-      result["images+clips"]["metrics"])
+    result["images+clips"]["metrics"]
+  )
   assert result["report_printed"]
   assert result["bundle_is_ema"] and not result["ema_is_params"]
 
@@ -54,6 +64,7 @@ def _train(config, workdir, stills, clips, stop_at=None):
   """vae.train; a SIGTERM arrives as step `stop_at` is logged."""
   from lavin_jax.train import loop  # pylint: disable=g-import-not-at-top
   from lavin_jax.train import vae  # pylint: disable=g-import-not-at-top
+
   write = loop.MetricWriter.write
 
   def write_then_stop(self, step, metrics):
@@ -73,20 +84,26 @@ def _records(workdir):
 def _stage(config, tmp, name, stills, clips, stop_at):
   """Trains uninterrupted in <name>_full, and stopped + resumed in <name>."""
   import jax  # pylint: disable=g-import-not-at-top
+
   full = _train(config, tmp / f"{name}_full", stills, clips)
   stopped = _train(config, tmp / name, stills, clips, stop_at=stop_at)
   stopped_at = int(stopped.step)
   resumed = _train(config, tmp / name, stills, clips)
-  diffs = [float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
-           for a, b in zip(jax.tree.leaves(jax.device_get(full)),
-                           jax.tree.leaves(jax.device_get(resumed)), strict=True)]
+  diffs = [
+    float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+    for a, b in zip(
+      jax.tree.leaves(jax.device_get(full)), jax.tree.leaves(jax.device_get(resumed)), strict=True
+    )
+  ]
   losses = lambda records: [r["loss"] for r in records if "loss" in r]
   logged = [r["step"] for r in _records(tmp / name) if "loss" in r]
   return full, {
-      "metrics": sorted(_records(tmp / name)[0]),
-      "stopped_at": stopped_at, "resumed_to": int(resumed.step),
-      "state_max_diff": max(diffs), "logged_steps": logged,
-      "losses_equal": losses(_records(tmp / name)) == losses(_records(tmp / f"{name}_full")),
+    "metrics": sorted(_records(tmp / name)[0]),
+    "stopped_at": stopped_at,
+    "resumed_to": int(resumed.step),
+    "state_max_diff": max(diffs),
+    "logged_steps": logged,
+    "losses_equal": losses(_records(tmp / name)) == losses(_records(tmp / f"{name}_full")),
   }
 
 
@@ -97,6 +114,7 @@ def _main(tmp):
 
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   sys.path.insert(0, HERE)
   import tiny_vae  # pylint: disable=g-import-not-at-top
 
@@ -111,27 +129,43 @@ def _main(tmp):
   images = tiny_vae.config(total_steps=4, checkpoint_every=2, l1_weight=0.5)
   _, result["images"] = _stage(images, tmp, "images", stills, None, stop_at=3)
 
-  both = tiny_vae.config(stage="images+clips", clip_fraction=0.5, seed=2, total_steps=4,
-                         checkpoint_every=2, adv_weight=0.5, disc_start=1, ema_decay=0.9,
-                         lpips_weight=0.1, lpips_vgg="vgg16.pth", lpips_lin="lin.pth",
-                         init_from=str(tmp / "images_full"))
+  both = tiny_vae.config(
+    stage="images+clips",
+    clip_fraction=0.5,
+    seed=2,
+    total_steps=4,
+    checkpoint_every=2,
+    adv_weight=0.5,
+    disc_start=1,
+    ema_decay=0.9,
+    lpips_weight=0.1,
+    lpips_vgg="vgg16.pth",
+    lpips_lin="lin.pth",
+    init_from=str(tmp / "images_full"),
+  )
   both.report_sources = ml_collections.ConfigDict({"photos": "photos"})
   both.report_examples = 2
   lpips = (lpips_lib.LPIPS(), tiny_vae.lpips_params())
   printed = io.StringIO()
-  with contextlib.redirect_stdout(printed), mock.patch.object(
-      lpips_lib, "load_lpips", lambda vgg, lin: lpips):
+  with (
+    contextlib.redirect_stdout(printed),
+    mock.patch.object(lpips_lib, "load_lpips", lambda vgg, lin: lpips),
+  ):
     state, result["images+clips"] = _stage(both, tmp, "both", stills, clips, stop_at=2)
   result["images+clips"]["kinds"] = [vae_data.is_clip_step(both, s) for s in range(4)]
   result["report"] = _records(tmp / "both_full")[-1]
   result["report_printed"] = "ST-VAE reconstructions at step 4" in printed.getvalue()
 
-  with contextlib.redirect_stdout(io.StringIO()), mock.patch.object(
-      lpips_lib, "load_lpips", lambda vgg, lin: lpips):
+  with (
+    contextlib.redirect_stdout(io.StringIO()),
+    mock.patch.object(lpips_lib, "load_lpips", lambda vgg, lin: lpips),
+  ):
     out = vae.train_and_export(both, str(tmp / "both_full"), stills, clips)
   exported = bundle.load_bundle(out)[1]["stvae"]
-  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(
-      jax.tree.leaves(a), jax.tree.leaves(jax.device_get(b)), strict=True))
+  same = lambda a, b: all(
+    np.array_equal(x, y)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(jax.device_get(b)), strict=True)
+  )
   result["bundle_is_ema"] = same(exported, state.ema_params)
   result["ema_is_params"] = same(exported, state.params)
   print(json.dumps(result))

@@ -42,8 +42,10 @@ SIZE = 16
 
 def _video(frames, batch=2, seed=0):
   """Pixels (batch, frames, 16, 16, 3) in [-1, 1]."""
-  return jnp.asarray(np.stack([c["video"] for c in tiny_vae.clips(batch, frames, SIZE, seed)])
-                     / 127.5 - 1.0, jnp.float32)
+  return jnp.asarray(
+    np.stack([c["video"] for c in tiny_vae.clips(batch, frames, SIZE, seed)]) / 127.5 - 1.0,
+    jnp.float32,
+  )
 
 
 def _f64(x):
@@ -52,8 +54,9 @@ def _f64(x):
 
 def _assert_trees_close(got, want, rel=1e-5):
   """Each leaf within `rel` of the leaf's largest magnitude."""
-  for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want),
-                          strict=True):
+  for (path, g), w in zip(
+    jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want), strict=True
+  ):
     g, w = _f64(g), _f64(w)
     assert np.abs(g - w).max() <= rel * max(np.abs(w).max(), 1e-12), jax.tree_util.keystr(path)
 
@@ -94,21 +97,22 @@ def test_reconstruction_and_kl_terms_match_numpy(vae_params):
   config = tiny_vae.config(mse_weight=0.7, l1_weight=0.3, kl_weight=1e-2)
   model = stvae.STVAE(config.model)
   video, key = _video(5), jax.random.key(3)
-  metrics, recon, grads = jax.jit(functools.partial(
-      vae.loss_and_grads, model=model, disc=None, lpips=None, config=config))(
-          vae_params, {}, {}, video, key, 0)
+  metrics, recon, grads = jax.jit(
+    functools.partial(vae.loss_and_grads, model=model, disc=None, lpips=None, config=config)
+  )(vae_params, {}, {}, video, key, 0)
 
   def total(p):  # the same loss through plain autodiff
     r, m, lv = model.apply({"params": p}, video, key)
     kl = jnp.mean(0.5 * jnp.sum(m**2 + jnp.exp(lv) - 1 - lv, axis=(1, 2, 3, 4)))
-    return 0.7 * jnp.mean((r - video)**2) + 0.3 * jnp.mean(jnp.abs(r - video)) + 1e-2 * kl
+    return 0.7 * jnp.mean((r - video) ** 2) + 0.3 * jnp.mean(jnp.abs(r - video)) + 1e-2 * kl
 
-  outputs, want_grads = jax.jit(lambda p: (model.apply({"params": p}, video, key),
-                                           jax.grad(total)(p)))(vae_params)
+  outputs, want_grads = jax.jit(
+    lambda p: (model.apply({"params": p}, video, key), jax.grad(total)(p))
+  )(vae_params)
   r, mean, logvar = (_f64(a) for a in outputs)
   x = _f64(video)
   np.testing.assert_allclose(recon, r, rtol=1e-5, atol=1e-5)
-  want = {"mse": np.mean((r - x)**2), "l1": np.mean(np.abs(r - x)), "kl": _kl(mean, logvar)}
+  want = {"mse": np.mean((r - x) ** 2), "l1": np.mean(np.abs(r - x)), "kl": _kl(mean, logvar)}
   want["loss"] = 0.7 * want["mse"] + 0.3 * want["l1"] + 1e-2 * want["kl"]
   for name, value in want.items():
     np.testing.assert_allclose(metrics[name], value, rtol=1e-5, err_msg=name)
@@ -120,23 +124,26 @@ def test_adversarial_term_with_the_adaptive_weight(vae_params, disc_params):
   config = tiny_vae.config(adv_weight=0.5, disc_start=3)
   model, disc = vae.make_models(config)
   video, key = _video(1), jax.random.key(4)
-  loss_fn = jax.jit(functools.partial(vae.loss_and_grads, model=model, disc=disc, lpips=None,
-                                      config=config))
+  loss_fn = jax.jit(
+    functools.partial(vae.loss_and_grads, model=model, disc=disc, lpips=None, config=config)
+  )
 
   def terms(p):  # (rec, kl, gan) written out
     r, m, lv = model.apply({"params": p}, video, key)
     kl = jnp.mean(0.5 * jnp.sum(m**2 + jnp.exp(lv) - 1 - lv, axis=(1, 2, 3, 4)))
-    return jnp.mean((r - video)**2), kl, -jnp.mean(disc.apply({"params": disc_params}, r))
+    return jnp.mean((r - video) ** 2), kl, -jnp.mean(disc.apply({"params": disc_params}, r))
 
-  by_hand = jax.jit(jax.value_and_grad(
-      lambda p, w: (lambda t: (t[0] + 1e-3 * t[1] + w * t[2], t))(terms(p)), has_aux=True))
+  by_hand = jax.jit(
+    jax.value_and_grad(
+      lambda p, w: (lambda t: (t[0] + 1e-3 * t[1] + w * t[2], t))(terms(p)), has_aux=True
+    )
+  )
   (_, (rec, kl, gan)), no_gan = by_hand(vae_params, 0.0)
   _, with_gan = by_hand(vae_params, 1.0)
   # lambda = adv_weight * clip(|d rec / dW| / (|d gan / dW| + 1e-4), 0, 1e4), W the last
   # conv; the KL does not reach W.
   last = lambda grads: _f64(functools.reduce(lambda t, k: t[k], vae.LAST_LAYER, grads))
-  ratio = (np.linalg.norm(last(no_gan))
-           / (np.linalg.norm(last(with_gan) - last(no_gan)) + 1e-4))
+  ratio = np.linalg.norm(last(no_gan)) / (np.linalg.norm(last(with_gan) - last(no_gan)) + 1e-4)
   lam = 0.5 * np.clip(ratio, 0, 1e4)
   for step, weight in ((2, 0.0), (3, lam)):  # off before disc_start
     metrics, _, grads = loss_fn(vae_params, disc_params, {}, video, key, step)
@@ -151,8 +158,9 @@ def test_adversarial_term_with_the_adaptive_weight(vae_params, disc_params):
 def test_adaptive_weight_closed_form():
   config = tiny_vae.config()
   rec = {"a": jnp.array([3.0, 0.0]), "b": jnp.array([4.0])}  # norm 5
-  np.testing.assert_allclose(vae.adaptive_weight(rec, {"a": jnp.array([0.0, 2.0])}, config),
-                             5 / (2 + 1e-4), rtol=1e-6)
+  np.testing.assert_allclose(
+    vae.adaptive_weight(rec, {"a": jnp.array([0.0, 2.0])}, config), 5 / (2 + 1e-4), rtol=1e-6
+  )
   np.testing.assert_allclose(vae.adaptive_weight(rec, {"a": jnp.zeros(2)}, config), 1e4)  # clip
   grad = jax.grad(lambda g: vae.adaptive_weight(rec, g, config))({"a": jnp.array([1.0, 2.0])})
   np.testing.assert_array_equal(grad["a"], 0.0)  # held fixed
@@ -163,11 +171,11 @@ def test_lpips_term_and_report_equal_eval_lpips(lpips_params):
   video = _video(5)
   recon = video * 0.8 + 0.05
   module = lpips_lib.LPIPS()
-  loss, metrics = jax.jit(functools.partial(vae.reconstruction_loss, lpips=module,
-                                            config=config))(recon, video, lpips_params)
+  loss, metrics = jax.jit(functools.partial(vae.reconstruction_loss, lpips=module, config=config))(
+    recon, video, lpips_params
+  )
   frames = lambda x: np.asarray(x).reshape((-1, SIZE, SIZE, 3))
-  per_frame = _f64(jax.jit(module.apply)({"params": lpips_params}, frames(recon),
-                                         frames(video)))
+  per_frame = _f64(jax.jit(module.apply)({"params": lpips_params}, frames(recon), frames(video)))
   assert per_frame.shape == (10,) and per_frame.min() > 0
   np.testing.assert_allclose(metrics["lpips"], per_frame.mean(), rtol=1e-6)
   np.testing.assert_allclose(loss, 0.7 * per_frame.mean(), rtol=1e-6)
@@ -176,7 +184,7 @@ def test_lpips_term_and_report_equal_eval_lpips(lpips_params):
   distance = functools.partial(jax.jit(module.apply), {"params": lpips_params})
   scores = vae_report.report(lambda x: x * 0.8 + 0.05, {"clips": np.asarray(video)}, distance)
   np.testing.assert_allclose(scores["clips/lpips"], per_frame.mean(), rtol=1e-5)
-  mse = np.mean((frames(recon) - frames(video))**2, axis=(1, 2, 3))
+  mse = np.mean((frames(recon) - frames(video)) ** 2, axis=(1, 2, 3))
   np.testing.assert_allclose(scores["clips/psnr"], np.mean(10 * np.log10(4 / mse)), rtol=1e-5)
   assert 0 < scores["clips/ssim"] < 1
   table = vae_report.format_report(scores, 7).splitlines()
@@ -201,22 +209,33 @@ def test_discriminator_step_matches_hinge_loss_and_adamw_by_hand(disc_params):
 
   apply = jax.jit(disc.apply)
   real_logits, fake_logits = (_f64(apply({"params": disc_params}, x)) for x in (real, fake))
-  np.testing.assert_allclose(loss, np.mean(np.maximum(0, 1 - real_logits))
-                             + np.mean(np.maximum(0, 1 + fake_logits)), rtol=1e-6)
+  np.testing.assert_allclose(
+    loss,
+    np.mean(np.maximum(0, 1 - real_logits)) + np.mean(np.maximum(0, 1 + fake_logits)),
+    rtol=1e-6,
+  )
 
   def hinge(p):
-    return (jnp.mean(jnp.maximum(0.0, 1.0 - disc.apply({"params": p}, real)))
-            + jnp.mean(jnp.maximum(0.0, 1.0 + disc.apply({"params": p}, fake))))
+    return jnp.mean(jnp.maximum(0.0, 1.0 - disc.apply({"params": p}, real))) + jnp.mean(
+      jnp.maximum(0.0, 1.0 + disc.apply({"params": p}, fake))
+    )
 
   o = config.optimizer
-  by_hand = optax.chain(optax.clip_by_global_norm(o.clip_norm),
-                        optax.adamw(o.lr, b1=o.b1, b2=o.b2, eps=o.eps,
-                                    weight_decay=o.weight_decay))
-  updates, _ = by_hand.update(jax.jit(jax.grad(hinge))(disc_params), by_hand.init(disc_params),
-                              disc_params)
+  by_hand = optax.chain(
+    optax.clip_by_global_norm(o.clip_norm),
+    optax.adamw(o.lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay),
+  )
+  updates, _ = by_hand.update(
+    jax.jit(jax.grad(hinge))(disc_params), by_hand.init(disc_params), disc_params
+  )
   _assert_trees_close(params, optax.apply_updates(disc_params, updates), rel=1e-6)
-  assert max(np.abs(_f64(a) - _f64(b)).max() for a, b in zip(
-      jax.tree.leaves(params), jax.tree.leaves(disc_params), strict=True)) > 1e-4
+  assert (
+    max(
+      np.abs(_f64(a) - _f64(b)).max()
+      for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(disc_params), strict=True)
+    )
+    > 1e-4
+  )
 
   same, same_opt, _ = update(disc_params, tx.init(disc_params), real, fake, False)
   jax.tree.map(np.testing.assert_array_equal, same, disc_params)
@@ -228,12 +247,18 @@ def test_train_step_ema_and_discriminator_start(vae_params, disc_params):
   model, disc = vae.make_models(config)
   tx, _ = state_lib.create_optimizer(config.optimizer)
   params = jax.tree.map(jnp.asarray, vae_params)
-  state = vae.VAEState(step=jnp.zeros((), jnp.int32), params=params,
-                       ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
-                       disc_params=disc_params, disc_opt_state=tx.init(disc_params),
-                       rng=jax.random.PRNGKey(0))
-  step = jax.jit(functools.partial(vae.train_step, model=model, disc=disc, lpips=None, tx=tx,
-                                   config=config))
+  state = vae.VAEState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    ema_params=jax.tree.map(jnp.copy, params),
+    opt_state=tx.init(params),
+    disc_params=disc_params,
+    disc_opt_state=tx.init(disc_params),
+    rng=jax.random.PRNGKey(0),
+  )
+  step = jax.jit(
+    functools.partial(vae.train_step, model=model, disc=disc, lpips=None, tx=tx, config=config)
+  )
   history, discs = [vae_params], [disc_params]
   for i in range(3):
     state, metrics = step(state, {}, _video(1, seed=i))
@@ -255,9 +280,11 @@ def test_model_remat_setting_rematerialises_the_step(vae_params):
   for remat in (False, True):
     config = tiny_vae.config()
     config.model.remat = remat
-    jaxpr = jax.make_jaxpr(functools.partial(
-        vae.loss_and_grads, model=stvae.STVAE(config.model), disc=None, lpips=None,
-        config=config))(vae_params, {}, {}, video, key, 0)
+    jaxpr = jax.make_jaxpr(
+      functools.partial(
+        vae.loss_and_grads, model=stvae.STVAE(config.model), disc=None, lpips=None, config=config
+      )
+    )(vae_params, {}, {}, video, key, 0)
     saved[remat] = str(jaxpr).count("remat") + str(jaxpr).count("checkpoint")
   assert saved[False] == 0 and saved[True] > 0
 
@@ -265,14 +292,18 @@ def test_model_remat_setting_rematerialises_the_step(vae_params):
 def test_optimizer_updates_exactly_as_the_former_clip_adamw_chain():
   config = train_vae_configs.get_config("tiny").optimizer
   config.lr, config.weight_decay = 1e-3, 0.01  # the demo's lr; a visible decay
-  former = optax.chain(optax.clip_by_global_norm(config.clip_norm),
-                       optax.adamw(config.lr, b1=config.b1, b2=config.b2,
-                                   weight_decay=config.weight_decay))
+  former = optax.chain(
+    optax.clip_by_global_norm(config.clip_norm),
+    optax.adamw(config.lr, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay),
+  )
   tx, _ = state_lib.create_optimizer(config)
   rng = np.random.default_rng(3)
   shapes = {"conv": {"kernel": (3, 3, 3, 8, 8), "bias": (8,)}, "norm": {"scale": (8,)}}
-  tree = lambda scale: jax.tree.map(lambda s: scale * rng.standard_normal(s, np.float32),
-                                    shapes, is_leaf=lambda x: isinstance(x, tuple))
+  tree = lambda scale: jax.tree.map(
+    lambda s: scale * rng.standard_normal(s, np.float32),
+    shapes,
+    is_leaf=lambda x: isinstance(x, tuple),
+  )
   start = tree(0.1)
   grads = [tree(1.0), tree(1e-3)]  # global norms above and below clip_norm
   assert optax.tree.norm(grads[0]) > config.clip_norm > optax.tree.norm(grads[1])
@@ -297,8 +328,9 @@ def test_batches_by_frame_count_follow_the_seed_and_split_over_processes():
   stills, clips = tiny_vae.stills(5), tiny_vae.clips(3)
   kinds = [vae_data.is_clip_step(config, s) for s in range(200)]
   assert 0.4 < np.mean(kinds) < 0.6
-  assert kinds != [vae_data.is_clip_step(tiny_vae.config(stage="images+clips", seed=4), s)
-                   for s in range(200)]
+  assert kinds != [
+    vae_data.is_clip_step(tiny_vae.config(stage="images+clips", seed=4), s) for s in range(200)
+  ]
   batches = [next(it) for it in [vae_data.make_input(stills, clips, config)] for _ in range(6)]
   again = vae_data.make_input(stills, clips, config)
   whole = vae_data.Batches(stills, clips, config, 0, 1)
@@ -358,8 +390,10 @@ def test_init_from_kinds_are_detected_or_named(tmp_path):
   latest = ("checkpoint", str(run / "checkpoints" / "10"))
   assert vae_init.locate(str(run)) == latest
   assert vae_init.locate(str(run / "checkpoints")) == latest
-  assert vae_init.locate(str(run / "checkpoints" / "2")) == ("checkpoint",
-                                                             str(run / "checkpoints" / "2"))
+  assert vae_init.locate(str(run / "checkpoints" / "2")) == (
+    "checkpoint",
+    str(run / "checkpoints" / "2"),
+  )
 
 
 def _released_layout(params):
@@ -385,15 +419,23 @@ def test_init_from_released_file_bundle_and_checkpoint(tmp_path, vae_params, dis
   assert set(trees) == {"params"}
   equal(trees["params"], vae_params)
 
-  bundle.save_bundle(tmp_path / "bundle", ml_collections.ConfigDict({"stvae": config.model}),
-                     stvae_params=vae_params)
-  equal(vae_init.load(*vae_init.locate(str(tmp_path / "bundle")), config.model)["params"],
-        vae_params)
+  bundle.save_bundle(
+    tmp_path / "bundle", ml_collections.ConfigDict({"stvae": config.model}), stvae_params=vae_params
+  )
+  equal(
+    vae_init.load(*vae_init.locate(str(tmp_path / "bundle")), config.model)["params"], vae_params
+  )
 
   ema = jax.tree.map(lambda x: 0.5 * x, vae_params)
-  earlier = {"step": np.int32(4), "params": vae_params, "ema_params": ema,
-             "opt_state": tx.init(vae_params), "disc_params": disc_params,
-             "disc_opt_state": tx.init(disc_params), "rng": np.zeros(2, np.uint32)}
+  earlier = {
+    "step": np.int32(4),
+    "params": vae_params,
+    "ema_params": ema,
+    "opt_state": tx.init(vae_params),
+    "disc_params": disc_params,
+    "disc_opt_state": tx.init(disc_params),
+    "rng": np.zeros(2, np.uint32),
+  }
   with checkpoint.CheckpointManager(tmp_path / "run" / "checkpoints", save_every=4) as ckpt:
     ckpt.save(4, earlier)
   trees = vae_init.load(*vae_init.locate(str(tmp_path / "run")), config.model)
@@ -401,13 +443,13 @@ def test_init_from_released_file_bundle_and_checkpoint(tmp_path, vae_params, dis
 
   # Released weights start the params and the EMA; the discriminator starts fresh.
   mesh = mesh_lib.create_mesh({"data": 1}, jax.devices()[:1])
-  state, _ = vae.init_train_state(model, disc, tx, config, mesh, jax.random.PRNGKey(0),
-                                  start={"params": vae_params})
+  state, _ = vae.init_train_state(
+    model, disc, tx, config, mesh, jax.random.PRNGKey(0), start={"params": vae_params}
+  )
   equal(state.params, vae_params)
   equal(state.ema_params, vae_params)
   assert int(state.step) == 0
-  assert not np.allclose(state.disc_params["logits"]["kernel"],
-                         disc_params["logits"]["kernel"])
+  assert not np.allclose(state.disc_params["logits"]["kernel"], disc_params["logits"]["kernel"])
   assert not np.any(jax.tree.leaves(state.opt_state[1][0].mu)[0])
 
   other = tiny_vae.config(ema_decay=0.5, adv_weight=0.5, init_from=str(released))
@@ -421,7 +463,9 @@ def test_init_from_released_file_bundle_and_checkpoint(tmp_path, vae_params, dis
 # Checks before any compile, and the config file.
 
 
-@pytest.mark.parametrize("fields, message", [
+@pytest.mark.parametrize(
+  "fields, message",
+  [
     ({"stage": "videos"}, "config.stage must be one of"),
     ({"resolution": 18}, "multiple of 4"),
     ({"stage": "images+clips", "clip_frames": 6}, "clip_frames must be 1 \\+ 4k"),
@@ -432,7 +476,8 @@ def test_init_from_released_file_bundle_and_checkpoint(tmp_path, vae_params, dis
     ({"lpips_weight": 1.0}, "needs config.lpips_vgg"),
     ({"ema_decay": 1.0}, "ema_decay must be in \\[0, 1\\)"),
     ({"adv_weight": 0.5, "disc_layers": 3}, "too small for a 3-layer PatchGAN"),
-])
+  ],
+)
 def test_bad_settings_are_named(fields, message):
   with pytest.raises(ValueError, match=message):
     vae.check_config(tiny_vae.config(**fields))
@@ -445,8 +490,9 @@ def test_ema_off_settings_and_batch_split_checks():
     assert not vae.ema_on(config)
   mesh = types.SimpleNamespace(shape={"data": 2, "fsdp": 2, "tensor": 1})
   vae.check_batch_sizes(tiny_vae.config(batch_size=4), mesh)
-  with pytest.raises(ValueError, match="batch_size = 2 does not divide over 1 processes and "
-                     "data x fsdp = 4 devices"):
+  with pytest.raises(
+    ValueError, match="batch_size = 2 does not divide over 1 processes and data x fsdp = 4 devices"
+  ):
     vae.check_batch_sizes(tiny_vae.config(), mesh)
   with pytest.raises(ValueError, match="clip_batch_size = 2"):
     vae.check_batch_sizes(tiny_vae.config(batch_size=4, stage="images+clips"), mesh)
@@ -464,8 +510,7 @@ def test_train_names_a_bad_start_or_source_before_compiling(tmp_path, monkeypatc
   with pytest.raises(ValueError, match="config.source is empty"):
     vae.train(tiny_vae.config(), str(tmp_path / "run"))
   with pytest.raises(ValueError, match="needs clips: set config.clip_source"):
-    vae.train(tiny_vae.config(stage="images+clips"), str(tmp_path / "run"),
-              tiny_vae.stills(2))
+    vae.train(tiny_vae.config(stage="images+clips"), str(tmp_path / "run"), tiny_vae.stills(2))
 
 
 @pytest.mark.parametrize("arg", ["demo", "tiny", "small", "released", ""])
@@ -487,12 +532,21 @@ def test_config_file_rejects_unknown_setting():
 
 def test_launcher_names_a_bad_stage_in_one_line(tmp_path):
   proc = subprocess.run(
-      [sys.executable, str(ROOT / "launch" / "train_vae.py"),
-       f"--config={ROOT / 'lavin_jax' / 'configs' / 'train_vae.py'}:tiny",
-       "--config.stage=videos", f"--workdir={tmp_path}"],
-      capture_output=True, text=True, timeout=300, check=False,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    [
+      sys.executable,
+      str(ROOT / "launch" / "train_vae.py"),
+      f"--config={ROOT / 'lavin_jax' / 'configs' / 'train_vae.py'}:tiny",
+      "--config.stage=videos",
+      f"--workdir={tmp_path}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert proc.returncode == 1
   assert "error: config.stage must be one of ('images', 'images+clips'), got 'videos'" in (
-      proc.stderr)
+    proc.stderr
+  )
   assert "Traceback" not in proc.stderr

@@ -55,8 +55,13 @@ def _smooth(rng, frames, size):
   """uint8 (frames, size, size, 3): drifting sinusoids, different per channel."""
   yy, xx = np.mgrid[:size, :size] / size
   f, p, v = rng.uniform(1, 6, 3), rng.uniform(0, 6, 3), rng.uniform(-0.2, 0.2, 2)
-  pixels = [np.stack([np.sin(f[c] * ((yy + v[0] * t) + (xx + v[1] * t) * (c + 1)) + p[c])
-                      for c in range(3)], axis=-1) for t in range(frames)]
+  pixels = [
+    np.stack(
+      [np.sin(f[c] * ((yy + v[0] * t) + (xx + v[1] * t) * (c + 1)) + p[c]) for c in range(3)],
+      axis=-1,
+    )
+    for t in range(frames)
+  ]
   return np.round((np.stack(pixels) + 1) * 127.5).astype(np.uint8)
 
 
@@ -77,9 +82,14 @@ def lpips_params():
   deterministic linear heads (no weight file, no torch)."""
   with open(_VGG_KEYS) as f:
     keys = json.load(f)
-  vgg = {name: splitmix_weights.deterministic_tensor(k, name, tuple(shape))
-         for k, (name, shape) in enumerate(keys)}
-  lin = {f"lin{i}.model.1.weight": np.abs(splitmix_weights.deterministic_tensor(
-      len(keys) + i, "weight", (1, width, 1, 1)))
-         for i, width in enumerate((64, 128, 256, 512, 512))}
+  vgg = {
+    name: splitmix_weights.deterministic_tensor(k, name, tuple(shape))
+    for k, (name, shape) in enumerate(keys)
+  }
+  lin = {
+    f"lin{i}.model.1.weight": np.abs(
+      splitmix_weights.deterministic_tensor(len(keys) + i, "weight", (1, width, 1, 1))
+    )
+    for i, width in enumerate((64, 128, 256, 512, 512))
+  }
   return lpips_lib.params_from_state_dicts(vgg, lin)

@@ -63,6 +63,7 @@ _PIXELS = ("batch", None, None, None, None)  # logical axes of (B, T, H, W, C)
 
 class VAEState(struct.PyTreeNode):
   """Everything a step reads and writes; a plain pytree (checkpointable)."""
+
   step: jax.Array  # int32 scalar: number of updates applied
   params: Any
   ema_params: Any  # {} with the EMA off
@@ -101,7 +102,8 @@ def reconstruction_loss(recon, video, lpips_params, *, lpips, config):
     loss += config.l1_weight * metrics["l1"]
   if config.lpips_weight > 0:
     metrics["lpips"] = jnp.mean(
-        lpips.apply({"params": lpips_params}, _frames(recon), _frames(video)))
+      lpips.apply({"params": lpips_params}, _frames(recon), _frames(video))
+    )
     loss += config.lpips_weight * metrics["lpips"]
   return loss, metrics
 
@@ -121,8 +123,9 @@ def adaptive_weight(rec_grad, gan_grad, config):
   return jax.lax.stop_gradient(jnp.clip(ratio, 0.0, config.adaptive_max))
 
 
-def loss_and_grads(params, disc_params, lpips_params, video, key, step, *, model, disc,
-                   lpips, config):
+def loss_and_grads(
+  params, disc_params, lpips_params, video, key, step, *, model, disc, lpips, config
+):
   """(metrics, reconstruction, gradients) of the ST-VAE loss at `params`.
 
   One forward pass; each term's gradient at the reconstruction goes back through the
@@ -137,19 +140,23 @@ def loss_and_grads(params, disc_params, lpips_params, video, key, step, *, model
 
   (recon, kl_term), backward, kl = jax.vjp(forward, params, has_aux=True)
   (rec, metrics), rec_grad = jax.value_and_grad(
-      functools.partial(reconstruction_loss, lpips=lpips, config=config), has_aux=True)(
-          recon, video, lpips_params)
+    functools.partial(reconstruction_loss, lpips=lpips, config=config), has_aux=True
+  )(recon, video, lpips_params)
   loss, recon_grad = rec + kl_term, rec_grad
   if disc is not None:
     gan, gan_grad = jax.value_and_grad(functools.partial(generator_loss, disc=disc))(
-        recon, disc_params)
+      recon, disc_params
+    )
 
     def last_layer(grad):
       tree = backward((grad, jnp.zeros_like(kl_term)))[0]
       return functools.reduce(lambda t, k: t[k], LAST_LAYER, tree)
 
-    weight = (config.adv_weight * (step >= config.disc_start)
-              * adaptive_weight(last_layer(rec_grad), last_layer(gan_grad), config))
+    weight = (
+      config.adv_weight
+      * (step >= config.disc_start)
+      * adaptive_weight(last_layer(rec_grad), last_layer(gan_grad), config)
+    )
     loss += weight * gan
     recon_grad = recon_grad + weight * gan_grad
     metrics.update(generator=gan, adv_weight=weight)
@@ -166,14 +173,18 @@ def discriminator_update(disc_params, disc_opt_state, real, fake, started, *, di
   """
 
   def loss_fn(p):
-    return hinge_discriminator_loss(disc.apply({"params": p}, real),
-                                    disc.apply({"params": p}, fake))
+    return hinge_discriminator_loss(
+      disc.apply({"params": p}, real), disc.apply({"params": p}, fake)
+    )
 
   loss, grads = jax.value_and_grad(loss_fn)(disc_params)
   updates, opt_state = tx.update(grads, disc_opt_state, disc_params)
   keep = lambda new, old: jnp.where(started, new, old)
-  return (jax.tree.map(keep, optax.apply_updates(disc_params, updates), disc_params),
-          jax.tree.map(keep, opt_state, disc_opt_state), loss)
+  return (
+    jax.tree.map(keep, optax.apply_updates(disc_params, updates), disc_params),
+    jax.tree.map(keep, opt_state, disc_opt_state),
+    loss,
+  )
 
 
 # ---------------------------------------------------------------------------------------
@@ -184,8 +195,17 @@ def train_step(state, lpips_params, video, *, model, disc, lpips, tx, config):
   """One update of the ST-VAE, its EMA and (from disc_start) the discriminator."""
   key = jax.random.fold_in(state.rng, state.step)
   metrics, recon, grads = loss_and_grads(
-      state.params, state.disc_params, lpips_params, video, key, state.step, model=model,
-      disc=disc, lpips=lpips, config=config)
+    state.params,
+    state.disc_params,
+    lpips_params,
+    video,
+    key,
+    state.step,
+    model=model,
+    disc=disc,
+    lpips=lpips,
+    config=config,
+  )
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics["grad_norm"] = optax.tree.norm(grads)
@@ -195,11 +215,22 @@ def train_step(state, lpips_params, video, *, model, disc, lpips, tx, config):
   disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
   if disc is not None:
     disc_params, disc_opt_state, metrics["disc_loss"] = discriminator_update(
-        disc_params, disc_opt_state, video, jax.lax.stop_gradient(recon),
-        state.step >= config.disc_start, disc=disc, tx=tx)
-  new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
-                            opt_state=opt_state, disc_params=disc_params,
-                            disc_opt_state=disc_opt_state)
+      disc_params,
+      disc_opt_state,
+      video,
+      jax.lax.stop_gradient(recon),
+      state.step >= config.disc_start,
+      disc=disc,
+      tx=tx,
+    )
+  new_state = state.replace(
+    step=state.step + 1,
+    params=params,
+    ema_params=ema_params,
+    opt_state=opt_state,
+    disc_params=disc_params,
+    disc_opt_state=disc_opt_state,
+  )
   return new_state, metrics
 
 
@@ -209,8 +240,7 @@ def create_train_step(model, disc, lpips, tx, config, state_shardings):
   Call it inside `jax.set_mesh(mesh)` and `nn.logical_axis_rules(mesh_lib.AXIS_RULES)`
   with a global batch (`mesh_lib.global_batch`).
   """
-  step = functools.partial(train_step, model=model, disc=disc, lpips=lpips, tx=tx,
-                           config=config)
+  step = functools.partial(train_step, model=model, disc=disc, lpips=lpips, tx=tx, config=config)
   replicated = mesh_lib.replicated(jax.tree.leaves(state_shardings)[0].mesh)
   return jax.jit(step, out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
@@ -223,8 +253,9 @@ def make_models(config):
   """(ST-VAE, discriminator or None) modules of a config."""
   disc = None
   if config.adv_weight > 0:
-    disc = disc_lib.PatchDiscriminator(config.disc_channels, config.disc_layers,
-                                       config.disc_temporal)
+    disc = disc_lib.PatchDiscriminator(
+      config.disc_channels, config.disc_layers, config.disc_temporal
+    )
   return stvae.STVAE(config.model), disc
 
 
@@ -237,10 +268,14 @@ def _state_init_fn(model, disc, tx, config):
     params = model.init(k_vae, video)["params"]
     disc_params = disc.init(k_disc, video)["params"] if disc is not None else {}
     return VAEState(
-        step=jnp.zeros((), jnp.int32), params=params,
-        ema_params=jax.tree.map(jnp.copy, params) if ema_on(config) else {},
-        opt_state=tx.init(params), disc_params=disc_params,
-        disc_opt_state=tx.init(disc_params) if disc is not None else {}, rng=k_state)
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      ema_params=jax.tree.map(jnp.copy, params) if ema_on(config) else {},
+      opt_state=tx.init(params),
+      disc_params=disc_params,
+      disc_opt_state=tx.init(disc_params) if disc is not None else {},
+      rng=k_state,
+    )
 
   return init
 
@@ -249,14 +284,17 @@ def abstract_train_state(model, disc, tx, config, mesh, rng):
   """(state ShapeDtypeStructs carrying their shardings, state shardings); no allocation."""
   boxed = jax.eval_shape(_state_init_fn(model, disc, tx, config), rng)
   shardings = mesh_lib.fit_shardings(mesh_lib.logical_shardings(mesh, boxed), nn.unbox(boxed))
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          nn.unbox(boxed), shardings)
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings
+  )
   return abstract, shardings
 
 
 def _flat_shapes(tree) -> dict:
-  return {jax.tree_util.keystr(p): tuple(np.shape(x))
-          for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+    jax.tree_util.keystr(p): tuple(np.shape(x))
+    for p, x in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def _start_fields(start, disc, config) -> dict:
@@ -284,16 +322,23 @@ def init_train_state(model, disc, tx, config, mesh, rng, start=None):
   abstract, shardings = abstract_train_state(model, disc, tx, config, mesh, rng)
   fields = {} if start is None else _start_fields(start, disc, config)
   for name, tree in fields.items():
-    tree_fit.check_fits(_flat_shapes(tree), _flat_shapes(getattr(abstract, name)),
-                        f"config.init_from {config.init_from!r} ({name})",
-                        "check config.model and the discriminator settings")
+    tree_fit.check_fits(
+      _flat_shapes(tree),
+      _flat_shapes(getattr(abstract, name)),
+      f"config.init_from {config.init_from!r} ({name})",
+      "check config.model and the discriminator settings",
+    )
   init = _state_init_fn(model, disc, tx, config)
   state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
-  return state.replace(**{
+  return state.replace(
+    **{
       name: mesh_lib.put_global(
-          jax.tree.map(lambda x, a: np.asarray(x, a.dtype), tree, getattr(abstract, name)),
-          getattr(shardings, name))
-      for name, tree in fields.items()}), shardings
+        jax.tree.map(lambda x, a: np.asarray(x, a.dtype), tree, getattr(abstract, name)),
+        getattr(shardings, name),
+      )
+      for name, tree in fields.items()
+    }
+  ), shardings
 
 
 # ---------------------------------------------------------------------------------------
@@ -303,12 +348,15 @@ def init_train_state(model, disc, tx, config, mesh, rng, start=None):
 def check_config(config) -> None:
   """Raises ValueError on settings that cannot train, naming the fix."""
   if config.stage not in train_vae_configs.STAGES:
-    raise ValueError(f"config.stage must be one of {train_vae_configs.STAGES}, got "
-                     f"{config.stage!r}.")
+    raise ValueError(
+      f"config.stage must be one of {train_vae_configs.STAGES}, got {config.stage!r}."
+    )
   factor = model_configs.spatial_factor(config.model)
   if config.resolution <= 0 or config.resolution % factor:
-    raise ValueError(f"config.resolution must be a positive multiple of {factor} (the ST-VAE's "
-                     f"downsampling), got {config.resolution}.")
+    raise ValueError(
+      f"config.resolution must be a positive multiple of {factor} (the ST-VAE's "
+      f"downsampling), got {config.resolution}."
+    )
   counts = ["total_steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"]
   if vae_data.uses_clips(config):
     counts.append("clip_batch_size")
@@ -318,29 +366,40 @@ def check_config(config) -> None:
   tc = config.model.temporal_compression
   if vae_data.uses_clips(config):
     if config.clip_frames <= 1 or (config.clip_frames - 1) % tc:
-      raise ValueError(f"config.clip_frames must be 1 + {tc}k with k >= 1 (5, 9, 17, ...), "
-                       f"got {config.clip_frames}.")
+      raise ValueError(
+        f"config.clip_frames must be 1 + {tc}k with k >= 1 (5, 9, 17, ...), "
+        f"got {config.clip_frames}."
+      )
     if not 0.0 < config.clip_fraction <= 1.0:
-      raise ValueError(f"config.clip_fraction must be in (0, 1] for stage "
-                       f"{config.stage!r}, got {config.clip_fraction}.")
+      raise ValueError(
+        f"config.clip_fraction must be in (0, 1] for stage "
+        f"{config.stage!r}, got {config.clip_fraction}."
+      )
   weights = ("mse_weight", "l1_weight", "lpips_weight", "kl_weight", "adv_weight")
   negative = [name for name in weights if config[name] < 0]
   if negative:
     raise ValueError(f"Loss weights must be >= 0: {negative}.")
   if not config.mse_weight + config.l1_weight + config.lpips_weight > 0:
-    raise ValueError("config.mse_weight, l1_weight and lpips_weight are all 0: give the "
-                     "reconstruction at least one term.")
+    raise ValueError(
+      "config.mse_weight, l1_weight and lpips_weight are all 0: give the "
+      "reconstruction at least one term."
+    )
   if config.lpips_weight > 0 and not (config.lpips_vgg and config.lpips_lin):
-    raise ValueError("lpips_weight > 0 needs config.lpips_vgg and config.lpips_lin (the "
-                     "LPIPS weight files; see lavin_jax.eval.lpips).")
+    raise ValueError(
+      "lpips_weight > 0 needs config.lpips_vgg and config.lpips_lin (the "
+      "LPIPS weight files; see lavin_jax.eval.lpips)."
+    )
   if config.ema_decay and not 0.0 < config.ema_decay < 1.0:
-    raise ValueError(f"config.ema_decay must be in [0, 1) (0 or None: no EMA), got "
-                     f"{config.ema_decay}.")
+    raise ValueError(
+      f"config.ema_decay must be in [0, 1) (0 or None: no EMA), got {config.ema_decay}."
+    )
   patch = 3 * 2**config.disc_layers
   if config.adv_weight > 0 and config.resolution < patch:
-    raise ValueError(f"config.resolution {config.resolution} is too small for a "
-                     f"{config.disc_layers}-layer PatchGAN (needs >= {patch}); lower "
-                     "config.disc_layers.")
+    raise ValueError(
+      f"config.resolution {config.resolution} is too small for a "
+      f"{config.disc_layers}-layer PatchGAN (needs >= {patch}); lower "
+      "config.disc_layers."
+    )
 
 
 def check_batch_sizes(config, mesh) -> None:
@@ -350,8 +409,9 @@ def check_batch_sizes(config, mesh) -> None:
   for name in names:
     if config[name] % jax.process_count() or config[name] % shards:
       raise ValueError(
-          f"config.{name} = {config[name]} does not divide over {jax.process_count()} "
-          f"processes and data x fsdp = {shards} devices; change it or config.mesh.")
+        f"config.{name} = {config[name]} does not divide over {jax.process_count()} "
+        f"processes and data x fsdp = {shards} devices; change it or config.mesh."
+      )
 
 
 # ---------------------------------------------------------------------------------------
@@ -372,13 +432,13 @@ def _report(state, model, lpips, examples, config, workdir, mesh):
   replicated = mesh_lib.replicated(mesh)
   on_mesh = lambda x: mesh_lib.put_global(x, replicated)
   params = export_params(state, config)
-  apply = jax.jit(lambda p, x: jnp.clip(model.apply({"params": p}, x)[0], -1.0, 1.0),
-                  out_shardings=replicated)
+  apply = jax.jit(
+    lambda p, x: jnp.clip(model.apply({"params": p}, x)[0], -1.0, 1.0), out_shardings=replicated
+  )
   distance = None
   if lpips is not None:
     module, lpips_params = lpips
-    lpips_fn = jax.jit(lambda p, x, y: module.apply({"params": p}, x, y),
-                       out_shardings=replicated)
+    lpips_fn = jax.jit(lambda p, x, y: module.apply({"params": p}, x, y), out_shardings=replicated)
     distance = lambda x, y: lpips_fn(lpips_params, on_mesh(x), on_mesh(y))
   scores = vae_report.report(lambda x: apply(params, on_mesh(x)), examples, distance)
   step = int(state.step)
@@ -390,8 +450,9 @@ def _report(state, model, lpips, examples, config, workdir, mesh):
   return scores
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, source=None,
-          clip_source=None) -> VAEState:
+def train(
+  config: ml_collections.ConfigDict, workdir: str, source=None, clip_source=None
+) -> VAEState:
   """Trains the ST-VAE; checkpoints, metrics.jsonl and the report go to `workdir`.
 
   Call it on every process (multi-host). A workdir with checkpoints resumes from its
@@ -413,8 +474,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, source=None,
   # ## Checks, sources, report examples and mesh, before any compile.
   check_config(config)
   if source is None and not config.source:
-    raise ValueError("config.source is empty: set it to a source spec (lavin_jax.data.specs) "
-                     "or pass a source.")
+    raise ValueError(
+      "config.source is empty: set it to a source spec (lavin_jax.data.specs) or pass a source."
+    )
   os.makedirs(workdir, exist_ok=True)
   stills = source if source is not None else specs.get_source(config.source)
   clips = None
@@ -426,8 +488,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, source=None,
   held_out = vae_report.held_out_examples(config)
   mesh = mesh_lib.create_mesh(config.mesh)
   check_batch_sizes(config, mesh)
-  logging.info("ST-VAE training (stage %s) in %s, %d processes, mesh %s.", config.stage,
-               workdir, jax.process_count(), dict(mesh.shape))
+  logging.info(
+    "ST-VAE training (stage %s) in %s, %d processes, mesh %s.",
+    config.stage,
+    workdir,
+    jax.process_count(),
+    dict(mesh.shape),
+  )
 
   # ## Models and optimizer (one factory for the ST-VAE and its discriminator).
   model, disc = make_models(config)
@@ -438,9 +505,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, source=None,
   # ## Shard: restore the latest checkpoint, or init (from config.init_from).
   rng = jax.random.PRNGKey(config.seed)
   abstract, shardings = abstract_train_state(model, disc, tx, config, mesh, rng)
-  ckpt = checkpoint.CheckpointManager(os.path.join(workdir, "checkpoints"),
-                                      save_every=config.checkpoint_every,
-                                      keep=config.keep_checkpoints)
+  ckpt = checkpoint.CheckpointManager(
+    os.path.join(workdir, "checkpoints"),
+    save_every=config.checkpoint_every,
+    keep=config.keep_checkpoints,
+  )
   with ckpt:
     if ckpt.latest_step() is not None:
       logging.info("Resuming from %s/%d.", ckpt.directory, ckpt.latest_step())
@@ -457,10 +526,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, source=None,
     step_fn = create_train_step(model, disc, loss_lpips, tx, config, shardings)
     with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.AXIS_RULES):
       state = loop.run(
-          lambda state, video: step_fn(state, lpips_params, video), state,
-          (mesh_lib.global_batch(video, mesh) for video in it), ckpt=ckpt,
-          total_steps=config.total_steps, log_every=config.log_every, workdir=workdir,
-          config=config, data_iterator=it, desc=f"train ST-VAE ({config.stage})")
+        lambda state, video: step_fn(state, lpips_params, video),
+        state,
+        (mesh_lib.global_batch(video, mesh) for video in it),
+        ckpt=ckpt,
+        total_steps=config.total_steps,
+        log_every=config.log_every,
+        workdir=workdir,
+        config=config,
+        data_iterator=it,
+        desc=f"train ST-VAE ({config.stage})",
+      )
 
       # ## Report.
       if int(state.step) == config.total_steps and held_out:
@@ -468,17 +544,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, source=None,
   return state
 
 
-def train_and_export(config: ml_collections.ConfigDict, workdir: str, source=None,
-                     clip_source=None, out=None):
+def train_and_export(
+  config: ml_collections.ConfigDict, workdir: str, source=None, clip_source=None, out=None
+):
   """`train`, then an inference bundle (the EMA params when on) at `out`
   (default <workdir>/bundle). Returns its path, or None when a stop request ended the
   run before config.total_steps (rerun to resume)."""
   state = train(config, workdir, source, clip_source)
   if int(state.step) < config.total_steps:
-    logging.info("Stopped at step %d of %d; run again to resume.", int(state.step),
-                 config.total_steps)
+    logging.info(
+      "Stopped at step %d of %d; run again to resume.", int(state.step), config.total_steps
+    )
     return None
   out = out or os.path.join(workdir, "bundle")
-  bundle.save_bundle(out, ml_collections.ConfigDict({"stvae": config.model}),
-                     stvae_params=export_params(state, config))
+  bundle.save_bundle(
+    out,
+    ml_collections.ConfigDict({"stvae": config.model}),
+    stvae_params=export_params(state, config),
+  )
   return out
