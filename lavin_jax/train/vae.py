@@ -15,8 +15,8 @@ W is the decoder's output conv kernel and lambda is held fixed (no gradient thro
 it), as in VQGAN. From step disc_start the PatchGAN discriminator D
 (lavin_jax.models.discriminator) takes one AdamW step on the hinge loss
   mean relu(1 - D(x)) + mean relu(1 + D(r)), r detached.
-Terms whose configured weight is 0 are not computed. With ema_decay > 0 an EMA of the ST-VAE params
-is kept and exported.
+Terms whose configured weight is 0 are not computed. With ema_decay > 0 an EMA of the
+ST-VAE params is kept and exported.
 
 Stages (config.stage): 'images' trains on stills, 'images+clips' on batches of stills
 or of clips (lavin_jax.train.vae_data); config.init_from starts a fresh run from the
