@@ -133,18 +133,29 @@ def forward(config, batch: int, pairs: int, resolution: int) -> Workload:
   )
 
 
-def sampling(config, pairs: int, resolution: int, num_steps: int) -> Workload:
-  """The whole guided Euler loop (released settings) on one example, in one jit."""
+def sampling(
+  config,
+  pairs: int,
+  resolution: int,
+  num_steps: int,
+  make_sampler: Callable = flow.make_guided_sampler,
+  params=None,
+) -> Workload:
+  """The whole guided Euler loop (released settings) on one example, in one jit.
+
+  make_sampler(model) gives the sampler (default the released one; FLOPs count that
+  one); params default to random weights.
+  """
   released = sampling_configs.released()
   model = jdit.JDiT(config)
   rng = np.random.default_rng(0)
   noise = jnp.asarray(_latents(rng, 1, 1, resolution, config.in_channels))
   cond = jnp.asarray(_latents(rng, 1, 2 * pairs + 1, resolution, config.in_channels))
   cond_null = jdit.null_condition(cond[:, -1:])
-  params = _random_params(model, noise, cond, rng)
+  params = _random_params(model, noise, cond, rng) if params is None else params
   grid = jnp.asarray(flow.time_grid(num_steps))
   args = (params, noise, cond, cond_null, grid, released.cfg_scale)
-  compiled, compile_s = _compile(flow.make_guided_sampler(model), *args)
+  compiled, compile_s = _compile(make_sampler(model), *args)
   per_frame = _tokens_per_frame(config, resolution)
   evaluations = num_steps - 1
   flops = evaluations * (

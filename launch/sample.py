@@ -46,6 +46,9 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Queries per sampling call."
 _CFG_SCALE = flags.DEFINE_float("cfg_scale", _RELEASED.cfg_scale, "Guidance scale.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the pair draws, the posterior and the noise.")
 _SAMPLER = flags.DEFINE_enum("sampler", _RELEASED.sampler, sampling.SAMPLERS, "ODE solver.")
+_KV_REFRESH = flags.DEFINE_integer(
+  "kv_refresh", _RELEASED.kv_refresh, "k > 1: condition keys/values every k-th step (approx.)."
+)
 _NUM_FRAMES = flags.DEFINE_integer(
   "num_frames", tasks.options().num_frames, "Video tasks: frames read from each clip (1 + 4k)."
 )
@@ -59,7 +62,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   settings = sampling.released()
-  settings.update(num_steps=_TIMESTEPS.value, cfg_scale=_CFG_SCALE.value, sampler=_SAMPLER.value)
+  settings.update(
+    num_steps=_TIMESTEPS.value,
+    cfg_scale=_CFG_SCALE.value,
+    sampler=_SAMPLER.value,
+    kv_refresh=_KV_REFRESH.value,
+  )
   model = loading.ModelFiles(
     _BUNDLE.value, _VAE_PATH.value, _DIT_PATH.value, _SIZE.value, _ATTENTION.value
   )

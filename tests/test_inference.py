@@ -172,3 +172,31 @@ def test_selection_draws_and_nearest():
   assert all(len(set(row)) == 3 for row in chosen)
   with pytest.raises(ValueError, match="distinct pairs"):
     selection.nearest(features[:1], features, 7)
+
+
+def test_independent_condition_samples_on_its_cache():
+  config = tiny_model.tiny_model_config()
+  config.jdit.independent_condition = True
+  pipe = pipeline_lib.Pipeline(config, *tiny_model.tiny_model_params(config))
+  args = (
+    _images(0, (1, 2, 1, SIZE, SIZE, 3)),
+    _images(1, (1, 2, 1, SIZE, SIZE, 3)),
+    _images(2, (1, 1, SIZE, SIZE, 3)),
+  )
+  prediction = pipe(*args, num_steps=3)  # cached == uncached: test_condition_cache.py
+  assert prediction.shape == (1, 1, SIZE, SIZE, 3) and np.isfinite(prediction).all()
+  with pytest.raises(ValueError, match="exact cache"):
+    pipe(*args, kv_refresh=2)
+
+
+def test_approximate_condition_cache(pipe):
+  args = (
+    _images(0, (1, 1, SIZE, SIZE, 3)),
+    _images(1, (1, 1, SIZE, SIZE, 3)),
+    _images(2, (1, SIZE, SIZE, 3)),
+  )
+  exact = pipe(*args, num_steps=5)
+  approx = pipe(*args, num_steps=5, kv_refresh=2)
+  assert np.isfinite(approx).all() and 0 < np.abs(approx - exact).max() < 0.5
+  with pytest.raises(ValueError, match="kv_refresh"):
+    pipe(*args, kv_refresh=2, sampler="heun")

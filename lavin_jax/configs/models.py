@@ -63,6 +63,9 @@ def jdit(size: str = "3.4b") -> ml_collections.ConfigDict:
   c.attention_impl = "auto"  # auto | xla | cudnn | chunked | blockwise (models.attention)
   c.attention_block_size = 512  # query/key block of the blockwise path
   c.attention_chunk_bytes = 8 * 2**20  # float32 logits per query chunk of the chunked path
+  # True: the condition ignores the target and the time, so sampling computes its keys
+  # and values once (models.jdit); False is the released model.
+  c.independent_condition = False
   return c
 
 

@@ -24,4 +24,7 @@ def released() -> ml_collections.ConfigDict:
   c.cfg_scale = 1.5
   c.sampler = "euler"  # one of SAMPLERS
   c.posterior = "sample"  # one of POSTERIORS: the released inference samples
+  # k > 1: the condition's keys and values are recomputed every k-th Euler step only, an
+  # approximation for released-layout models (lavin_jax.inference.cached_sampling).
+  c.kv_refresh = 1
   return c

@@ -17,7 +17,7 @@ from lavin_jax.inference import pipeline as pipeline_lib
 from lavin_jax.io import bundle as bundle_lib
 from lavin_jax.models import attention as attention_lib
 
-ATTENTION = tuple(attention_lib.IMPLEMENTATIONS)
+ATTENTION = ("auto",) + tuple(attention_lib.IMPLEMENTATIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,7 @@ class ModelFiles:
     """The model's {'jdit', 'stvae'} configs, read without loading any weights."""
     self.check()
     if self.bundle:
-      config = bundle_lib.load_config(self.bundle)
+      config = pipeline_lib.with_defaults(bundle_lib.load_config(self.bundle))
     else:
       config = ml_collections.ConfigDict(
         {"jdit": model_configs.jdit(self.size), "stvae": model_configs.stvae("released")}

@@ -26,6 +26,7 @@ from lavin_jax import convert
 from lavin_jax import flow
 from lavin_jax.configs import models as model_configs
 from lavin_jax.configs import sampling as sampling_configs
+from lavin_jax.inference import cached_sampling
 from lavin_jax.inference import placement
 from lavin_jax.io import bundle as bundle_lib
 from lavin_jax.models import incontext
@@ -89,9 +90,19 @@ def validate_inputs(context_inputs, context_targets, query, multiple: int) -> No
 
 
 def check_sampling(
-  num_steps: int, cfg_scale: float, sampler: str, posterior: str, flag_prefix: str = ""
+  num_steps: int,
+  cfg_scale: float,
+  sampler: str,
+  posterior: str,
+  kv_refresh: int = 1,
+  flag_prefix: str = "",
 ) -> None:
   """Raises ValueError on sampler settings that cannot run (`flag_prefix` names them)."""
+  if kv_refresh < 1 or (kv_refresh > 1 and sampler != "euler"):
+    raise ValueError(
+      f"{flag_prefix}kv_refresh must be >= 1, and 1 unless the sampler is euler; got "
+      f"{kv_refresh} with {sampler}."
+    )
   if sampler not in SAMPLERS:
     raise ValueError(f"unknown {flag_prefix}sampler {sampler!r}; choose one of {SAMPLERS}.")
   if posterior not in POSTERIORS:
@@ -112,6 +123,15 @@ def example_seeds(seed: Union[int, Sequence[int]], batch: int) -> np.ndarray:
       f"seeds must be {batch} integers in [0, 2**31) (or one int); got {np.ravel(seed)[:8]}."
     )
   return seeds.astype(np.int32)
+
+
+def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A bundle's {'jdit', 'stvae'} config with the J-DiT settings it predates at defaults."""
+  defaults = model_configs.jdit()
+  for key in defaults:
+    if key not in config.jdit:
+      config.jdit[key] = defaults[key]
+  return config
 
 
 def _pad_rows(tree, size: int):
@@ -150,14 +170,17 @@ class Pipeline:
       jdit_params, placement.logical(self.jdit, self.mesh, latent, jnp.zeros(1), latent)
     )
     self.stvae_params = placement.put(stvae_params, placement.replicated(self.mesh, stvae_params))
-    self._samplers = {name: flow.make_guided_sampler(self.jdit, name) for name in SAMPLERS}
-    self._sample = jax.jit(self._sample_fn, static_argnames=("sampler", "posterior"))
+    exact = jdit_lib.independent_condition(config.jdit)
+    make = cached_sampling.make_exact_sampler if exact else flow.make_guided_sampler
+    self._samplers = {name: make(self.jdit, name) for name in SAMPLERS}
+    self._sample = jax.jit(self._sample_fn, static_argnames=("sampler", "posterior", "kv_refresh"))
 
   @classmethod
   def from_bundle(cls, path: str, attention: Optional[str] = None, mesh_axes=None) -> "Pipeline":
     """Loads an inference bundle (`lavin_jax.io.bundle`); `attention` overrides its
     J-DiT's attention implementation."""
     config, params = bundle_lib.load_bundle(path)
+    config = with_defaults(config)
     if attention:
       config.jdit.attention_impl = attention
     return cls(config, params.pop("jdit"), params.pop("stvae"), mesh_axes)
@@ -202,7 +225,18 @@ class Pipeline:
   # ---------------------------------------------------------------- sampling
 
   def _sample_fn(
-    self, jdit_params, ctx_in, ctx_tgt, query, seeds, grid, cfg_scale, *, sampler, posterior
+    self,
+    jdit_params,
+    ctx_in,
+    ctx_tgt,
+    query,
+    seeds,
+    grid,
+    cfg_scale,
+    *,
+    sampler,
+    posterior,
+    kv_refresh,
   ):
     """Jitted: each example's posterior sample and noise from its seed, then the sampler."""
     num_pairs = ctx_in.mean.shape[1]
@@ -221,9 +255,10 @@ class Pipeline:
 
     ins, tgts, query_z, noise = jax.vmap(draw)(ctx_in, ctx_tgt, query, seeds)
     cond = incontext.full_condition(ins, tgts, query_z)
-    return self._samplers[sampler](
-      jdit_params, noise, cond, jdit_lib.null_condition(query_z), grid, cfg_scale
-    )
+    sample_fn = self._samplers[sampler]
+    if kv_refresh > 1:
+      sample_fn = cached_sampling.make_approximate_sampler(self.jdit, kv_refresh)
+    return sample_fn(jdit_params, noise, cond, jdit_lib.null_condition(query_z), grid, cfg_scale)
 
   def sample(
     self,
@@ -236,6 +271,7 @@ class Pipeline:
     cfg_scale: float = _RELEASED.cfg_scale,
     sampler: str = _RELEASED.sampler,
     posterior: str = _RELEASED.posterior,
+    kv_refresh: int = _RELEASED.kv_refresh,
   ) -> jax.Array:
     """Samples each query's answer latents (B, T', h, w, 16) from encoded clips.
 
@@ -243,8 +279,16 @@ class Pipeline:
       context_inputs, context_targets: Moments (B, K, T', h, w, 16) of each query's pairs.
       query: Moments (B, T', h, w, 16).
       seed: one int (example b gets seed + b) or B ints.
+      kv_refresh: k > 1 recomputes the condition's keys and values every k-th step only
+        (`cached_sampling`, approximate; released-layout models). A J-DiT with
+        independent_condition always samples on its exact condition cache.
     """
-    check_sampling(num_steps, cfg_scale, sampler, posterior)
+    check_sampling(num_steps, cfg_scale, sampler, posterior, kv_refresh)
+    if kv_refresh > 1 and jdit_lib.independent_condition(self.config.jdit):
+      raise ValueError(
+        "kv_refresh > 1 approximates the released model's condition; this J-DiT has "
+        "independent_condition and samples on its exact cache: leave kv_refresh at 1."
+      )
     batch = query.mean.shape[0]
     seeds = example_seeds(seed, batch)
     padded = -(-batch // placement.batch_multiple(self.mesh)) * placement.batch_multiple(self.mesh)
@@ -257,6 +301,7 @@ class Pipeline:
         jnp.float32(cfg_scale),
         sampler=sampler,
         posterior=posterior,
+        kv_refresh=kv_refresh,
       )
     return latents[:batch]
 
@@ -271,6 +316,7 @@ class Pipeline:
     cfg_scale: float = _RELEASED.cfg_scale,
     sampler: str = _RELEASED.sampler,
     posterior: str = _RELEASED.posterior,
+    kv_refresh: int = _RELEASED.kv_refresh,
   ) -> np.ndarray:
     """Predicts each query's target from its context pairs.
 
@@ -298,7 +344,7 @@ class Pipeline:
       query,
       self.pixel_multiple,
     )
-    check_sampling(num_steps, cfg_scale, sampler, posterior)
+    check_sampling(num_steps, cfg_scale, sampler, posterior, kv_refresh)
     seeds = example_seeds(seed, query.shape[0])
 
     batch, num_pairs = context_inputs.shape[:2]
@@ -321,5 +367,6 @@ class Pipeline:
       cfg_scale=cfg_scale,
       sampler=sampler,
       posterior=posterior,
+      kv_refresh=kv_refresh,
     )
     return np.asarray(self.decode(latents))

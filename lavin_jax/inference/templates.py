@@ -189,6 +189,7 @@ def check_settings(
     )
   if not math.isfinite(sampling.cfg_scale):
     raise ValueError(f"--cfg_scale must be a finite number; got {sampling.cfg_scale}.")
+  pipeline_lib.check_sampling(**sampling.to_dict(), flag_prefix="--")
 
 
 class EncodedTemplates:

@@ -9,7 +9,20 @@ checkpoint (lavin_jax/convert/jdit.py maps them).
 Padding frames: `cond_mask` (B, Tc) marks condition frames that exist. Masked frames are
 invisible to attention and RoPE frame indices count only valid frames, so an example
 padded with masked frames gives the same velocity as the example alone.
+
+`config.independent_condition` (default False: the released model) makes the condition
+independent of the target and the time: condition tokens are modulated by the learned
+`prompt_embed` alone (no time embedding), and attention is block-causal over the groups
+[context pairs | query | target]: each group attends to itself and the groups before
+it. The condition's keys and values are then the same at every sampling step, and the
+context's the same for every query: `ConditionCache` keeps them. A call computes a
+chunk of the sequence after a cached prefix: `cond` alone (x_t None) is one group, so
+the context pairs and the query are computed as two chunks; `x_t` alone (cond None)
+attends to the prefix. The released model may also run on a cached prefix (an
+approximation: its condition changes with x_t and t).
 """
+
+from typing import NamedTuple, Optional
 
 import einops
 import flax.linen as nn
@@ -35,6 +48,24 @@ REMAT_POLICIES = {
   # MLPs but not the quadratic attention forward.
   "save_attention": jax.checkpoint_policies.save_only_these_names("attention"),
 }
+
+
+class ConditionCache(NamedTuple):
+  """Keys and values of condition tokens in every layer, computed once, read by later chunks.
+
+  kv: (k, v), each (depth, B, S, num_kv_heads, head_dim) with RoPE applied.
+  key_mask: (B, S) bool, False for padding tokens; None when all are valid.
+  frames: (B,) int32, the valid condition frames (the next frame's RoPE index).
+  """
+
+  kv: tuple
+  key_mask: Optional[jax.Array]
+  frames: jax.Array
+
+
+def independent_condition(config: ml_collections.ConfigDict) -> bool:
+  """Whether the condition ignores the target and the time (False for older configs)."""
+  return config.get("independent_condition", False)
 
 
 def null_condition(query_latents: jax.Array) -> jax.Array:
@@ -64,16 +95,24 @@ class PatchEmbedder(nn.Module):
 
 
 class JointAttention(nn.Module):
-  """Per-stream q/k/v with QK-norm, 3D RoPE, one attention over [cond; x], per-stream out."""
+  """Per-stream q/k/v with QK-norm, 3D RoPE, one attention over [cond; x], per-stream out.
+
+  Either stream may be None (not computed). `prefix` (k, v) of cached condition tokens is
+  put before the keys; key_mask covers [prefix; cond; x]. With independent_condition the
+  queries attend block-causally: `cond_groups` are the ends of the groups within cond.
+  Returns (cond out, x out, the (k, v) of the cond tokens).
+  """
 
   config: ml_collections.ConfigDict
+  cond_groups: tuple[int, ...] = ()
 
   @nn.compact
-  def __call__(self, hc, hx, rope, key_mask):
+  def __call__(self, hc, hx, rope, key_mask, prefix=None):
     c = self.config
     head_dim = c.hidden_size // c.num_heads
+    streams = [(stream, h) for stream, h in zip(STREAMS, (hc, hx)) if h is not None]
     qs, ks, vs = [], [], []
-    for stream, h in zip(STREAMS, (hc, hx)):
+    for stream, h in streams:
       q = layers.dense(c, c.num_heads * head_dim, ("embed", "heads"), name=f"{stream}_q")(h)
       k = layers.dense(c, c.num_kv_heads * head_dim, ("embed", "kv"), name=f"{stream}_k")(h)
       v = layers.dense(c, c.num_kv_heads * head_dim, ("embed", "kv"), name=f"{stream}_v")(h)
@@ -87,35 +126,62 @@ class JointAttention(nn.Module):
     q = layers.apply_rope(jnp.concatenate(qs, axis=1), *rope).astype(dtype)
     k = layers.apply_rope(jnp.concatenate(ks, axis=1), *rope).astype(dtype)
     v = jnp.concatenate(vs, axis=1).astype(dtype)
-    out = attention.dot_product_attention(
-      q,
-      k,
-      v,
-      key_mask,
-      implementation=c.attention_impl,
-      block_size=c.attention_block_size,
-      chunk_bytes=c.attention_chunk_bytes,
-    )
+    num_cond = 0 if hc is None else hc.shape[1]
+    cond_kv = (k[:, :num_cond], v[:, :num_cond])
+    offset = 0
+    if prefix is not None:
+      offset = prefix[0].shape[1]
+      k, v = (jnp.concatenate([p, x], axis=1) for p, x in zip(prefix, (k, v)))
+    ends = [q.shape[1]]
+    if independent_condition(c):
+      ends = sorted({e for e in (*self.cond_groups, num_cond, q.shape[1]) if e > 0})
+    outs, start = [], 0
+    for end in ends:  # each group of queries sees the keys up to its own end
+      mask = None if key_mask is None else key_mask[:, : offset + end]
+      outs.append(
+        attention.dot_product_attention(
+          q[:, start:end],
+          k[:, : offset + end],
+          v[:, : offset + end],
+          mask,
+          implementation=c.attention_impl,
+          block_size=c.attention_block_size,
+          chunk_bytes=c.attention_chunk_bytes,
+        )
+      )
+      start = end
+    out = jnp.concatenate(outs, axis=1)
     out = out.reshape(*out.shape[:2], -1)
-    out_c, out_x = jnp.split(out, [hc.shape[1]], axis=1)
+    outs = dict(zip(STREAMS, (out[:, :num_cond], out[:, num_cond:])))
     return tuple(
-      layers.dense(c, c.hidden_size, ("heads", "embed"), name=f"{stream}_proj")(o)
-      for stream, o in zip(STREAMS, (out_c, out_x))
-    )
+      None
+      if h is None
+      else layers.dense(c, c.hidden_size, ("heads", "embed"), name=f"{stream}_proj")(outs[stream])
+      for stream, h in zip(STREAMS, (hc, hx))
+    ) + (cond_kv,)
 
 
 class JointBlock(nn.Module):
-  """One J-DiT layer on both streams: modulated joint attention, then per-stream SwiGLU."""
+  """One J-DiT layer on both streams: modulated joint attention, then per-stream SwiGLU.
+
+  A stream given as None is skipped; `prefix` is this layer's cached (k, v). Returns the
+  streams and, with emit_kv, the (k, v) of the cond tokens (the scan's per-layer output).
+  """
 
   config: ml_collections.ConfigDict
+  cond_groups: tuple[int, ...] = ()
+  emit_kv: bool = False
 
   @nn.compact
-  def __call__(self, streams, layer, t_cond, t_x, rope, key_mask, deterministic):
+  def __call__(self, streams, layer, t_cond, t_x, rope, key_mask, deterministic, prefix=None):
     c = self.config
     # Drop path rises linearly from 0 at the first layer to config.drop_path at the last.
     rate = c.drop_path * layer / max(c.depth - 1, 1)
     modulations = []
-    for stream, temb in zip(STREAMS, (t_cond, t_x)):
+    for stream, temb, s in zip(STREAMS, (t_cond, t_x), streams):
+      if s is None:
+        modulations.append(None)
+        continue
       mod = layers.dense(
         c,
         4 * c.hidden_size,
@@ -128,19 +194,26 @@ class JointBlock(nn.Module):
       modulations.append((scale_attn, jnp.tanh(gate_attn), scale_mlp, jnp.tanh(gate_mlp)))
 
     norm = layers.rms_norm(c)  # shared by both streams, no weight
-    attn_in = [layers.modulate(norm(s), m[0]) for s, m in zip(streams, modulations)]
-    attn_out = JointAttention(c, name="joint_attn")(*attn_in, rope, key_mask)
+    attn_in = [
+      None if s is None else layers.modulate(norm(s), m[0]) for s, m in zip(streams, modulations)
+    ]
+    *attn_out, cond_kv = JointAttention(c, self.cond_groups, name="joint_attn")(
+      *attn_in, rope, key_mask, prefix
+    )
     streams = [
-      self._residual(s, m[1], o, rate, deterministic)
+      None if s is None else self._residual(s, m[1], o, rate, deterministic)
       for s, m, o in zip(streams, modulations, attn_out)
     ]
 
     out = []
     for stream, s, m in zip(STREAMS, streams, modulations):
+      if s is None:
+        out.append(None)
+        continue
       h = layers.SwiGLU(c, name=f"{stream}_mlp")(layers.modulate(norm(s), m[2]))
       s = self._residual(s, m[3], h, rate, deterministic)
       out.append(nn.with_logical_constraint(s, _ACTIVATION_AXES))
-    return tuple(out), None
+    return tuple(out), (cond_kv if self.emit_kv else None)
 
   def _residual(self, s, gate, h, rate, deterministic):
     """s + drop_path(gate * post_norm(h)); the post norm only with sandwich_norm."""
@@ -177,51 +250,98 @@ class JDiT(nn.Module):
   config: ml_collections.ConfigDict
 
   @nn.compact
-  def __call__(self, x_t, t, cond, cond_mask=None, *, deterministic=True):
+  def __call__(
+    self, x_t, t, cond, cond_mask=None, *, deterministic=True, prefix=None, emit_kv=False
+  ):
     """Velocity (B, Tx, h, w, C) float32 of x_t (B, Tx, h, w, C) at t (B,) given cond.
 
     Args:
-      x_t: noisy target latents (B, Tx, h, w, C).
-      t: (B,) flow time in [0, 1] (0 noise, 1 data).
-      cond: condition latents (B, Tc, h, w, C): context pairs then the query.
+      x_t: noisy target latents (B, Tx, h, w, C); None computes only `cond`'s keys and
+        values (independent_condition).
+      t: (B,) flow time in [0, 1] (0 noise, 1 data); None with x_t.
+      cond: condition latents (B, Tc, h, w, C): context pairs then the query; None runs
+        the target on `prefix` alone.
       cond_mask: optional (B, Tc) bool, False for padding frames.
       deterministic: False turns drop path on (draws from the 'dropout' rng).
+      prefix: a ConditionCache of condition tokens before `cond`.
+      emit_kv: also return the ConditionCache of prefix + cond (always, without x_t).
+
+    Returns:
+      The velocity; with emit_kv (velocity, cache); without x_t the cache.
     """
     c = self.config
-    t = jnp.asarray(t)
-    check_inputs(c, x_t, t, cond, cond_mask)
-    b, tx, height, width, _ = x_t.shape
-    tc = cond.shape[1]
+    if x_t is None and not independent_condition(c):
+      raise ValueError("J-DiT computes the condition alone only with independent_condition.")
+    if x_t is not None and cond is not None:
+      check_inputs(c, x_t, jnp.asarray(t), cond, cond_mask)
+    some = cond if x_t is None else x_t
+    b, height, width = some.shape[0], some.shape[2], some.shape[3]
+    tx = 0 if x_t is None else x_t.shape[1]
+    tc = 0 if cond is None else cond.shape[1]
     gh, gw = height // c.patch_size, width // c.patch_size
 
-    cond_tokens = PatchEmbedder(c, name="cond_embedder")(self._patchify(cond))
-    x_tokens = PatchEmbedder(c, name="x_embedder")(self._patchify(x_t))
-    temb = layers.TimestepEmbedder(c, name="t_embedder")(t)
-    embed_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed"))
     param_dtype = jnp.dtype(c.param_dtype)
-    t_cond = temb + self.param("prompt_embed", embed_init, (1, c.hidden_size), param_dtype)
-    t_x = temb + self.param("answer_embed", embed_init, (1, c.hidden_size), param_dtype)
+    embed_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed"))
+    prompt = self.param("prompt_embed", embed_init, (1, c.hidden_size), param_dtype)
+    t_cond, t_x, cond_tokens, x_tokens = None, None, None, None
+    if x_t is not None:
+      temb = layers.TimestepEmbedder(c, name="t_embedder")(jnp.asarray(t))
+      t_x = temb + self.param("answer_embed", embed_init, (1, c.hidden_size), param_dtype)
+      x_tokens = PatchEmbedder(c, name="x_embedder")(self._patchify(x_t))
+    if cond is not None:
+      cond_tokens = PatchEmbedder(c, name="cond_embedder")(self._patchify(cond))
+      t_cond = (
+        jnp.broadcast_to(prompt, (b, c.hidden_size)) if independent_condition(c) else temb + prompt
+      )
 
     if cond_mask is not None:
       cond_mask = jnp.asarray(cond_mask).astype(bool)
     valid = jnp.ones((b, tc), bool) if cond_mask is None else cond_mask
     # Frame indices over the joint sequence, counting valid condition frames only.
-    cond_frames = jnp.cumsum(valid, axis=1) - 1
-    x_frames = valid.sum(axis=1, keepdims=True) + jnp.arange(tx)[None]
+    start = jnp.zeros((b,), jnp.int32) if prefix is None else prefix.frames
+    cond_frames = start[:, None] + jnp.cumsum(valid, axis=1) - 1
+    frames = start + valid.sum(axis=1)
+    x_frames = frames[:, None] + jnp.arange(tx)[None]
     positions = layers.token_positions(jnp.concatenate([cond_frames, x_frames], axis=1), gh, gw)
     rope = layers.rope_tables(positions, c.hidden_size // c.num_heads, c.rope_theta)
     key_mask = None
-    if cond_mask is not None:
+    prefix_mask = None if prefix is None else prefix.key_mask
+    if cond_mask is not None or prefix_mask is not None:
+      if prefix is not None and prefix_mask is None:
+        prefix_mask = jnp.ones((b, prefix.kv[0].shape[2]), bool)
       key_mask = jnp.concatenate(
-        [jnp.repeat(cond_mask, gh * gw, axis=1), jnp.ones((b, tx * gh * gw), bool)], axis=1
+        ([] if prefix_mask is None else [prefix_mask])
+        + [jnp.repeat(valid, gh * gw, axis=1), jnp.ones((b, tx * gh * gw), bool)],
+        axis=1,
       )
 
+    # The released layout [pairs, query] with a target: pairs and query are two groups.
+    groups = ((tc - tx) * gh * gw,) if cond is not None and x_t is not None else ()
     streams = tuple(
-      nn.with_logical_constraint(s, _ACTIVATION_AXES) for s in (cond_tokens, x_tokens)
+      None if s is None else nn.with_logical_constraint(s, _ACTIVATION_AXES)
+      for s in (cond_tokens, x_tokens)
     )
-    _, x_tokens = self._blocks(streams, t_cond, t_x, rope, key_mask, deterministic)
+    (_, x_tokens), kv = self._blocks(
+      streams,
+      t_cond,
+      t_x,
+      rope,
+      key_mask,
+      deterministic,
+      None if prefix is None else prefix.kv,
+      groups,
+      emit_kv or x_t is None,
+    )
+    cache = None
+    if emit_kv or x_t is None:
+      if prefix is not None:
+        kv = tuple(jnp.concatenate([p, k], axis=2) for p, k in zip(prefix.kv, kv))
+      cache_mask = None if key_mask is None else key_mask[:, : kv[0].shape[2]]
+      cache = ConditionCache(kv, cache_mask, frames.astype(jnp.int32))
+    if x_t is None:
+      return cache
     out = FinalLayer(c, name="final_layer")(x_tokens, t_x)
-    return einops.rearrange(
+    v = einops.rearrange(
       out.astype(jnp.float32),
       "b (t h w) (ph pw c) -> b t (h ph) (w pw) c",
       t=tx,
@@ -230,6 +350,7 @@ class JDiT(nn.Module):
       ph=c.patch_size,
       pw=c.patch_size,
     )
+    return (v, cache) if emit_kv else v
 
   def forward_with_cfg(self, x_t, t, cond, cond_null, cfg_scale, cond_mask=None, *, x_null=None):
     """Guided velocity v_null + cfg_scale * (v_cond - v_null), (B, Tx, h, w, C) float32.
@@ -246,8 +367,13 @@ class JDiT(nn.Module):
     p = self.config.patch_size
     return einops.rearrange(latents, "b t (h ph) (w pw) c -> b (t h w) (ph pw c)", ph=p, pw=p)
 
-  def _blocks(self, streams, t_cond, t_x, rope, key_mask, deterministic):
-    """The `depth` joint blocks: scanned ('blocks', leading layer axis) or 'blocks_<i>'."""
+  def _blocks(
+    self, streams, t_cond, t_x, rope, key_mask, deterministic, prefix_kv, groups, emit_kv
+  ):
+    """The `depth` joint blocks: scanned ('blocks', leading layer axis) or 'blocks_<i>'.
+
+    Returns the streams and, with emit_kv, the cond tokens' (k, v) (depth, B, S, K, hd).
+    """
     c = self.config
     if c.remat_policy not in REMAT_POLICIES:
       raise ValueError(
@@ -267,19 +393,21 @@ class JDiT(nn.Module):
         block,
         variable_axes={"params": 0},
         split_rngs={"params": True, "dropout": True},
-        in_axes=(0,) + (nn.broadcast,) * 5,
+        in_axes=(0,) + (nn.broadcast,) * 5 + (0,),
         length=c.depth,
         metadata_params={nn.PARTITION_NAME: "layers"},
       )
-      streams, _ = block(c, name="blocks")(
-        streams, jnp.arange(c.depth), t_cond, t_x, rope, key_mask, deterministic
+      return block(c, groups, emit_kv, name="blocks")(
+        streams, jnp.arange(c.depth), t_cond, t_x, rope, key_mask, deterministic, prefix_kv
       )
-      return streams
+    kvs = []
     for i in range(c.depth):
-      streams, _ = block(c, name=f"blocks_{i}")(
-        streams, i, t_cond, t_x, rope, key_mask, deterministic
+      prefix = None if prefix_kv is None else tuple(p[i] for p in prefix_kv)
+      streams, kv = block(c, groups, emit_kv, name=f"blocks_{i}")(
+        streams, i, t_cond, t_x, rope, key_mask, deterministic, prefix
       )
-    return streams
+      kvs.append(kv)
+    return streams, (jax.tree.map(lambda *x: jnp.stack(x), *kvs) if emit_kv else None)
 
 
 def check_inputs(config, x_t, t, cond, cond_mask=None):
