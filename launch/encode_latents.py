@@ -16,7 +16,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from lavin_jax import cli
-from lavin_jax.parallel import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Training config, e.g. lavin_jax/configs/train_dit.py:0.1b.", lock_config=True
@@ -26,16 +25,7 @@ _WORKDIR = flags.DEFINE_string(
   None,
   "The training run's directory: latents go to <workdir>/latents unless config.latents.dir is set.",
 )
-_COORDINATOR = flags.DEFINE_string(
-  "coordinator_address", None, "host:port of process 0 (multi-host)."
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes (multi-host).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process (multi-host).")
-_AUTO = flags.DEFINE_bool(
-  "auto_distributed",
-  False,
-  "Start jax.distributed from the cluster environment (SLURM, Open MPI, TPU pods).",
-)
+_START_DISTRIBUTED = cli.distributed_flags()
 
 
 def main(argv):
@@ -43,9 +33,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not (_CONFIG.value.latents.dir or _WORKDIR.value):
     raise ValueError("Set --config.latents.dir or --workdir: where the latents go.")
-  mesh_lib.initialize_distributed(
-    _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto_detect=_AUTO.value
-  )
+  _START_DISTRIBUTED()
   from lavin_jax.train import dit  # pylint: disable=g-import-not-at-top
 
   dit.encode_latents(_CONFIG.value, _WORKDIR.value)

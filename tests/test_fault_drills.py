@@ -10,7 +10,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+import processes
 import pytest
 
 from lavin_jax.io import bundle
@@ -31,36 +31,12 @@ TIMEOUT = 300  # seconds for one worker, compile included
 STEPS = 60
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _spawn(log_path, *args, devices=1):
-  env = dict(
-    os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"
-  )
-  log = open(log_path, "w")
-  return subprocess.Popen(
-    [sys.executable, __file__, *map(str, args)], env=env, stdout=log, stderr=subprocess.STDOUT
-  ), log
-
-
-def _reap(procs):
-  for proc, log in procs:
-    try:
-      proc.wait(timeout=TIMEOUT)
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-      log.close()
-
-
 def _two_workers(tmp_path, name, workdir):
-  port = _free_port()
-  return [_spawn(tmp_path / f"{name}{i}.log", "train", workdir, 2, i, port) for i in range(2)]
+  port = processes.free_port()
+  return [
+    processes.spawn(__file__, tmp_path / f"{name}{i}.log", "train", workdir, 2, i, port)
+    for i in range(2)
+  ]
 
 
 def _logged_steps(workdir) -> list[int]:
@@ -85,7 +61,7 @@ def test_sigterm_to_one_process_saves_the_same_step_and_resumes_exactly(tmp_path
       time.sleep(0.05)
     procs[1][0].send_signal(signal.SIGTERM)
   finally:
-    _reap(procs)
+    processes.reap(procs, TIMEOUT)
   _checked(procs, tmp_path, "first")
   with checkpoint.CheckpointManager(interrupted / "checkpoints", save_every=1000) as ckpt:
     stopped_at = ckpt.latest_step()
@@ -93,10 +69,10 @@ def test_sigterm_to_one_process_saves_the_same_step_and_resumes_exactly(tmp_path
   assert max(_logged_steps(interrupted)) == stopped_at
 
   resumed = _two_workers(tmp_path, "resume", interrupted)
-  _reap(resumed)
+  processes.reap(resumed, TIMEOUT)
   _checked(resumed, tmp_path, "resume")
   whole = _two_workers(tmp_path, "whole", reference)
-  _reap(whole)
+  processes.reap(whole, TIMEOUT)
   _checked(whole, tmp_path, "whole")
 
   a, b = np.load(interrupted / "result.npz"), np.load(reference / "result.npz")
@@ -108,8 +84,10 @@ def test_sigterm_to_one_process_saves_the_same_step_and_resumes_exactly(tmp_path
 
 
 def test_sigkill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
-  proc, log = _spawn(tmp_path / "kill.log", "kill_during_save", tmp_path / "ckpt")
-  _reap([(proc, log)])
+  proc, log = processes.spawn(
+    __file__, tmp_path / "kill.log", "kill_during_save", tmp_path / "ckpt"
+  )
+  processes.reap([(proc, log)], TIMEOUT)
   assert proc.returncode == -signal.SIGKILL, (tmp_path / "kill.log").read_text()[-3000:]
   leftovers = [p.name for p in (tmp_path / "ckpt").iterdir() if p.name != "1"]
   with checkpoint.CheckpointManager(tmp_path / "ckpt", save_every=1) as ckpt:

@@ -9,38 +9,17 @@ tolerance (rtol 1e-5; params 1e-6 absolute).
 
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import numpy as np
+import processes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TIMEOUT = 420  # seconds for the slowest process, compile included
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _launch(tmp_path, name, workdir, *args, devices):
-  env = dict(
-    os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"
-  )
-  log = open(tmp_path / f"{name}.log", "w")
-  proc = subprocess.Popen(
-    [sys.executable, __file__, str(tmp_path / workdir), *args],
-    env=env,
-    stdout=log,
-    stderr=subprocess.STDOUT,
-  )
-  return proc, log
-
-
 def test_two_processes_match_one_process(tmp_path):
-  port = str(_free_port())
+  port = str(processes.free_port())
   # The workers share one workdir, as hosts share a file system.
   runs = {
     "worker0": ("multi", "2", "0", port),
@@ -48,18 +27,16 @@ def test_two_processes_match_one_process(tmp_path):
     "single": ("single", "1", "0", "0"),
   }
   procs = {
-    name: _launch(tmp_path, name, *args, devices=2 if name != "single" else 1)
-    for name, args in runs.items()
+    name: processes.spawn(
+      __file__,
+      tmp_path / f"{name}.log",
+      tmp_path / workdir,
+      *args,
+      devices=2 if name != "single" else 1,
+    )
+    for name, (workdir, *args) in runs.items()
   }
-  try:
-    for proc, _ in procs.values():
-      proc.wait(timeout=TIMEOUT)
-  finally:
-    for proc, log in procs.values():
-      if proc.poll() is None:
-        proc.kill()
-      proc.wait()
-      log.close()
+  processes.reap(procs.values(), TIMEOUT)
   for name, (proc, _) in procs.items():
     assert proc.returncode == 0, (name, (tmp_path / f"{name}.log").read_text()[-4000:])
 

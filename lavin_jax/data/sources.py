@@ -212,6 +212,26 @@ def skimage_photographs(min_size=None) -> ImageFilesSource:
   return ImageFilesSource(paths, min_size)
 
 
+def match_pairs(folder, inputs: dict, targets: dict, kind: str):
+  """(names, [(input, target)]) of template entries matched by name, sorted by name.
+
+  `inputs` and `targets` map a name to its entry; `kind` names the files in errors
+  ('.png', ' clip'). Raises ValueError naming every entry without its partner.
+  """
+  unmatched = sorted(
+    [f"{p.name} (no {n}_target{kind})" for n, p in inputs.items() if n not in targets]
+    + [f"{p.name} (no {n}_input{kind})" for n, p in targets.items() if n not in inputs]
+  )
+  if unmatched:
+    raise ValueError(
+      f"Template folder {folder} has unmatched files: {'; '.join(unmatched)}. Each "
+      f"<name>_input{kind} needs a <name>_target{kind}: add or rename the partner, or "
+      "remove the file."
+    )
+  names = sorted(inputs)
+  return names, [(inputs[n], targets[n]) for n in names]
+
+
 class TemplateFolderSource:
   """Pairs in the released template-folder format: <name>_input.png, <name>_target.png.
 
@@ -231,23 +251,12 @@ class TemplateFolderSource:
       {p.name[: -len(suffix)]: p for p in self.folder.glob(f"*{suffix}")}
       for suffix in self.suffixes
     )
-    unmatched = sorted(
-      [f"{p.name} (no {n}_target.png)" for n, p in inputs.items() if n not in targets]
-      + [f"{p.name} (no {n}_input.png)" for n, p in targets.items() if n not in inputs]
-    )
-    if unmatched:
-      raise ValueError(
-        f"Template folder {self.folder} has unmatched files: {'; '.join(unmatched)}. "
-        "Each <name>_input.png needs a <name>_target.png: add or rename the partner, "
-        "or remove the file."
-      )
-    if not inputs:
+    self.names, self.pairs = match_pairs(self.folder, inputs, targets, ".png")
+    if not self.pairs:
       raise ValueError(
         f"Template folder {self.folder} has no pairs. Name each pair "
         "<name>_input.png and <name>_target.png."
       )
-    self.names = sorted(inputs)
-    self.pairs = [(inputs[n], targets[n]) for n in self.names]
     for pair in self.pairs:
       for path in pair:
         check_size(*image_size(path), min_size, f"Image {path}")

@@ -70,18 +70,7 @@ class ClipTemplateFolder:
       name = _pair_name(entry)
       if name is not None:
         found[name[1]][name[0]] = entry
-    inputs, targets = found
-    unmatched = sorted(
-      [f"{p.name} (no {n}_target clip)" for n, p in inputs.items() if n not in targets]
-      + [f"{p.name} (no {n}_input clip)" for n, p in targets.items() if n not in inputs]
-    )
-    if unmatched:
-      raise ValueError(
-        f"Template folder {folder} has unmatched clips: {'; '.join(unmatched)}. Each "
-        "<name>_input clip needs a <name>_target clip: add or rename the partner."
-      )
-    self.names = sorted(inputs)
-    self.pairs = [(inputs[n], targets[n]) for n in self.names]
+    self.names, self.pairs = sources.match_pairs(folder, *found, " clip")
     for pair in self.pairs:
       for path in pair:
         media.check_clip(path, num_frames)
