@@ -41,7 +41,10 @@ def _flag_error(error: BaseException) -> str:
   if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a quoted repr
     text = ast.literal_eval(text)
   quoted = re.findall(r"^\s*\w*(?:Error|Exception): (.*)$", text, re.MULTILINE)
-  return quoted[-1] if quoted else text
+  cause = quoted[-1] if quoted else text
+  if isinstance(error, (AttributeError, KeyError)) and cause.startswith("'"):
+    return f"no config field {cause}"  # an override of a field the config lacks
+  return cause
 
 
 def parse_flags(argv: list[str]) -> list[str]:

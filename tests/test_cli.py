@@ -80,7 +80,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
     ),
     (
       ("--config=lavin_jax/configs/train_dit.py:tiny", "--config.total_stepz=3"),
-      'error: \'total_stepz\' Did you mean "total_steps" instead of "total_stepz"?',
+      'error: no config field \'total_stepz\' Did you mean "total_steps" instead of "total_stepz"?',
     ),
     (
       ("--config=lavin_jax/configs/train_dit.py:tiny", "--config.total_steps=abc"),
