@@ -12,7 +12,7 @@ import re
 import jax
 from jax._src import distributed
 
-DEFAULT_TIMEOUT_S = 1800.0  # long enough for the largest bundle or checkpoint write
+DEFAULT_TIMEOUT_S = 1800.0  # a generous bound, meant to cover the largest bundle write
 
 _calls = collections.Counter()  # per-name call counts: ids are the same on every process
 
