@@ -1,5 +1,6 @@
-"""PatchGAN discriminator: output shapes, per-frame or temporal judging."""
+"""PatchGAN discriminator: output shapes, per-frame or temporal judging, logical axes."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,3 +32,13 @@ def test_frames_are_judged_alone_unless_temporal(temporal):
   changed = np.abs(np.asarray(after - before)).max(axis=(0, 2, 3, 4)) > 1e-6  # per frame
   # Temporal: four 3-frame conv layers reach 4 frames either way.
   np.testing.assert_array_equal(changed, [temporal, True, temporal, temporal])
+
+
+def test_params_carry_their_logical_axes():
+  disc = PatchDiscriminator(channels=8, num_layers=2, temporal=True)
+  x = jax.ShapeDtypeStruct((1, 1, 32, 32, 3), jnp.float32)
+  specs = nn.get_partition_spec(jax.eval_shape(disc.init, jax.random.key(0), x)["params"])
+  P = jax.sharding.PartitionSpec
+  assert specs["conv_0"]["kernel"] == P(None, None, None, "disc_in", "disc_out")
+  assert specs["logits"]["bias"] == P("disc_out")
+  assert specs["norm_1"]["scale"] == P("norm")

@@ -74,6 +74,31 @@ def test_every_parameter_has_logical_axes(scan):
     assert (leaf.names[0] == "layers") == (scan and path[0].key == "blocks"), path
 
 
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-6), ("bfloat16", 2e-2)])
+def test_dense_matches_flax_dense(dtype, tol):
+  """layers.dense (one 2D matmul, own VJP) gives nn.Dense's outputs and gradients."""
+  config = _config(dtype=dtype)
+  ours = layers.dense(config, 24, ("embed", "mlp"), use_bias=True)
+  plain = nn.Dense(24, dtype=jnp.dtype(dtype))
+  x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+  params = nn.unbox(ours.init(jax.random.key(1), x))
+  params["params"]["bias"] = jax.random.normal(jax.random.key(2), (24,))
+  w = jax.random.normal(jax.random.key(3), (2, 5, 24))
+
+  def loss(module, p, x):
+    return jnp.sum(module.apply(p, x).astype(jnp.float32) * w)
+
+  (l_ours, g_ours), (l_plain, g_plain) = (
+    jax.jit(jax.value_and_grad(lambda p, x, m=m: loss(m, p, x), argnums=(0, 1)))(params, x)
+    for m in (ours, plain)
+  )
+  assert ours.apply(params, x).dtype == jnp.dtype(dtype)
+  np.testing.assert_allclose(l_ours, l_plain, rtol=tol)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol * 10), g_ours, g_plain
+  )
+
+
 def test_rope_split_rule():
   assert layers.rope_split(72) == (24, 24, 24)  # released
   assert layers.rope_split(24) == (8, 8, 8)

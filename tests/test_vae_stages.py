@@ -1,7 +1,9 @@
 """The paper's two ST-VAE stages: images, then images+clips started from the first. A
 SIGTERM in each stage (as a preemption would send) saves and ends the run; the rerun
-resumes and ends bit for bit where an uninterrupted run does. The finished second stage
-prints and records its reconstruction report and exports its EMA params.
+resumes and ends bit for bit where an uninterrupted run does. The second stage trains
+with every term (MSE, LPIPS, KL, adversarial) and the EMA, prints and records its
+reconstruction report and exports its EMA params. LPIPS loads the in-memory weights of
+tiny_vae.lpips_params in place of the weight files.
 
 The runs go in a subprocess with a persistent compilation cache, so each stage's
 programs compile once for its three runs.
@@ -46,7 +48,10 @@ def test_two_stages_resume_exactly_after_a_stop_in_each(tmp_path):
     assert run["logged_steps"] == [1, 2, 3, 4], stage
     assert run["losses_equal"], stage
   assert result["images+clips"]["kinds"] == [True, False, False, True]  # both sides of the stop
-  assert {"photos/psnr", "photos/ssim"} <= set(result["report"])
+  assert {"photos/psnr", "photos/ssim", "photos/lpips"} <= set(result["report"])
+  assert {"mse", "lpips", "kl", "generator", "adv_weight", "disc_loss"} <= set(
+    result["images+clips"]["metrics"]
+  )
   assert result["report_printed"]
   assert result["bundle_is_ema"] and not result["ema_is_params"]
 
@@ -93,6 +98,7 @@ def _stage(config, tmp, name, stills, clips, stop_at):
   losses = lambda records: [r["loss"] for r in records if "loss" in r]
   logged = [r["step"] for r in _records(tmp / name) if "loss" in r]
   return full, {
+    "metrics": sorted(_records(tmp / name)[0]),
     "stopped_at": stopped_at,
     "resumed_to": int(resumed.step),
     "state_max_diff": max(diffs),
@@ -112,6 +118,7 @@ def _main(tmp):
   sys.path.insert(0, HERE)
   import tiny_vae  # pylint: disable=g-import-not-at-top
 
+  from lavin_jax.eval import lpips as lpips_lib  # pylint: disable=g-import-not-at-top
   from lavin_jax.io import bundle  # pylint: disable=g-import-not-at-top
   from lavin_jax.train import vae  # pylint: disable=g-import-not-at-top
   from lavin_jax.train import vae_data  # pylint: disable=g-import-not-at-top
@@ -131,18 +138,28 @@ def _main(tmp):
     adv_weight=0.5,
     disc_start=1,
     ema_decay=0.9,
+    lpips_weight=0.1,
+    lpips_vgg="vgg16.pth",
+    lpips_lin="lin.pth",
     init_from=str(tmp / "images_full"),
   )
   both.report_sources = ml_collections.ConfigDict({"photos": "photos"})
   both.report_examples = 2
+  lpips = (lpips_lib.LPIPS(), tiny_vae.lpips_params())
   printed = io.StringIO()
-  with contextlib.redirect_stdout(printed):
+  with (
+    contextlib.redirect_stdout(printed),
+    mock.patch.object(lpips_lib, "load_lpips", lambda vgg, lin: lpips),
+  ):
     state, result["images+clips"] = _stage(both, tmp, "both", stills, clips, stop_at=2)
   result["images+clips"]["kinds"] = [vae_data.is_clip_step(both, s) for s in range(4)]
   result["report"] = _records(tmp / "both_full")[-1]
   result["report_printed"] = "ST-VAE reconstructions at step 4" in printed.getvalue()
 
-  with contextlib.redirect_stdout(io.StringIO()):
+  with (
+    contextlib.redirect_stdout(io.StringIO()),
+    mock.patch.object(lpips_lib, "load_lpips", lambda vgg, lin: lpips),
+  ):
     out = vae.train_and_export(both, str(tmp / "both_full"), stills, clips)
   exported = bundle.load_bundle(out)[1]["stvae"]
   same = lambda a, b: all(

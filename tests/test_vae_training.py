@@ -2,12 +2,14 @@
 step, the EMA, remat, batches by frame count, init_from, the checks and the config file.
 
 The weights are random (tiny_vae.random_params: no init compile); LPIPS runs on the
-deterministic VGG16 weights of the metric fixtures (splitmix_weights), built in memory.
+deterministic VGG16 weights of the metric fixtures, built in memory (tiny_vae.lpips_params).
 """
 
 import functools
-import json
+import os
 import pathlib
+import subprocess
+import sys
 import types
 
 import grain
@@ -18,7 +20,6 @@ import numpy as np
 import optax
 import pytest
 import safetensors.numpy
-import splitmix_weights
 import tiny_vae
 
 from lavin_jax.configs import train_vae as train_vae_configs
@@ -35,7 +36,7 @@ from lavin_jax.train import vae_data
 from lavin_jax.train import vae_init
 from lavin_jax.train import vae_report
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "metrics"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 16
 
 
@@ -81,20 +82,7 @@ def disc_params():
 
 @pytest.fixture(scope="module")
 def lpips_params():
-  """LPIPS params from the deterministic rule of the metric fixtures (no weight file)."""
-  with open(FIXTURES / "vgg16_features_keys.json") as f:
-    keys = json.load(f)
-  vgg = {
-    name: splitmix_weights.deterministic_tensor(k, name, tuple(shape))
-    for k, (name, shape) in enumerate(keys)
-  }
-  lin = {
-    f"lin{i}.model.1.weight": np.abs(
-      splitmix_weights.deterministic_tensor(len(keys) + i, "weight", (1, width, 1, 1))
-    )
-    for i, width in enumerate((64, 128, 256, 512, 512))
-  }
-  return lpips_lib.params_from_state_dicts(vgg, lin)
+  return tiny_vae.lpips_params()
 
 
 # ---------------------------------------------------------------------------------------
@@ -540,3 +528,25 @@ def test_config_file_settings(arg):
 def test_config_file_rejects_unknown_setting():
   with pytest.raises(ValueError, match="Unknown config argument 'huge'"):
     train_vae_configs.get_config("huge")
+
+
+def test_launcher_names_a_bad_stage_in_one_line(tmp_path):
+  proc = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / "launch" / "train_vae.py"),
+      f"--config={ROOT / 'lavin_jax' / 'configs' / 'train_vae.py'}:tiny",
+      "--config.stage=videos",
+      f"--workdir={tmp_path}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
+  assert proc.returncode == 1
+  assert "error: config.stage must be one of ('images', 'images+clips'), got 'videos'" in (
+    proc.stderr
+  )
+  assert "Traceback" not in proc.stderr

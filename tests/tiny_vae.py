@@ -1,11 +1,19 @@
-"""A tiny ST-VAE training config, random weights without a compile, and small sources."""
+"""A tiny ST-VAE training config, random weights without a compile, small sources, and
+LPIPS params built in memory from the metric fixtures' deterministic rule."""
+
+import json
+import pathlib
 
 import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+import splitmix_weights
 
 from lavin_jax.configs import train_vae as train_vae_configs
+from lavin_jax.eval import lpips as lpips_lib
+
+_VGG_KEYS = pathlib.Path(__file__).parent / "fixtures" / "metrics" / "vgg16_features_keys.json"
 
 
 def config(**fields) -> ml_collections.ConfigDict:
@@ -67,3 +75,21 @@ def clips(count, frames=7, size=20, seed=1) -> list[dict]:
   """A source of `count` clips {'video': uint8 (frames, size, size, 3)}."""
   rng = np.random.default_rng(seed)
   return [{"video": _smooth(rng, frames, size)} for _ in range(count)]
+
+
+def lpips_params():
+  """LPIPS params: the deterministic VGG16 of tests/fixtures/metrics and non-negative
+  deterministic linear heads (no weight file, no torch)."""
+  with open(_VGG_KEYS) as f:
+    keys = json.load(f)
+  vgg = {
+    name: splitmix_weights.deterministic_tensor(k, name, tuple(shape))
+    for k, (name, shape) in enumerate(keys)
+  }
+  lin = {
+    f"lin{i}.model.1.weight": np.abs(
+      splitmix_weights.deterministic_tensor(len(keys) + i, "weight", (1, width, 1, 1))
+    )
+    for i, width in enumerate((64, 128, 256, 512, 512))
+  }
+  return lpips_lib.params_from_state_dicts(vgg, lin)

@@ -77,6 +77,7 @@ def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
   # Checkpoints and logging.
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
+  c.restore_fallback = False  # True: a damaged latest checkpoint resumes from an earlier one
   # Metrics fetched and checked every log_every steps; larger values let the host run
   # ahead of the device.
   c.log_every = 1

@@ -17,19 +17,46 @@ Axes = tuple[str | None, ...]
 _XAVIER_UNIFORM = nn.initializers.xavier_uniform()
 
 
-def _dense_dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-  """Dense's contraction, lhs (..., K) x rhs (K, N), as one 2D matmul summed in float32.
+def _dot(a, b, contracting):
+  """dot_general of 2D a and b summed in float32, returned in a's dtype."""
+  out = jax.lax.dot_general(a, b, (contracting, ((), ())), preferred_element_type=jnp.float32)
+  return out.astype(a.dtype)
 
-  The result is in lhs's dtype, the same numbers as lax.dot_general. The form is for XLA
-  CPU: with more than one free lhs dim it transposes activations for the weight gradient,
-  and it runs a bfloat16 dot natively only when asked for a float32 result (otherwise it
-  converts the operands and runs the dot in float32).
+
+@jax.custom_vjp
+def _matmul(x, w):
+  """x (M, K) @ w (K, N) in the form XLA CPU runs fastest, forward and backward.
+
+  Summed in float32 and returned in x's dtype: the numbers of a plain dot_general, but
+  XLA CPU runs a bfloat16 dot natively only when asked for a float32 result (otherwise
+  it converts the operands and runs it in float32). The VJP keeps the same form, so the
+  gradient matmuls stay bfloat16 x bfloat16 too.
   """
-  del dimension_numbers, preferred_element_type  # Dense's: lhs last dim with rhs first
-  out = jnp.dot(
-    lhs.reshape(-1, lhs.shape[-1]), rhs, precision=precision, preferred_element_type=jnp.float32
-  )
-  return out.astype(lhs.dtype).reshape(*lhs.shape[:-1], rhs.shape[-1])
+  return _dot(x, w, ((1,), (0,)))
+
+
+def _matmul_fwd(x, w):
+  return _matmul(x, w), (x, w)
+
+
+def _matmul_bwd(residuals, g):
+  x, w = residuals
+  return _dot(g, w, ((1,), (1,))), _dot(x, g, ((0,), (0,))).astype(w.dtype)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def _dense_dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """Dense's contraction, lhs (..., K) x rhs (K, N), as one 2D `_matmul`.
+
+  2D because XLA CPU transposes activations for the weight gradient of a dot with more
+  than one free lhs dim.
+  """
+  # Dense contracts lhs's last dim with rhs's first; J-DiT sets no precision.
+  del dimension_numbers, precision, preferred_element_type
+  out = _matmul(lhs.reshape(-1, lhs.shape[-1]), rhs)
+  return out.reshape(*lhs.shape[:-1], rhs.shape[-1])
 
 
 def dense(

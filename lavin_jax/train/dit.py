@@ -486,7 +486,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
   with ckpt:
     if ckpt.latest_step() is not None:
       logging.info("Resuming from %s/%d.", ckpt.directory, ckpt.latest_step())
-      state, _ = ckpt.restore(abstract, data_iterator=data_iterator)
+      state, _ = ckpt.restore(
+        abstract, data_iterator=data_iterator, fallback=config.restore_fallback
+      )
     else:
       state, _ = init_train_state(model, tx, config, mesh, rng)
 

@@ -15,8 +15,8 @@ W is the decoder's output conv kernel and lambda is held fixed (no gradient thro
 it), as in VQGAN. From step disc_start the PatchGAN discriminator D
 (lavin_jax.models.discriminator) takes one AdamW step on the hinge loss
   mean relu(1 - D(x)) + mean relu(1 + D(r)), r detached.
-Terms whose configured weight is 0 are not computed. With ema_decay > 0 an EMA of the ST-VAE params
-is kept and exported.
+Terms whose configured weight is 0 are not computed. With ema_decay > 0 an EMA of the
+ST-VAE params is kept and exported.
 
 Stages (config.stage): 'images' trains on stills, 'images+clips' on batches of stills
 or of clips (lavin_jax.train.vae_data); config.init_from starts a fresh run from the
@@ -477,7 +477,6 @@ def train(
     raise ValueError(
       "config.source is empty: set it to a source spec (lavin_jax.data.specs) or pass a source."
     )
-  os.makedirs(workdir, exist_ok=True)
   stills = source if source is not None else specs.get_source(config.source)
   clips = None
   if vae_data.uses_clips(config):
@@ -488,6 +487,7 @@ def train(
   held_out = vae_report.held_out_examples(config)
   mesh = mesh_lib.create_mesh(config.mesh)
   check_batch_sizes(config, mesh)
+  os.makedirs(workdir, exist_ok=True)
   logging.info(
     "ST-VAE training (stage %s) in %s, %d processes, mesh %s.",
     config.stage,
@@ -513,7 +513,7 @@ def train(
   with ckpt:
     if ckpt.latest_step() is not None:
       logging.info("Resuming from %s/%d.", ckpt.directory, ckpt.latest_step())
-      state, _ = ckpt.restore(abstract, data_iterator=it)
+      state, _ = ckpt.restore(abstract, data_iterator=it, fallback=config.restore_fallback)
     else:
       start = None
       if config.init_from:
