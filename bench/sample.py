@@ -7,9 +7,9 @@
 Per figure: one example (batch 1) of K context pairs at `resolution` px (256 px ->
 32 x 32 latents), J-DiT only (random weights, random latents: the ST-VAE's cost is in
 bench/stvae.py); bench/workloads.py builds the sampler. Compile time is reported apart
-from the median run time. The released PyTorch code's numbers for the same shapes are
-in the project's PERF notes (e.g. 0.1B, 4 pairs, float32: 53.4 s). One JSON line per
-figure.
+from the run time, the best of `repeats` runs interleaved over the variants. The
+released PyTorch code's numbers for the same shapes are in the project's PERF notes
+(e.g. 0.1B, 4 pairs, float32: 53.4 s). One JSON line per figure.
 
 --compare_cache: one line per variant of each size and pair count, all on the same
 weights (lavin_jax.inference.cached_sampling):
@@ -31,6 +31,7 @@ from lavin_jax import configs
 from lavin_jax import flow
 from lavin_jax.configs import sampling
 from lavin_jax.inference import cached_sampling
+from lavin_jax.inference import pipeline
 from lavin_jax.io import bundle as bundle_lib
 
 _RELEASED = sampling.released()
@@ -39,7 +40,7 @@ _PAIRS = common.define_integers("pairs", "4,8", "Context pairs per example.")
 _RESOLUTION = flags.DEFINE_integer("resolution", 256, "Image side in pixels.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", _RELEASED.num_steps, "Sampler time points.")
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "J-DiT compute dtype.")
-_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed runs per figure after compilation.")
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed runs per figure (best) after compiling.")
 _COMPARE_CACHE = flags.DEFINE_bool("compare_cache", False, "Time the condition caches too.")
 _KV_REFRESH = common.define_integers("kv_refresh", "2,4", "Approximate cache refresh periods.")
 _BUNDLE = flags.DEFINE_string("bundle", None, "A bundle's J-DiT instead of random weights.")
@@ -50,6 +51,7 @@ def model_and_params(size):
   if not _BUNDLE.value:
     return workloads.model_config(size, _DTYPE.value), None
   config, params = bundle_lib.load_bundle(_BUNDLE.value)
+  config = pipeline.with_defaults(config)
   config.jdit.dtype = _DTYPE.value
   return config.jdit, params["jdit"]
 
@@ -70,13 +72,15 @@ def variants(config):
 def bench(size, pairs):
   base, params = model_and_params(size)
   tokens_per_frame = (_RESOLUTION.value // workloads.VAE_FACTOR // base.patch_size) ** 2
-  reference = None
-  for name, config, kv_refresh, make_sampler in variants(base):
-    work = workloads.sampling(
-      config, pairs, _RESOLUTION.value, _NUM_STEPS.value, make_sampler, params
-    )
-    seconds = float(np.median(common.repeat_seconds(work.run, _REPEATS.value)))
-    samples = np.asarray(work.run(), np.float64)
+  figures = list(variants(base))
+  works = [
+    workloads.sampling(config, pairs, _RESOLUTION.value, _NUM_STEPS.value, make, params)
+    for _, config, _, make in figures
+  ]
+  # Interleaved, best of `repeats`: the ratios hold on a loaded machine.
+  seconds, samples = workloads.interleaved([w.run for w in works], _REPEATS.value)
+  reference = np.asarray(samples[0], np.float64)
+  for (name, config, kv_refresh, _), work, s, x in zip(figures, works, seconds, samples):
     figure = {
       "figure": "guided_sampling_latency",
       "variant": name,
@@ -90,16 +94,14 @@ def bench(size, pairs):
       "attention_impl": config.attention_impl,
       "tokens_cond_pass": (2 * pairs + 2) * tokens_per_frame,
       "tokens_null_pass": 3 * tokens_per_frame,
-      "seconds_per_example": seconds,
+      "seconds_per_example": s,
       "compile_seconds": work.compile_seconds,
       "backend": jax.default_backend(),
     }
-    if reference is None:
-      reference = seconds, samples
-    else:
-      figure["speedup"] = reference[0] / seconds
+    if name != "released":
+      figure["speedup"] = seconds[0] / s
     if kv_refresh > 1:
-      error = np.linalg.norm(samples - reference[1]) / np.linalg.norm(reference[1])
+      error = np.linalg.norm(np.asarray(x, np.float64) - reference) / np.linalg.norm(reference)
       figure["rel_error"] = float(error)
     common.print_figure(figure)
 

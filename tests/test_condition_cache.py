@@ -4,12 +4,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from lavin_jax import configs
 from lavin_jax import flow
+from lavin_jax.configs import train_dit
 from lavin_jax.inference import cached_sampling
 from lavin_jax.models import jdit
+from lavin_jax.train import dit
 
 T = 1  # latent frames of a clip
 SIDE = 4  # latent side: 2 x 2 tokens per frame
@@ -120,3 +123,17 @@ def test_approximate_cache_of_the_released_layout():
   )
   approx = cached_sampling.make_approximate_sampler(model, 3)(*args)
   assert np.isfinite(approx).all() and 1e-4 < np.abs(approx - exact).max() < np.abs(exact).max()
+
+
+def test_the_trainer_trains_it_unchanged(independent):
+  model, params = independent
+  latents = {k: _latents(i, T) for i, k in enumerate(("query", "target"))}
+  for i, k in enumerate(("context_inputs", "context_targets")):
+    latents[k] = _latents(20 + i, 3 * T)[:, :, None]  # (B, K=3, T, h, w, C)
+  flow_config = train_dit.get_config("tiny").flow
+  flow_config.uncond_ratio = 0.5
+  inputs = dit.sample_training_inputs(latents, jnp.array([1, 3]), jax.random.key(0), flow_config)
+  grads = jax.grad(lambda p: dit.velocity_loss(model, p, *inputs, 0.0))(params)
+  norms = {k: float(optax.tree.norm(g)) for k, g in grads.items()}
+  assert all(np.isfinite(n) for n in norms.values())
+  assert norms["cond_embedder"] > 0 and norms["prompt_embed"] > 0
