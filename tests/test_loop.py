@@ -4,6 +4,7 @@ steps, resume, stop requests."""
 import json
 import os
 import signal
+import struct as struct_lib
 
 from flax import struct
 import grain
@@ -175,3 +176,93 @@ def test_stop_request_saves_at_the_next_sync_point_and_exits(tmp_path):
   assert saved_steps(tmp_path) == [3]
   assert [r["step"] for r in records(tmp_path)] == [3]
   assert signal.getsignal(signal.SIGTERM) == handler
+
+
+def event_scalars(workdir):
+  """{(tag, step): value} and the purge steps of the TensorBoard event files in workdir,
+  read through the TFRecord framing with tensorboardX's Event proto."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+
+  scalars, purges = {}, []
+  for path in sorted(workdir.glob("events.out.tfevents.*")):
+    data = path.read_bytes()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct_lib.unpack("<Q", data[offset : offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+      offset += 12 + length + 4  # length, its CRC, the record, its CRC
+      if event.HasField("session_log"):
+        purges.append(event.step)
+      for value in event.summary.value:
+        scalars[(value.tag, event.step)] = value.simple_value
+  return scalars, purges
+
+
+def test_tensorboard_events_hold_the_scalars_of_metrics_jsonl(tmp_path):
+  train(
+    tmp_path,
+    batches(range(1, 7)),
+    total_steps=6,
+    log_every=2,
+    checkpoint_every=3,
+    tokens_per_example=lambda batch: 7,
+  )
+  train(tmp_path, batches(range(4, 9)), total_steps=8, log_every=2, checkpoint_every=3)
+  logged = records(tmp_path)
+  assert [r["step"] for r in logged] == [2, 3, 4, 6, 8]  # resumed from step 6
+  want = {(k, r["step"]): v for r in logged for k, v in r.items() if k != "step"}
+  scalars, purges = event_scalars(tmp_path)
+  assert set(scalars) == set(want) and len(want) == 4 * 4 + 3
+  for key, value in want.items():
+    assert scalars[key] == np.float32(value), key  # TensorBoard keeps float32
+  assert purges == [7]  # the resumed run hides older events of steps >= 7
+
+
+def test_evaluation_runs_at_its_cadence_on_the_state_after_the_step(tmp_path):
+  calls = []
+
+  def eval_fn(state):
+    calls.append(int(state.step))
+    return {"eval_w": 2 * jnp.sum(state.w)}
+
+  train(
+    tmp_path,
+    batches(range(1, 11)),
+    total_steps=10,
+    log_every=4,
+    checkpoint_every=100,
+    eval_fn=eval_fn,
+    eval_every=3,
+  )
+  assert calls == [3, 6, 9]
+  logged = records(tmp_path)
+  assert [r["step"] for r in logged] == [3, 4, 6, 8, 9, 10]  # evaluations are sync points
+  evaluated = {r["step"]: r["eval_w"] for r in logged if "eval_w" in r}
+  assert evaluated == {s: 2 * 3 * s * (s + 1) / 2 for s in (3, 6, 9)}
+
+
+def profile_files(workdir):
+  return sorted((workdir / "profile").rglob("*.xplane.pb"))
+
+
+def test_profile_window_traces_its_steps_only(tmp_path):
+  traced = []
+
+  def step_fn(state, batch):
+    traced.append(jax.profiler.TraceAnnotation.is_enabled())
+    return add_batch_mean(state, batch)
+
+  kwargs = dict(total_steps=5, log_every=5, checkpoint_every=100, step_fn=step_fn)
+  train(tmp_path / "on", batches(range(1, 6)), profile_steps=(2, 4), **kwargs)
+  assert len(profile_files(tmp_path / "on")) == 1
+  assert traced == [False, True, True, False, False]
+  traced.clear()
+  train(tmp_path / "off", batches(range(1, 6)), **kwargs)
+  assert not (tmp_path / "off" / "profile").exists()
+  assert traced == [False] * 5
+
+
+@pytest.mark.parametrize("steps", [(0, 3), (3, 3), (2, 12), (1, 2, 3), (1.0, 2), "1,2"])
+def test_bad_profile_steps_are_rejected(steps):
+  with pytest.raises(ValueError, match=r"config.profile_steps must be \(start, stop\) with 1 <="):
+    loop.check_profile_steps(steps, total_steps=10)

@@ -74,13 +74,32 @@ def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
   c.optimizer.ema_decay = 0.9999
   c.flow = flow.training()
 
-  # Checkpoints and logging.
+  # Gradient accumulation: each global batch in grad_accum_steps microbatches (a lax.scan),
+  # gradients averaged in float32, one update: the paper's batch of 640 with the
+  # activation memory of 640 / grad_accum_steps examples. data.batch_size must be a
+  # multiple of grad_accum_steps x the data-parallel (data x fsdp) devices.
+  c.grad_accum_steps = 1
+
+  # Checkpoints and logging: metrics.jsonl and TensorBoard event files in the workdir.
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
   c.restore_fallback = False  # True: a damaged latest checkpoint resumes from an earlier one
   # Metrics fetched and checked every log_every steps; larger values let the host run
   # ahead of the device.
   c.log_every = 1
+  # A jax.profiler trace of steps start to stop - 1 into <workdir>/profile, e.g. (10, 15);
+  # () is off.
+  c.profile_steps = ()
+
+  # Evaluation every eval_every steps (0: off): the velocity loss of eval_batches
+  # batches of the configured input, drawn once at the start with data seed eval_seed
+  # (other episodes of the same sources), each example at every time of eval_times
+  # with fixed noise and its whole context: a deterministic function of the params,
+  # logged as eval_loss.
+  c.eval_every = 1000
+  c.eval_batches = 1
+  c.eval_seed = c.data.get_ref("seed") + 1
+  c.eval_times = (0.0625, 0.1875, 0.3125, 0.4375, 0.5625, 0.6875, 0.8125, 0.9375)
 
   if "paper" in flags:
     # The paper's tasks weighted by their training examples (configs/data.py).
@@ -102,4 +121,6 @@ def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
     for name in c.data.task_weights:
       c.data.task_weights[name] = float(name in tasks.IMAGE_ONLY_TASKS)
     c.checkpoint_every = 5
+    c.eval_every = 5
+    c.eval_times = (0.25, 0.75)
   return c

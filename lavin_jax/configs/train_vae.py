@@ -101,8 +101,12 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.restore_fallback = False  # True: a damaged latest checkpoint resumes from an earlier one
   # Metrics fetched and checked every log_every steps; larger values let the host run
-  # ahead of the device.
+  # ahead of the device. They go to metrics.jsonl and TensorBoard event files in the
+  # workdir.
   c.log_every = 1
+  # A jax.profiler trace of steps start to stop - 1 into <workdir>/profile, e.g. (10, 15);
+  # () is off.
+  c.profile_steps = ()
 
   if setting == "demo":
     c.batch_size = 8

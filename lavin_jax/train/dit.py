@@ -3,8 +3,9 @@
 Time convention: see `lavin_jax.flow` (t = 0 noise, t = 1 data).
 
 Read top to bottom, like big_vision's trainers: inputs (pixels -> latents, context
-dropout), loss, update step, sharded init, then
-`train(config, workdir)`: logging, mesh, input, model, shard, checkpoint, loop.
+dropout), loss, update step (with gradient accumulation), evaluation, sharded init, then
+`train(config, workdir)`: logging, mesh, input, model, shard, checkpoint, evaluation,
+loop.
 
 A batch (see lavin_jax.data.pipeline) holds 'context_inputs' and
 'context_targets' (B, K, T, H, W, 3), 'query' and 'target' (B, T, H, W, 3) in
@@ -127,6 +128,13 @@ def sample_training_inputs(latents, num_pairs, key, flow_config):
 # Update step.
 
 
+def batch_latents(vae_params, batch, key, *, config, vae=None):
+  """`clip_latents` of a batch of config.input: pixels (encoded) or stored moments."""
+  if config.input == "pixels":
+    return encode_batch(vae, vae_params, batch, key, config.vae)
+  return sample_batch(batch, key, config.vae)
+
+
 def step_inputs(state, vae_params, batch, *, config, vae=None):
   """The random draws of the update at state.step, as loss inputs.
 
@@ -138,22 +146,40 @@ def step_inputs(state, vae_params, batch, *, config, vae=None):
   """
   key = jax.random.fold_in(state.rng, state.step)
   k_vae, k_inputs, k_dropout = jax.random.split(key, 3)
-  if config.input == "pixels":
-    latents = encode_batch(vae, vae_params, batch, k_vae, config.vae)
-  else:
-    latents = sample_batch(batch, k_vae, config.vae)
+  latents = batch_latents(vae_params, batch, k_vae, config=config, vae=vae)
   inputs = sample_training_inputs(latents, batch["num_pairs"], k_inputs, config.flow)
   return inputs, k_dropout
 
 
+def check_accumulation(batch_size: int, steps: int, shards: int = 1) -> None:
+  """Raises ValueError unless a global batch splits into `steps` microbatches that
+  each divide over `shards` (data x fsdp) devices."""
+  if batch_size % (steps * shards):
+    raise ValueError(
+      f"The global batch {batch_size} does not split into grad_accum_steps = {steps} "
+      f"microbatches over data x fsdp = {shards} devices (needs a multiple of "
+      f"{steps * shards}); change config.data.batch_size or config.grad_accum_steps."
+    )
+
+
 def train_step(state, vae_params, batch, *, model, tx, schedule, config, vae=None):
-  """One AdamW + EMA update on a global batch. Returns (new state, metrics)."""
+  """One AdamW + EMA update on a global batch. Returns (new state, metrics).
+
+  With config.grad_accum_steps = n > 1 the gradient is the float32 mean over n
+  microbatches (`state_lib.accumulated_gradients`), the same update as the whole
+  batch at once. Every per-example draw (posterior sample, context dropout, time,
+  noise) is made for the whole batch before the split, so it does not depend on n;
+  only drop path (model.drop_path > 0) draws per microbatch: the same distribution,
+  other draws.
+  """
+  steps = config.get("grad_accum_steps", 1)
+  check_accumulation(batch["num_pairs"].shape[0], steps)  # at trace time
   inputs, k_dropout = step_inputs(state, vae_params, batch, config=config, vae=vae)
 
-  def loss_fn(params):
-    return velocity_loss(model, params, *inputs, config.flow.l1_weight, dropout_key=k_dropout)
+  def loss_fn(params, micro, key):
+    return velocity_loss(model, params, *micro, config.flow.l1_weight, dropout_key=key)
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  loss, grads = state_lib.accumulated_gradients(loss_fn, state.params, inputs, k_dropout, steps)
   new_state, updates = state_lib.apply_gradients(state, grads, tx, config.optimizer.ema_decay)
   metrics = {
     "loss": loss,
@@ -178,6 +204,75 @@ def create_train_step(model, tx, schedule, config, state_shardings, vae=None):
     jax.tree.leaves(state_shardings)[0].mesh, jax.sharding.PartitionSpec()
   )
   return jax.jit(step, out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation: the loss of fixed held-out batches at fixed times.
+
+
+def eval_key(config, index: int) -> jax.Array:
+  """The key of held-out batch `index`: its posterior sample and noise."""
+  return jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), index)
+
+
+def eval_inputs(vae_params, batch, key, *, config, vae=None):
+  """Loss inputs of a held-out batch, fixed by `key`: the latents' posterior sample,
+  the whole context (no dropout) and one noise draw for each time of config.eval_times.
+
+  Returns:
+    (x_data (B, T', h, w, C), noise (len(eval_times), B, T', h, w, C), cond, cond_mask).
+  """
+  k_vae, k_noise = jax.random.split(key)
+  latents = batch_latents(vae_params, batch, k_vae, config=config, vae=vae)
+  x_data = latents["target"].astype(jnp.float32)
+  no_drop = jnp.zeros(x_data.shape[:1], bool)
+  cond, cond_mask = incontext.build_condition(
+    latents["context_inputs"],
+    latents["context_targets"],
+    latents["query"],
+    batch["num_pairs"],
+    no_drop,
+  )
+  noise = jax.random.normal(k_noise, (len(config.eval_times),) + x_data.shape, jnp.float32)
+  return x_data, noise, cond, cond_mask
+
+
+def eval_loss(model, params, inputs, times, l1_weight, microbatches: int = 1):
+  """Mean over `times` (T,) of the deterministic `velocity_loss` of `eval_inputs`,
+  every example at each time; batches of `microbatches` parts, one at a time."""
+  x_data, noise, cond, cond_mask = inputs
+
+  def at_time(args):
+    noise_t, t = args
+
+    def part(micro):
+      x, n, c, m = micro
+      return velocity_loss(model, params, x, n, jnp.full(x.shape[:1], t), c, m, l1_weight)
+
+    split = lambda a: state_lib.split_microbatches(a, microbatches)
+    return jnp.mean(jax.lax.map(part, jax.tree.map(split, (x_data, noise_t, cond, cond_mask))))
+
+  return jnp.mean(jax.lax.map(at_time, (noise, times)))
+
+
+def create_eval_fn(model, config, batches, vae_params, mesh, vae=None):
+  """state -> {'eval_loss': replicated scalar} of the global held-out `batches`.
+
+  Their loss inputs (`eval_inputs`, key `eval_key(config, i)`) are computed once,
+  here; the loss is then a deterministic function of state.params: the mean of
+  `eval_loss` over the batches. Call it inside the mesh and axis-rule contexts.
+  """
+  make_inputs = jax.jit(functools.partial(eval_inputs, config=config, vae=vae))
+  inputs = [make_inputs(vae_params, b, eval_key(config, i)) for i, b in enumerate(batches)]
+  times = jnp.asarray(config.eval_times, jnp.float32)
+  steps = config.get("grad_accum_steps", 1)
+
+  def mean_loss(params, inputs):
+    losses = [eval_loss(model, params, x, times, config.flow.l1_weight, steps) for x in inputs]
+    return jnp.mean(jnp.stack(losses))
+
+  loss = jax.jit(mean_loss, out_shardings=mesh_lib.replicated(mesh))
+  return lambda state: {"eval_loss": loss(state.params, inputs)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -253,9 +348,15 @@ def check_config(config, batches_given=False):
     raise FileNotFoundError(f"config.vae_checkpoint {config.vae_checkpoint!r} does not exist.")
   if config.init_from and not os.path.isfile(config.init_from):
     raise FileNotFoundError(f"config.init_from {config.init_from!r} does not exist.")
-  for name in ("total_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
+  counts = ("total_steps", "checkpoint_every", "keep_checkpoints", "log_every", "grad_accum_steps")
+  for name in counts:
     if config[name] < 1:
       raise ValueError(f"config.{name} must be >= 1, got {config[name]}.")
+  loop.check_profile_steps(config.profile_steps, config.total_steps)
+  check_eval_config(config, batches_given)
+  if not batches_given:
+    data, fsdp, _ = mesh_lib.mesh_shape(config.mesh, jax.device_count())
+    check_accumulation(config.data.batch_size, config.grad_accum_steps, data * fsdp)
   if not 0.0 <= config.flow.uncond_ratio < 1.0:
     raise ValueError(f"config.flow.uncond_ratio must be in [0, 1), got {config.flow.uncond_ratio}.")
   multiple = model_configs.pixel_multiple(config.vae, config.model)
@@ -264,6 +365,25 @@ def check_config(config, batches_given=False):
       f"config.data.resolution must be a positive multiple of {multiple} (the "
       f"ST-VAE's downsampling times J-DiT's patch size), got "
       f"{config.data.resolution}."
+    )
+
+
+def check_eval_config(config, batches_given=False):
+  """Raises ValueError on evaluation settings that cannot run."""
+  if config.eval_every < 0:
+    raise ValueError(f"config.eval_every must be >= 0 (0 is off), got {config.eval_every}.")
+  if not config.eval_every:
+    return
+  if config.eval_batches < 1:
+    raise ValueError(f"config.eval_batches must be >= 1, got {config.eval_batches}.")
+  if not config.eval_times or not all(0.0 <= t <= 1.0 for t in config.eval_times):
+    raise ValueError(
+      f"config.eval_times must be a non-empty tuple of times in [0, 1], got {config.eval_times}."
+    )
+  if not batches_given and config.eval_seed == config.data.seed:
+    raise ValueError(
+      f"config.eval_seed ({config.eval_seed}) equals config.data.seed: the held-out "
+      "batches would be training batches; choose another eval_seed."
     )
 
 
@@ -422,6 +542,23 @@ def make_input(config, workdir):
   )
 
 
+def held_out_batches(config, workdir) -> list:
+  """config.eval_batches process-local batches of the configured input, drawn once with
+  data seed config.eval_seed: other episodes of the same sources than training draws."""
+  held_out = config.copy_and_resolve_references()
+  held_out.data.seed = config.eval_seed
+  held_out.data.worker_count = 0  # a few batches: no worker processes
+  held_out.eval_every = 0  # the copy draws batches; it does not evaluate
+  it = make_input(held_out, workdir)
+  return [next(it) for _ in range(config.eval_batches)]
+
+
+def evaluates(config, first_step: int) -> bool:
+  """Whether a run from first_step to config.total_steps has an evaluation step."""
+  every = config.eval_every
+  return every > 0 and config.total_steps // every > first_step // every
+
+
 def global_batches(local_batches, config, mesh):
   """Checked process-local batches -> global batches on `mesh`, one per step."""
   for local in local_batches:
@@ -429,8 +566,9 @@ def global_batches(local_batches, config, mesh):
     yield mesh_lib.global_batch({k: local[k] for k in CLIP_KEYS + ("num_pairs",)}, mesh)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
-  """Trains J-DiT; checkpoints, metrics.jsonl and the config go to `workdir`.
+def train(config: ml_collections.ConfigDict, workdir: str, batches=None, eval_batches=None):
+  """Trains J-DiT; checkpoints, metrics.jsonl, TensorBoard event files and the config go
+  to `workdir` (a profile to workdir/profile with config.profile_steps).
 
   Args:
     config: a configs/train_dit.py config.
@@ -438,6 +576,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
     batches: optional iterator of process-local batches replacing the configured
       input (tests). A Grain iterator's position is checkpointed; any other
       iterator restarts from its beginning on resume.
+    eval_batches: optional process-local held-out batches replacing
+      `held_out_batches` (every config.eval_every steps). With `batches` given and
+      no eval_batches there is no evaluation.
 
   Returns:
     The final TrainState.
@@ -492,9 +633,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
     else:
       state, _ = init_train_state(model, tx, config, mesh, rng)
 
-    # ## Update step and loop.
+    # ## Evaluation: held-out batches drawn once, their loss inputs computed once.
     step_fn = create_train_step(model, tx, schedule, config, shardings, vae=vae)
     with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.AXIS_RULES):
+      eval_fn = None
+      if batches is not None and eval_batches is None:
+        logging.info("Batches given without eval_batches: no evaluation.")
+      elif evaluates(config, int(state.step)):
+        if eval_batches is None:
+          eval_batches = held_out_batches(config, workdir)
+        held_out = list(global_batches(iter(eval_batches), config, mesh))
+        eval_fn = create_eval_fn(model, config, held_out, vae_params, mesh, vae=vae)
+
+      # ## Loop.
       return loop.run(
         lambda state, batch: step_fn(state, vae_params, batch),
         state,
@@ -506,5 +657,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
         config=config,
         data_iterator=data_iterator,
         tokens_per_example=functools.partial(tokens_per_example, config=config),
+        eval_fn=eval_fn,
+        eval_every=config.eval_every,
+        profile_steps=config.profile_steps,
         desc="train J-DiT",
       )

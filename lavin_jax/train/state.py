@@ -4,7 +4,8 @@ J-DiT's optimizer is the paper's: global-norm clipping, then AdamW (lr 1e-4, bet
 (0.9, 0.95), weight decay 0.01, no warmup), all numbers from `config.optimizer`; the
 ST-VAE and its discriminator use the same factory on their own `config.optimizer`.
 Parameters, EMA and optimizer state are float32 (master weights); the model
-casts to its compute dtype itself.
+casts to its compute dtype itself. `accumulated_gradients` computes a large batch's
+gradient as the float32 mean over microbatches (gradient accumulation).
 """
 
 from typing import Any
@@ -62,6 +63,44 @@ def create_optimizer(config: ml_collections.ConfigDict):
     ),
   )
   return tx, schedule
+
+
+def split_microbatches(x: jax.Array, steps: int) -> jax.Array:
+  """(B, ...) -> (steps, B / steps, ...); microbatch i holds rows i, steps + i, ...
+
+  Interleaved, so that a batch sharded over its leading axis (into blocks of rows that
+  `steps` divides) gives microbatches sharded the same way, with no data movement.
+  """
+  return jnp.swapaxes(x.reshape((x.shape[0] // steps, steps) + x.shape[1:]), 0, 1)
+
+
+def accumulated_gradients(loss_fn, params, inputs, key, steps: int):
+  """(loss, gradient) of the mean loss over a batch, from `steps` microbatches.
+
+  loss_fn(params, microbatch inputs, key) -> mean loss of those examples. `inputs` is a
+  pytree of arrays leading with the batch (B a multiple of steps). With steps > 1 a
+  lax.scan runs loss_fn on each microbatch (`split_microbatches`) with key
+  fold_in(key, i) and averages losses and gradients in float32: the gradient of the
+  large batch, with the activation memory of one microbatch. steps = 1 is one call
+  with `key`.
+  """
+  grad_fn = jax.value_and_grad(loss_fn)
+  if steps == 1:
+    return grad_fn(params, inputs, key)
+
+  def accumulate(carry, xs):
+    loss_sum, grad_sum = carry
+    i, micro = xs
+    loss, grads = grad_fn(params, micro, jax.random.fold_in(key, i))
+    grad_sum = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_sum, grads)
+    return (loss_sum + loss.astype(jnp.float32), grad_sum), None
+
+  zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
+  micro = jax.tree.map(lambda x: split_microbatches(x, steps), inputs)
+  (loss_sum, grad_sum), _ = jax.lax.scan(
+    accumulate, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(steps), micro)
+  )
+  return loss_sum / steps, jax.tree.map(lambda g: g / steps, grad_sum)
 
 
 def ema_update(ema_params, params, decay: float):

@@ -363,6 +363,7 @@ def check_config(config) -> None:
   for name in counts:
     if config[name] < 1:
       raise ValueError(f"config.{name} must be >= 1, got {config[name]}.")
+  loop.check_profile_steps(config.profile_steps, config.total_steps)
   tc = config.model.temporal_compression
   if vae_data.uses_clips(config):
     if config.clip_frames <= 1 or (config.clip_frames - 1) % tc:
@@ -453,7 +454,8 @@ def _report(state, model, lpips, examples, config, workdir, mesh):
 def train(
   config: ml_collections.ConfigDict, workdir: str, source=None, clip_source=None
 ) -> VAEState:
-  """Trains the ST-VAE; checkpoints, metrics.jsonl and the report go to `workdir`.
+  """Trains the ST-VAE; checkpoints, metrics.jsonl, TensorBoard event files and the
+  report go to `workdir` (a profile to workdir/profile with config.profile_steps).
 
   Call it on every process (multi-host). A workdir with checkpoints resumes from its
   latest (params, EMA, optimizers, discriminator, data position); a fresh one starts
@@ -535,6 +537,7 @@ def train(
         workdir=workdir,
         config=config,
         data_iterator=it,
+        profile_steps=config.profile_steps,
         desc=f"train ST-VAE ({config.stage})",
       )
 
