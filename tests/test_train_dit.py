@@ -434,6 +434,108 @@ def test_bad_config_and_batches_raise_before_compile(tmp_path):
     dit.check_batch({k: v for k, v in batch.items() if k != "target"}, config)
 
 
+def test_bad_accumulation_evaluation_and_profile_settings_raise_before_compile():
+  config = tiny_config()  # runlocal: a global batch of 2, one device here
+  config.grad_accum_steps = 4
+  with pytest.raises(
+    ValueError,
+    match=r"global batch 2 does not split into grad_accum_steps = 4 microbatches over "
+    r"data x fsdp = 1 devices \(needs a multiple of 4\)",
+  ):
+    dit.check_config(config)
+  with pytest.raises(ValueError, match=r"global batch 12 .* grad_accum_steps = 4 .* = 2 dev"):
+    dit.check_accumulation(12, 4, 2)
+  dit.check_accumulation(16, 4, 2)
+  config = tiny_config()
+  config.grad_accum_steps = 0
+  with pytest.raises(ValueError, match="config.grad_accum_steps must be >= 1, got 0"):
+    dit.check_config(config)
+  config = tiny_config()
+  config.eval_seed = config.data.seed
+  with pytest.raises(ValueError, match=r"config.eval_seed \(0\) equals config.data.seed"):
+    dit.check_config(config)
+  config = tiny_config()
+  config.eval_times = (0.5, 1.5)
+  with pytest.raises(ValueError, match="config.eval_times must be a non-empty tuple"):
+    dit.check_config(config, batches_given=True)
+  config = tiny_config()
+  config.profile_steps = (4, 30)  # runlocal: 10 steps
+  with pytest.raises(ValueError, match=r"profile_steps must be .* <= total_steps \+ 1 = 11"):
+    dit.check_config(config, batches_given=True)
+
+
+def test_gradient_accumulation_gives_the_large_batch_update():
+  """One step on 32 examples in 4 microbatches of 8 == one step on all 32 at once:
+  the per-example draws (posterior sample, context dropout, time, noise) are made for
+  the whole batch before the split."""
+  config = training_config()
+  config.flow.uncond_ratio = 0.5  # context dropout drawn per example, in both
+  model = jdit.JDiT(config.model)
+  tx, schedule = state_lib.create_optimizer(config.optimizer)
+  mesh = mesh_lib.create_mesh({"data": -1})
+  state, shardings = dit.init_train_state(model, tx, config, mesh, jax.random.PRNGKey(0))
+  rng = np.random.default_rng(15)
+  local = latent_batch(rng, batch=32, num_pairs=rng.integers(1, 3, 32).astype(np.int32))
+  results = []
+  with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.AXIS_RULES):
+    batch = mesh_lib.global_batch(local, mesh)
+    for steps in (1, 4):
+      config.grad_accum_steps = steps
+      step = dit.create_train_step(model, tx, schedule, config, shardings)
+      results.append(jax.device_get(step(jax.tree.map(jnp.copy, state), None, batch)))
+  (whole, whole_metrics), (accumulated, accumulated_metrics) = results
+  # AdamW's first moment is (1 - b1) x the clipped gradient: compared directly.
+  close = functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=1e-8)
+  jax.tree.map(close, accumulated.opt_state, whole.opt_state)
+  jax.tree.map(close, accumulated.params, whole.params)
+  jax.tree.map(close, accumulated.ema_params, whole.ema_params)
+  for name in ("loss", "grad_norm", "update_norm"):
+    close(accumulated_metrics[name], whole_metrics[name], err_msg=name)
+
+
+def test_eval_loss_is_a_fixed_function_of_the_params(tmp_path):
+  """eval_loss logged by `train` == the mean of `velocity_loss` at each eval time over
+  the held-out batches, recomputed from the final params, and the same on every call."""
+  config = training_config()
+  config.total_steps = config.checkpoint_every = config.eval_every = 2
+  config.eval_batches, config.eval_times = 2, (0.2, 0.9)
+  rng = np.random.default_rng(16)
+  held_out = [latent_batch(rng, num_pairs=np.array([1, 2], np.int32)) for _ in range(2)]
+  train_batches = iter([latent_batch(rng) for _ in range(2)])
+  state = dit.train(config, str(tmp_path), batches=train_batches, eval_batches=held_out)
+  logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [("eval_loss" in r) for r in logged] == [False, True]
+
+  params = jax.device_get(state.params)
+  assert config.flow.l1_weight == 0.1  # as in loss_at
+  want = []
+  for i, batch in enumerate(held_out):
+    k_vae, k_noise = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), i))
+    latents = dit.sample_batch(batch, k_vae, config.vae)
+    cond, mask = incontext.build_condition(
+      latents["context_inputs"],
+      latents["context_targets"],
+      latents["query"],
+      batch["num_pairs"],
+      np.zeros(2, bool),
+    )
+    x = latents["target"]
+    noise = jax.random.normal(k_noise, (2,) + x.shape)
+    for j, t in enumerate(config.eval_times):
+      want.append(float(loss_at(params, x, noise[j], np.full(2, t, np.float32), cond, mask)))
+  assert logged[1]["eval_loss"] == pytest.approx(np.mean(want), rel=1e-5)
+
+  mesh = mesh_lib.create_mesh({"data": -1})
+  with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.AXIS_RULES):
+    batches = [mesh_lib.global_batch(b, mesh) for b in held_out]
+    eval_fn = dit.create_eval_fn(jdit.JDiT(config.model), config, batches, None, mesh)
+    first, second = (float(eval_fn(state)["eval_loss"]) for _ in range(2))
+    config.grad_accum_steps = 2  # the evaluation splits its batches as the step does
+    split = dit.create_eval_fn(jdit.JDiT(config.model), config, batches, None, mesh)(state)
+  assert first == second == logged[1]["eval_loss"]
+  assert float(split["eval_loss"]) == pytest.approx(first, rel=1e-6)
+
+
 def test_pixel_batches_encode_each_clip_separately():
   from lavin_jax.models import stvae  # pylint: disable=g-import-not-at-top
 

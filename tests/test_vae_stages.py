@@ -48,6 +48,8 @@ def test_two_stages_resume_exactly_after_a_stop_in_each(tmp_path):
     assert run["logged_steps"] == [1, 2, 3, 4], stage
     assert run["losses_equal"], stage
   assert result["images+clips"]["kinds"] == [True, False, False, True]  # both sides of the stop
+  for run in ("images_full", "images"):  # TensorBoard events and the profile of steps 2, 3
+    assert result[run] == {"events_equal": True, "profiles": 1}, run
   assert {"photos/psnr", "photos/ssim", "photos/lpips"} <= set(result["report"])
   assert {"mse", "lpips", "kl", "generator", "adv_weight", "disc_loss"} <= set(
     result["images+clips"]["metrics"]
@@ -126,8 +128,20 @@ def _main(tmp):
   tmp = pathlib.Path(tmp)
   stills, clips = tiny_vae.stills(6), tiny_vae.clips(3)
   result = {}
-  images = tiny_vae.config(total_steps=4, checkpoint_every=2, l1_weight=0.5)
+  images = tiny_vae.config(total_steps=4, checkpoint_every=2, l1_weight=0.5, profile_steps=(2, 4))
   _, result["images"] = _stage(images, tmp, "images", stills, None, stop_at=3)
+  # The shared loop's TensorBoard events and profile window (stopped at 3, the resumed
+  # run starts after the window).
+  import test_loop  # pylint: disable=g-import-not-at-top
+
+  for run in ("images_full", "images"):
+    scalars, _ = test_loop.event_scalars(tmp / run)
+    want = {(k, r["step"]): v for r in _records(tmp / run) for k, v in r.items() if k != "step"}
+    result[run] = {
+      "events_equal": scalars.keys() == want.keys()
+      and all(scalars[k] == np.float32(v) for k, v in want.items()),
+      "profiles": len(test_loop.profile_files(tmp / run)),
+    }
 
   both = tiny_vae.config(
     stage="images+clips",

@@ -264,15 +264,17 @@ def create_eval_fn(model, config, batches, vae_params, mesh, vae=None):
   """
   make_inputs = jax.jit(functools.partial(eval_inputs, config=config, vae=vae))
   inputs = [make_inputs(vae_params, b, eval_key(config, i)) for i, b in enumerate(batches)]
-  times = jnp.asarray(config.eval_times, jnp.float32)
-  steps = config.get("grad_accum_steps", 1)
-
-  def mean_loss(params, inputs):
-    losses = [eval_loss(model, params, x, times, config.flow.l1_weight, steps) for x in inputs]
-    return jnp.mean(jnp.stack(losses))
-
-  loss = jax.jit(mean_loss, out_shardings=mesh_lib.replicated(mesh))
-  return lambda state: {"eval_loss": loss(state.params, inputs)}
+  loss = jax.jit(
+    functools.partial(
+      eval_loss,
+      model,
+      times=jnp.asarray(config.eval_times, jnp.float32),
+      l1_weight=config.flow.l1_weight,
+      microbatches=config.get("grad_accum_steps", 1),
+    ),
+    out_shardings=mesh_lib.replicated(mesh),
+  )  # compiled once per batch shape
+  return lambda state: {"eval_loss": sum(loss(state.params, x) for x in inputs) / len(inputs)}
 
 
 # ---------------------------------------------------------------------------------------
