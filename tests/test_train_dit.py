@@ -446,6 +446,14 @@ def test_bad_accumulation_evaluation_and_profile_settings_raise_before_compile()
   with pytest.raises(ValueError, match=r"global batch 12 .* grad_accum_steps = 4 .* = 2 dev"):
     dit.check_accumulation(12, 4, 2)
   dit.check_accumulation(16, 4, 2)
+  # Given batches are checked as the step is traced, before it compiles.
+  model = jdit.JDiT(config.model)
+  tx, schedule = state_lib.create_optimizer(config.optimizer)
+  mesh = mesh_lib.create_mesh({"data": -1})
+  abstract, _ = dit.abstract_train_state(model, tx, config, mesh, jax.random.PRNGKey(0))
+  step = functools.partial(dit.train_step, model=model, tx=tx, schedule=schedule, config=config)
+  with pytest.raises(ValueError, match="global batch 6 does not split into grad_accum_steps = 4"):
+    jax.eval_shape(step, abstract, None, latent_batch(np.random.default_rng(0), batch=6))
   config = tiny_config()
   config.grad_accum_steps = 0
   with pytest.raises(ValueError, match="config.grad_accum_steps must be >= 1, got 0"):

@@ -49,7 +49,7 @@ def test_two_stages_resume_exactly_after_a_stop_in_each(tmp_path):
     assert run["losses_equal"], stage
   assert result["images+clips"]["kinds"] == [True, False, False, True]  # both sides of the stop
   for run in ("images_full", "images"):  # TensorBoard events and the profile of steps 2, 3
-    assert result[run] == {"events_equal": True, "profiles": 1}, run
+    assert result["loop_files"][run] == {"events_equal": True, "profiles": 1}, run
   assert {"photos/psnr", "photos/ssim", "photos/lpips"} <= set(result["report"])
   assert {"mse", "lpips", "kl", "generator", "adv_weight", "disc_loss"} <= set(
     result["images+clips"]["metrics"]
@@ -134,10 +134,11 @@ def _main(tmp):
   # run starts after the window).
   import test_loop  # pylint: disable=g-import-not-at-top
 
+  result["loop_files"] = {}
   for run in ("images_full", "images"):
     scalars, _ = test_loop.event_scalars(tmp / run)
     want = {(k, r["step"]): v for r in _records(tmp / run) for k, v in r.items() if k != "step"}
-    result[run] = {
+    result["loop_files"][run] = {
       "events_equal": scalars.keys() == want.keys()
       and all(scalars[k] == np.float32(v) for k, v in want.items()),
       "profiles": len(test_loop.profile_files(tmp / run)),

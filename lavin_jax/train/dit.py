@@ -173,7 +173,9 @@ def train_step(state, vae_params, batch, *, model, tx, schedule, config, vae=Non
   other draws.
   """
   steps = config.get("grad_accum_steps", 1)
-  check_accumulation(batch["num_pairs"].shape[0], steps)  # at trace time
+  mesh = jax.sharding.get_abstract_mesh()  # the one set by jax.set_mesh, if any
+  shards = 1 if mesh.empty else mesh.shape["data"] * mesh.shape["fsdp"]
+  check_accumulation(batch["num_pairs"].shape[0], steps, shards)  # at trace time
   inputs, k_dropout = step_inputs(state, vae_params, batch, config=config, vae=vae)
 
   def loss_fn(params, micro, key):
