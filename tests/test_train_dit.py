@@ -641,6 +641,7 @@ def _mixture_config(tmp_path):
   config.latents.dir = str(tmp_path / "latents")
   config.latents.examples_per_shard, config.latents.batch_size = 3, 4
   config.total_steps, config.checkpoint_every = 4, 2
+  config.eval_every = 2  # held-out batches of the configured input (seed eval_seed)
   return config
 
 
@@ -660,14 +661,13 @@ def test_mixture_of_stills_and_clips_trains_and_resumes_exactly(tmp_path):
   data = [tmp_path / run / "checkpoints" / "4" / "data" for run in ("straight", "resumed")]
   states = [sorted(p.read_text() for p in d.iterdir() if p.suffix == ".json") for d in data]
   assert states[0] and states[0] == states[1]
-  losses = [
-    [
-      json.loads(line)["loss"]
-      for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
-    ]
+  records = [
+    [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
     for run in ("straight", "resumed")
   ]
-  assert losses[0] == losses[1]
+  for name in ("loss", "eval_loss"):  # the held-out batches are drawn again on resume
+    logged = [[r[name] for r in run if name in r] for run in records]
+    assert logged[0] == logged[1] and len(logged[0]) == (4 if name == "loss" else 2), name
 
 
 def test_init_from_released_weights():

@@ -637,9 +637,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None, eval_ba
     else:
       state, _ = init_train_state(model, tx, config, mesh, rng)
 
-    # ## Evaluation: held-out batches drawn once, their loss inputs computed once.
+    # ## Update step.
     step_fn = create_train_step(model, tx, schedule, config, shardings, vae=vae)
     with jax.set_mesh(mesh), nn.logical_axis_rules(mesh_lib.AXIS_RULES):
+      # ## Evaluation: held-out batches drawn once, their loss inputs computed once.
       eval_fn = None
       if batches is not None and eval_batches is None:
         logging.info("Batches given without eval_batches: no evaluation.")
