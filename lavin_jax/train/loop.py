@@ -88,8 +88,8 @@ def check_profile_steps(profile_steps, total_steps: int) -> None:
 class ProfileWindow:
   """A jax.profiler trace of the steps start to stop - 1 into `directory` (process 0).
 
-  The device is waited for at both ends of the window only, so the trace holds those
-  steps' device work and nothing else.
+  The host waits for the device at both ends of the window only: the trace starts
+  once earlier steps are done and stops once the window's steps are.
   """
 
   def __init__(self, profile_steps, directory: str):
