@@ -249,3 +249,25 @@ if __name__ == "__main__":
     _train(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
   else:
     _kill_during_save(sys.argv[2])
+
+
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_distributed_start_alone_ends_with_one_line_naming_the_absent(tmp_path, process_id):
+  """One process of two, the other never started: one error line, status 1, bounded."""
+  port = processes.free_port()
+  script = tmp_path / "start.py"
+  script.write_text(
+    "import sys\n"
+    "from lavin_jax.parallel import mesh\n"
+    f"mesh.initialize_distributed('127.0.0.1:{port}', 2, {process_id}, timeout_s=3)\n"
+  )
+  started = time.monotonic()
+  proc, log = processes.spawn(script, tmp_path / "log.txt")
+  processes.reap([(proc, log)], timeout=120)
+  lines = (tmp_path / "log.txt").read_text().splitlines()
+  assert proc.returncode == 1, lines[-20:]
+  assert time.monotonic() - started < 60
+  assert lines[-1].startswith("error: "), lines[-20:]
+  assert not any("Check failure" in line for line in lines)
+  absent = "process 1 did not connect" if process_id == 0 else "process 0, the coordinator"
+  assert absent in lines[-1], lines[-1]
