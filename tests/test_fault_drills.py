@@ -162,7 +162,7 @@ def test_a_full_disk_during_a_bundle_save_keeps_the_old_bundle(tmp_path, monkeyp
   def full_disk(self, *args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
-  monkeypatch.setattr(ocp.StandardCheckpointer, "save", full_disk)
+  monkeypatch.setattr(ocp.Checkpointer, "save", full_disk)
   with pytest.raises(OSError, match=r"Writing the bundle .* failed .*No space left.*intact"):
     bundle.save_bundle(tmp_path / "b", config, stvae_params={"w": np.zeros(3, np.float32)})
   assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no .partial left behind
