@@ -26,7 +26,9 @@ MODELS = ("jdit", "stvae")
 
 # Host arrays are written as they are: orbax's default deep copy of each one (for
 # writes that overlap the caller's updates) would double a 3.4B conversion's peak
-# memory, and save_bundle returns only once the write is finished.
+# memory, and save_bundle returns only once the write is finished. At most
+# _WRITE_CONCURRENT_GB are in flight to disk at once (orbax's default is 96).
+_WRITE_CONCURRENT_GB = 1
 _HANDLERS = ocp.type_handlers.create_type_handler_registry(
   (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
   (jax.Array, ocp.type_handlers.ArrayHandler()),
@@ -64,7 +66,11 @@ def save_bundle(
     shutil.rmtree(partial)  # left by an interrupted save
   coordination.barrier("bundle_clean")
   try:
-    checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=_HANDLERS))
+    checkpointer = ocp.Checkpointer(
+      ocp.PyTreeCheckpointHandler(
+        type_handler_registry=_HANDLERS, save_concurrent_gb=_WRITE_CONCURRENT_GB
+      )
+    )
     checkpointer.save(os.path.join(partial, PARAMS_DIR), params)
     if primary:
       files.atomic_write_text(os.path.join(partial, CONFIG_FILE), config.to_json(indent=1))
