@@ -2,9 +2,16 @@
 
 Implementations (`implementation=`, the registry IMPLEMENTATIONS):
 - 'auto': the fastest exact path of the backend (`resolve`): 'cudnn' on GPU for 16-bit
-  inputs ('xla' for float32, which cuDNN does not take), 'xla' on TPU, 'chunked' on CPU.
+  inputs and a head_dim cuDNN takes ('xla' otherwise: float32 keeps float32), 'xla' on
+  TPU, 'chunked' on CPU.
 - 'xla': `jax.nn.dot_product_attention` on XLA; materialises the (B, N, T, S) scores.
-- 'cudnn': the same call with cuDNN flash attention; GPU only (ValueError elsewhere).
+- 'cudnn': cuDNN flash attention through the same call; GPU only (ValueError elsewhere).
+  Key padding reaches the kernel as key/value sequence lengths, never as a bias: each
+  example's keys and values are gathered so its valid keys come first (a stable sort;
+  attention does not depend on the order of the keys), and `key_value_seq_lengths`
+  counts them. Queries keep their order: padded queries attend to the valid keys, as on
+  the masked paths. float32 inputs are cast to bfloat16 for the kernel and the output
+  back to float32 (cuDNN takes only 16-bit inputs).
 - 'chunked': pure JAX in the form XLA CPU runs near its matmul rate: heads first, the
   rows of one key/value head (its G query heads) in chunks whose float32 logits take
   about `chunk_bytes` (cache-sized), softmax normalised after the value matmul, and a
@@ -30,14 +37,16 @@ import numpy as np
 
 # A large finite negative logit for masked keys (finite, so masked rows never give NaN).
 _MASKED = -0.7 * float(np.finfo(np.float32).max)
-# 'auto' by jax.default_backend(); GPU takes cuDNN only for these input dtypes.
+# 'auto' by jax.default_backend(); GPU takes cuDNN only for these input dtypes and head
+# dims (a multiple of 8, at most 128 on every GPU cuDNN flash attention runs on).
 _AUTO = {"cpu": "chunked", "gpu": "cudnn", "tpu": "xla"}
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+_CUDNN_HEAD_DIM = 8, 128  # multiple of, at most
 _ROW_MULTIPLE = 8  # chunk rows are a multiple of this
 
 
-def resolve(implementation: str, dtype=jnp.float32) -> str:
-  """The registry name `implementation` stands for ('auto' by backend and dtype)."""
+def resolve(implementation: str, dtype=jnp.float32, head_dim: int = 64) -> str:
+  """The registry name `implementation` stands for ('auto' by backend, dtype, head_dim)."""
   if implementation not in IMPLEMENTATIONS and implementation != "auto":
     raise ValueError(
       f"Unknown attention implementation {implementation!r}; use one of "
@@ -46,7 +55,10 @@ def resolve(implementation: str, dtype=jnp.float32) -> str:
   if implementation != "auto":
     return implementation
   name = _AUTO.get(jax.default_backend(), "xla")
-  if name == "cudnn" and jnp.dtype(dtype) not in _CUDNN_DTYPES:
+  multiple, most = _CUDNN_HEAD_DIM
+  if name == "cudnn" and (
+    jnp.dtype(dtype) not in _CUDNN_DTYPES or head_dim % multiple or head_dim > most
+  ):
     return "xla"
   return name
 
@@ -77,7 +89,7 @@ def dot_product_attention(
     (B, T, N, hd) in q's dtype.
   """
   _check_shapes(q, k, v, key_mask)
-  fn = IMPLEMENTATIONS[resolve(implementation, q.dtype)]
+  fn = IMPLEMENTATIONS[resolve(implementation, q.dtype, q.shape[-1])]
   out = fn(q, k, v, key_mask, block_size=block_size, chunk_bytes=chunk_bytes)
   return checkpoint_name(out, "attention")
 
@@ -98,15 +110,41 @@ def _check_shapes(q, k, v, key_mask):
     raise ValueError(f"key_mask must be (B, S) = {(b, s)}, got {key_mask.shape}.")
 
 
-def _jax_nn(q, k, v, key_mask, *, implementation):
-  """jax.nn.dot_product_attention (XLA or cuDNN)."""
-  if implementation == "cudnn" and jax.default_backend() != "gpu":
+def _xla(q, k, v, key_mask):
+  """jax.nn.dot_product_attention on XLA, the key mask as a (B, 1, 1, S) mask."""
+  mask = None if key_mask is None else key_mask[:, None, None, :]
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+
+
+def _cudnn(q, k, v, key_mask):
+  """cuDNN flash attention: 16-bit inputs, key padding as sequence lengths."""
+  if jax.default_backend() != "gpu":
     raise ValueError(
       f"attention implementation 'cudnn' needs a GPU, but the backend is "
       f"{jax.default_backend()!r}; use 'auto', 'xla', 'chunked' or 'blockwise'."
     )
-  mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S)
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+  low = q.dtype if q.dtype in _CUDNN_DTYPES else jnp.bfloat16
+  q_low, k_low, v_low = (x.astype(low) for x in (q, k, v))
+  return seq_lengths_attention(q_low, k_low, v_low, key_mask, "cudnn").astype(q.dtype)
+
+
+def seq_lengths_attention(q, k, v, key_mask, implementation):
+  """jax.nn.dot_product_attention (`implementation` 'xla' or 'cudnn') with the key padding
+  given as key/value sequence lengths: valid keys first in each example (`valid_first`)."""
+  lengths = None
+  if key_mask is not None:
+    k, v, lengths = valid_first(k, v, key_mask)
+  return jax.nn.dot_product_attention(
+    q, k, v, key_value_seq_lengths=lengths, implementation=implementation
+  )
+
+
+def valid_first(k, v, key_mask):
+  """k, v (B, S, K, hd) with each example's valid keys first, in their order; and the
+  number of valid keys (B,) int32."""
+  order = jnp.argsort((~key_mask).astype(jnp.int32), axis=1, stable=True)  # (B, S)
+  k, v = (jnp.take_along_axis(x, order[:, :, None, None], axis=1) for x in (k, v))
+  return k, v, key_mask.sum(-1, dtype=jnp.int32)
 
 
 # ---------------------------------------------------------------------------------------
@@ -274,8 +312,8 @@ def _with_options(fn, *options):
 
 
 IMPLEMENTATIONS = {
-  "xla": _with_options(functools.partial(_jax_nn, implementation="xla")),
-  "cudnn": _with_options(functools.partial(_jax_nn, implementation="cudnn")),
+  "xla": _with_options(_xla),
+  "cudnn": _with_options(_cudnn),
   "chunked": _with_options(chunked_attention, "chunk_bytes"),
   "blockwise": _with_options(blockwise_attention, "block_size"),
 }
