@@ -162,8 +162,8 @@ def test_masked_keys_do_not_matter(impl, options):
     ("gpu", jnp.float32, 64, "xla"),
     ("gpu", jnp.bfloat16, 36, "xla"),
     ("gpu", jnp.bfloat16, 256, "xla"),
-    ("tpu", jnp.bfloat16, 64, "xla"),
-    ("tpu", jnp.float32, 64, "xla"),
+    ("tpu", jnp.bfloat16, 72, "splash"),
+    ("tpu", jnp.float32, 64, "splash"),
   ],
 )
 def test_auto_resolves_per_backend(monkeypatch, backend, dtype, head_dim, expected):
@@ -193,7 +193,7 @@ def test_bad_arguments():
   with pytest.raises(
     ValueError,
     match="Unknown attention implementation 'flash'.*"
-    "'auto', 'xla', 'cudnn', 'chunked', 'blockwise'",
+    "'auto', 'xla', 'cudnn', 'chunked', 'blockwise', 'splash'",
   ):
     attention.dot_product_attention(q, k, v, implementation="flash")
   with pytest.raises(ValueError, match="multiple of key/value heads"):
