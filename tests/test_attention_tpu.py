@@ -1,6 +1,6 @@
 """Ahead-of-time TPU compiles from a host without a TPU (the `tpu` extra's libtpu): a
-J-DiT training step with splash attention compiles for a v5e 2x2 slice, data and
-tensor parallel. Skipped where libtpu is not installed."""
+J-DiT training step with splash attention (head_dim 72) compiles for a v5e 2x2 slice,
+data and tensor parallel. Skipped where libtpu is not installed."""
 
 import flax.linen as nn
 import jax
@@ -37,7 +37,8 @@ def _abstract_batch(mesh, batch=4, pairs=2, size=8):
 def test_jdit_train_step_with_splash_compiles_for_v5e():
   config = train_dit_config.get_config("tiny,runlocal")
   config.input = "latents"
-  config.model.update(attention_impl="splash", dtype="bfloat16")
+  # The 3.4B's head_dim 72 (hidden 288 over 4 heads), 2 key/value heads.
+  config.model.update(attention_impl="splash", dtype="bfloat16", hidden_size=288)
   mesh = topology.topology_mesh("v5e:2x2", {"data": 2, "tensor": 2})
   assert mesh.devices.size == 4 and mesh.devices.flat[0].platform == "tpu"
   tx, schedule = state_lib.create_optimizer(config.optimizer)
