@@ -63,6 +63,14 @@ def test_jdit_train_step_with_splash_compiles_for_v5e():
   assert memory.alias_size_in_bytes > 0 and memory.temp_size_in_bytes > 0  # state donated
 
 
+def test_topology_meshes():
+  mesh = topology.topology_mesh("v5p:4x4x4", {"fsdp": -1, "tensor": 2})
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 32, "tensor": 2}
+  assert len({d.id for d in mesh.devices.flat}) == 64
+  assert mesh.devices.flat[0].device_kind == "TPU v5"
+  assert topology.topology_mesh("v6e:4x4", {"data": -1}).devices.size == 16
+
+
 def test_unknown_topology_is_one_line():
   with pytest.raises(ValueError, match="Unknown TPU topology 'v9x:2x2'.*'v5e:2x2'"):
     topology.topology_devices("v9x:2x2")

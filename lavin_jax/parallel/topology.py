@@ -11,6 +11,7 @@ import importlib.util
 import os
 
 import jax
+from jax.experimental import mesh_utils
 from jax.experimental import topologies
 
 from lavin_jax.parallel import mesh as mesh_lib
@@ -42,5 +43,11 @@ def topology_devices(topology: str) -> list:
 
 
 def topology_mesh(topology: str, axis_sizes: Mapping[str, int]) -> jax.sharding.Mesh:
-  """`mesh.create_mesh(axis_sizes)` over the compile-only devices of `topology`."""
-  return mesh_lib.create_mesh(axis_sizes, devices=topology_devices(topology))
+  """A ('data', 'fsdp', 'tensor') mesh of `topology`'s compile-only devices, axis sizes
+  as `mesh.create_mesh` takes them. A mesh axis may split a physical one where it must
+  (tensor 2 on a 4x4x4 torus)."""
+  devices = topology_devices(topology)
+  shape = mesh_lib.mesh_shape(axis_sizes, len(devices))
+  grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+  auto = (jax.sharding.AxisType.Auto,) * len(mesh_lib.MESH_AXES)
+  return jax.sharding.Mesh(grid, mesh_lib.MESH_AXES, axis_types=auto)
