@@ -22,7 +22,8 @@ size="${1:?usage: slurm_train_dit.sh <size> <workdir> [--config.x=y ...]}"
 workdir="${2:?usage: slurm_train_dit.sh <size> <workdir> [--config.x=y ...]}"
 shift 2
 
-# cuDNN flash attention needs the GPU build of jax: pip install -e '.[cuda12]'.
+# Attention is the config's 'auto': cuDNN flash attention for the bf16 compute (the GPU
+# build of jax: pip install -e '.[cuda12]').
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
 export XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true \
   --xla_gpu_enable_highest_priority_async_stream=true \
@@ -36,7 +37,6 @@ cd "$(dirname "$0")/.."
 # exits; resubmitting the same command resumes from it.
 srun --kill-on-bad-exit=1 python launch/train_dit.py \
   --config="lavin_jax/configs/train_dit.py:${size}" \
-  --config.model.attention_impl=cudnn \
   --config.mesh.data=-1 --config.mesh.fsdp=8 --config.mesh.tensor=1 \
   --workdir="${workdir}" \
   --auto_distributed \
