@@ -185,7 +185,7 @@ def test_episodes_layout_padding_and_stored_pairs(sources, encoded):
     for name in names
   }
   frames = set()
-  batches = iter(_pipeline(encoded))
+  batches = iter(_pipeline(encoded, _config(k_buckets=(3,))))  # Padded to k_max.
   for _ in range(6):
     batch = next(batches)
     t = batch["query"].shape[1]

@@ -72,6 +72,7 @@ def test_batch_layout_and_padding():
     for _ in range(N)
   ]
   config = _config(("colorization", "inpainting", "depth_estimation"), k_min=2, k_max=4)
+  config.k_buckets = (4,)  # Every episode padded to k_max.
   batches = _take(iter(pipeline.make_pipeline(config, source, 0, 1)), 6)
   batch = batches[0]
   assert set(batch) == {
@@ -81,7 +82,9 @@ def test_batch_layout_and_padding():
     "target",
     "num_pairs",
     "task_id",
+    "skipped",
   }
+  assert not any(b["skipped"].any() for b in batches)
   assert batch["context_inputs"].shape == batch["context_targets"].shape == (4, 4, 1, 32, 32, 3)
   assert batch["query"].shape == batch["target"].shape == (4, 1, 32, 32, 3)
   assert batch["num_pairs"].dtype == batch["task_id"].dtype == np.int32
@@ -125,7 +128,9 @@ def test_video_pipeline():
   ]
   config = _config(("frame_prediction", "optical_flow"), k_max=2, batch_size=2, media="video")
   batch = next(iter(pipeline.make_pipeline(config, source, 0, 1)))
-  assert batch["context_inputs"].shape == (2, 2, 5, 32, 32, 3)
+  k = batch["num_pairs"][0]  # One K per batch: nothing padded.
+  assert np.all(batch["num_pairs"] == k)
+  assert batch["context_inputs"].shape == (2, k, 5, 32, 32, 3)
   assert batch["query"].shape == batch["target"].shape == (2, 5, 32, 32, 3)
 
 
@@ -287,7 +292,9 @@ def test_synthetic_source_end_to_end(synthetic_dir, media):
   frames = 1 if media == "image" else 5
   seen = set()
   for batch in _take(iter(pipeline.make_pipeline(config, source, 0, 1)), 8):
-    assert batch["context_inputs"].shape == (4, 2, frames, 32, 32, 3)
+    k = batch["num_pairs"][0]
+    assert np.all(batch["num_pairs"] == k)
+    assert batch["context_inputs"].shape == (4, k, frames, 32, 32, 3)
     assert batch["target"].shape == (4, frames, 32, 32, 3)
     for key in ("context_inputs", "context_targets", "query", "target"):
       assert batch[key].min() >= -1 and batch[key].max() <= 1
