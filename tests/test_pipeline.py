@@ -418,3 +418,44 @@ def test_small_images_and_tiny_sources():
     pipeline.make_pipeline(_config(), _photo_source(), 0)
   with pytest.raises(ValueError, match="shard_index must be in"):
     pipeline.make_pipeline(_config(), _photo_source(), 2, 2)
+
+
+# ---------------------------------------------------------------------------
+# Examples holding NaN or inf.
+# ---------------------------------------------------------------------------
+
+
+def _corrupt_source(bad=5):
+  source = _photo_source()
+  source[bad] = {"image": np.full((40, 48, 3), np.nan, np.float32)}
+  source[bad]["image"][0, 0] = np.inf
+  return source
+
+
+def test_a_nonfinite_example_stops_the_pipeline_naming_it():
+  config = _config(k_min=3, k_max=3)
+  iterator = iter(pipeline.make_pipeline(config, _corrupt_source(), 0, 1))
+  with pytest.raises(episodes.NonFiniteExample, match=r"^Source 'source' example 5 \(colori"):
+    _take(iterator, N)  # Every example is drawn within an epoch.
+
+
+def test_nonfinite_examples_are_skipped_and_counted_when_asked():
+  config = _config(k_min=3, k_max=3)
+  config.skip_nonfinite = True
+  batches = _take(iter(pipeline.make_pipeline(config, _corrupt_source(), 0, 1)), N)
+  skipped = sum(int(b["skipped"].sum()) for b in batches)
+  # Example 5 is a query once an epoch and often a context example: each time redrawn.
+  assert skipped >= 1
+  for b in batches:
+    for key in ("context_inputs", "context_targets", "query", "target"):
+      assert np.isfinite(b[key]).all()
+    seen = [_index_of(b["target"][i]) for i in range(4)]
+    seen += [_index_of(t) for i in range(4) for t in b["context_targets"][i]]
+    assert 5 not in seen
+  # The same batches as without skipping wherever example 5 was not drawn.
+  config.skip_nonfinite = False
+  clean = iter(pipeline.make_pipeline(config, _corrupt_source(), 0, 1))
+  for b in batches:
+    if b["skipped"].any():
+      break
+    _assert_same([b], [next(clean)])

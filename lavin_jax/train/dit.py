@@ -16,6 +16,7 @@ from step to step (a mixture of stills and clips): each shape compiles once.
 """
 
 import functools
+import itertools
 import os
 
 from absl import logging
@@ -30,6 +31,7 @@ import optax
 from lavin_jax import convert
 from lavin_jax import flow
 from lavin_jax.configs import models as model_configs
+from lavin_jax.data import episodes
 from lavin_jax.data import latents
 from lavin_jax.data import pipeline
 from lavin_jax.io import bundle
@@ -422,10 +424,26 @@ def make_input(config, workdir):
   )
 
 
-def global_batches(local_batches, config, mesh):
-  """Checked process-local batches -> global batches on `mesh`, one per step."""
-  for local in local_batches:
+def global_batches(local_batches, config, mesh, first_step=1):
+  """Checked process-local batches -> global batches on `mesh`, one per step from first_step.
+
+  A batch holding an example with NaN or inf (`episodes.NonFiniteExample`, found on the
+  host by the pipeline) stops the run with the step and the example named; with
+  config.data.skip_nonfinite the pipeline redraws such examples, and their running
+  count is logged.
+  """
+  local_batches, skipped = iter(local_batches), 0
+  for step in itertools.count(first_step):
+    try:
+      local = next(local_batches)
+    except StopIteration:
+      return
+    except episodes.NonFiniteExample as e:
+      raise episodes.NonFiniteExample(f"Step {step}: {e}") from None
     check_batch(local, config)
+    if np.any(local.get("skipped", 0)):
+      skipped += int(np.sum(local["skipped"]))
+      logging.warning("Step %d: %d examples with NaN or inf skipped so far.", step, skipped)
     yield mesh_lib.global_batch({k: local[k] for k in CLIP_KEYS + ("num_pairs",)}, mesh)
 
 
@@ -498,7 +516,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None):
       return loop.run(
         lambda state, batch: step_fn(state, vae_params, batch),
         state,
-        global_batches(it, config, mesh),
+        global_batches(it, config, mesh, first_step=int(state.step) + 1),
         ckpt=ckpt,
         total_steps=config.total_steps,
         log_every=config.log_every,
