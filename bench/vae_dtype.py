@@ -1,11 +1,13 @@
 r"""The frozen ST-VAE's encode in bfloat16 against float32: how far the latents move.
 
   python bench/vae_dtype.py [--sizes=tiny,released] [--resolution=32] [--data_dir=DIR]
+      [--weights=tests/fixtures/stvae/vae_state.pt]
 
 Inputs: the built-in synthetic scenes (stills and 5-frame clips of `synthetic:tiny`,
 built in --data_dir on first use) and scikit-image's photographs, centre-cropped to
---resolution. Params: a random init (seed 0) of each ST-VAE size; no trained weights
-are at hand. One JSON line per (size, inputs):
+--resolution. Params: a random init (seed 0) of each ST-VAE size (no trained weights are
+at hand), and with --weights the released-layout file's for the tiny size (the test
+fixture: PyTorch's own initialisation). One JSON line per (params, size, inputs):
   stvae_bf16_encode_error  ||mean_bf16 - mean_f32|| / ||mean_f32|| over the posterior
                            means of every clip; also the largest absolute difference
                            over the standard deviation of the float32 means
@@ -21,6 +23,7 @@ import common
 import jax
 import numpy as np
 
+from lavin_jax import convert
 from lavin_jax.configs import models as model_configs
 from lavin_jax.data import episodes
 from lavin_jax.data import specs
@@ -29,6 +32,7 @@ from lavin_jax.models import stvae
 
 _SIZES = common.define_choices("sizes", ["tiny", "released"], model_configs.STVAE_SIZES, "Sizes")
 _RESOLUTION = flags.DEFINE_integer("resolution", 32, "Square side in pixels.")
+_WEIGHTS = flags.DEFINE_string("weights", "", "A released-layout tiny ST-VAE file ('': none).")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "Where the synthetic scenes are ('': a temp dir).")
 
 
@@ -54,14 +58,26 @@ def main(argv):
   with tempfile.TemporaryDirectory() as scratch:
     data_dir = _DATA_DIR.value or scratch
     inputs = {
-      "synthetic_stills": _clips(f"synthetic:tiny,content=images,data_dir={data_dir}", "image", res),
+      "synthetic_stills": _clips(
+        f"synthetic:tiny,content=images,data_dir={data_dir}", "image", res
+      ),
       "synthetic_clips": _clips(f"synthetic:tiny,content=clips,data_dir={data_dir}", "video", res),
       "photos": _clips("photos", "image", res),
     }
+  runs = []
   for size in _SIZES.value:
     module = stvae.STVAE(model_configs.stvae(size))
     init = jax.jit(functools.partial(module.init, method="encode"))
-    params = init(jax.random.PRNGKey(0), inputs["photos"][:1])["params"]
+    runs.append((size, "random init", init(jax.random.PRNGKey(0), inputs["photos"][:1])["params"]))
+  if _WEIGHTS.value:
+    runs.append(
+      (
+        "tiny",
+        _WEIGHTS.value,
+        convert.load_released_stvae(_WEIGHTS.value, model_configs.stvae("tiny"))[1],
+      )
+    )
+  for size, origin, params in runs:
     for name, clips in inputs.items():
       reference = _means(size, "float32", params, clips)
       low = _means(size, "bfloat16", params, clips)
@@ -71,11 +87,11 @@ def main(argv):
           "value": float(np.linalg.norm(low - reference) / np.linalg.norm(reference)),
           "max_abs_over_std": float(np.abs(low - reference).max() / reference.std()),
           "size": size,
+          "params": origin,
           "inputs": name,
           "clips": len(clips),
           "frames": clips.shape[1],
           "resolution": res,
-          "params": "random init",
           "backend": jax.default_backend(),
           "cpus": os.cpu_count(),
         }

@@ -435,7 +435,7 @@ def _corrupt_source(bad=5):
 def test_a_nonfinite_example_stops_the_pipeline_naming_it():
   config = _config(k_min=3, k_max=3)
   iterator = iter(pipeline.make_pipeline(config, _corrupt_source(), 0, 1))
-  with pytest.raises(episodes.NonFiniteExample, match=r"^Source 'source' example 5 \(colori"):
+  with pytest.raises(episodes.NonFiniteExampleError, match=r"^Source 'source' example 5 \(colori"):
     _take(iterator, N)  # Every example is drawn within an epoch.
 
 

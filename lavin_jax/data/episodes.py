@@ -22,7 +22,6 @@ Layout (numpy, unbatched; pixels float32 in [-1, 1], or stored ST-VAE moments):
 from typing import Callable, Sequence
 
 from absl import logging
-
 import cv2
 import numpy as np
 
@@ -273,7 +272,7 @@ def render_episode(
 MAX_REDRAWS = 16  # Non-finite examples redrawn for one episode before giving up.
 
 
-class NonFiniteExample(ValueError):
+class NonFiniteExampleError(ValueError):
   """An example whose rendered (or stored) pair holds NaN or inf."""
 
 
@@ -307,7 +306,7 @@ def finite_episode(
       False: raise.
     name: example index -> how a message names it, e.g. "Source 'photos' example 7".
   Raises:
-    NonFiniteExample naming the first non-finite example.
+    NonFiniteExampleError naming the first non-finite example.
   """
   context = np.array(context)
   skipped = 0
@@ -324,7 +323,7 @@ def finite_episode(
         if not skip
         else f"more than {MAX_REDRAWS} non-finite examples were redrawn for one episode"
       )
-      raise NonFiniteExample(f"{name(index)} holds NaN or inf values; {fix}.")
+      raise NonFiniteExampleError(f"{name(index)} holds NaN or inf values; {fix}.")
     for position in bad:
       old = query if position == 0 else int(context[position - 1])
       logging.warning("Skipped %s: it holds NaN or inf values.", name(old))

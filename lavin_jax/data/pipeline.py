@@ -11,7 +11,7 @@ the mixture of one source. For each query example of a source's stream:
      or centred) resized to `resolution`, then the task -> (input, target);
   4. stack the context into S slots, zeros past K;
   5. check for NaN and inf: an example holding them raises
-     `episodes.NonFiniteExample` naming the source and the example's index, or with
+     `episodes.NonFiniteExampleError` naming the source and the example's index, or with
      `skip_nonfinite` is redrawn and counted.
 Steps 2-5 are `lavin_jax.data.episodes`, shared with the latent pipeline and evaluation.
 
@@ -47,7 +47,6 @@ import numpy as np
 
 from lavin_jax.data import episodes
 from lavin_jax.data import mixture
-from lavin_jax.data import tasks
 
 # ---------------------------------------------------------------------------
 # Episodes.
