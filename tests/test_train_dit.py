@@ -25,6 +25,7 @@ from lavin_jax.train import state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "jdit")
+STVAE_FIXTURE = os.path.join(ROOT, "tests", "fixtures", "stvae", "vae_state.pt")  # tiny
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -471,10 +472,10 @@ def test_frozen_encoder_in_bfloat16_stays_within_tolerance_of_float32():
   from lavin_jax.data import specs  # pylint: disable=g-import-not-at-top
   from lavin_jax.io import pixels  # pylint: disable=g-import-not-at-top
 
-  config = train_dit_config.get_config("tiny,runlocal")
-  assert config.vae_dtype == "bfloat16"
+  assert train_dit_config.get_config("0.1b").vae_dtype == "bfloat16"
+  config = train_dit_config.get_config("tiny,runlocal")  # float32: CPU
   config.vae_random_init = False
-  config.vae_checkpoint = os.path.join(ROOT, "tests", "fixtures", "stvae", "vae_state.pt")
+  config.vae_checkpoint = STVAE_FIXTURE
   photos = specs.get_source("photos")
   clips = np.stack([episodes.fit_example(photos[i], 32)["image"] for i in range(len(photos))])
   clips = pixels.to_float(clips)[:, None]  # (N, 1, 32, 32, 3)
@@ -588,8 +589,10 @@ def test_mixture_of_stills_and_clips_trains_and_resumes_exactly(tmp_path):
 
 def test_pixel_trainer_on_its_own_grain_pipeline_resumes_exactly(tmp_path):
   """`train` with the configured pixel source: cut at step 3, resumed, equal to a straight run."""
-  config = tiny_config()  # the runlocal config: photographs, a random-init tiny ST-VAE
+  config = tiny_config()  # the runlocal config: photographs, the tiny ST-VAE
   config.input = "pixels"
+  config.vae_random_init = False  # its weights from a file: no compiled init
+  config.vae_checkpoint = STVAE_FIXTURE
   config.data.resolution, config.data.read_threads = 32, 1
   config.total_steps, config.checkpoint_every = 6, 3
   assert config.optimizer.schedule == "constant"  # the cut leaves the schedule alone

@@ -95,6 +95,7 @@ def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
     c.vae = models.stvae("tiny")
     c.vae_random_init = True
     c.model.dtype = "float32"
+    c.vae_dtype = "float32"  # CPU: no bfloat16 units
     c.model.remat_policy = "none"
     c.data.batch_size = 2
     c.data.resolution = 64
