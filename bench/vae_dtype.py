@@ -6,12 +6,13 @@ r"""The frozen ST-VAE's encode in bfloat16 against float32: how far the latents 
 Inputs: the built-in synthetic scenes (stills and 5-frame clips of `synthetic:tiny`,
 built in --data_dir on first use) and scikit-image's photographs, centre-cropped to
 --resolution. Params: a random init (seed 0) of each ST-VAE size (no trained weights are
-at hand), and with --weights the released-layout file's for the tiny size (the test
-fixture: PyTorch's own initialisation). One JSON line per (params, size, inputs):
+at hand), and with --weights those of a released-layout file of the tiny size (the test
+fixture's random weights). One JSON line per (params, size, inputs):
   stvae_bf16_encode_error  ||mean_bf16 - mean_f32|| / ||mean_f32|| over the posterior
                            means of every clip; also the largest absolute difference
                            over the standard deviation of the float32 means
-  jdit_bf16_velocity_error the same measure of J-DiT's velocity (tiny, random init; its
+  jdit_bf16_velocity_error the same measure of J-DiT's velocity (tiny, random init plus
+                           N(0, 0.02) on every parameter, so no layer is zero; its
                            default compute dtype is bfloat16) on the photographs' float32
                            latents at t = 0.5, each photograph its own condition: the
                            error training accepts already
@@ -62,6 +63,8 @@ def _velocity_error(latents: np.ndarray) -> dict:
   x, t = 0.5 * (latents + noise), np.full((len(latents),), 0.5, np.float32)
   config = model_configs.jdit("tiny")
   params = jax.jit(jdit.JDiT(config).init)(jax.random.PRNGKey(0), x, t, latents)["params"]
+  rng = np.random.default_rng(1)  # The zero-initialised output layers moved off zero.
+  params = jax.tree.map(lambda p: p + rng.normal(0, 0.02, p.shape).astype(p.dtype), params)
   out = {}
   for dtype in ("float32", "bfloat16"):
     config.dtype = dtype

@@ -50,8 +50,8 @@ def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
   c.vae = models.stvae("released")
   c.vae_checkpoint = ""  # released stvae.pt, or an inference bundle directory
   c.vae_random_init = False  # smoke tests only: an untrained ST-VAE
-  # The frozen encode's compute dtype: bfloat16 moves the posterior means by about 1 to
-  # 2 % (relative L2; bench/vae_dtype.py) at half the memory traffic.
+  # The frozen encode's compute dtype: bfloat16 moves the posterior means by 1 to 3 %
+  # (relative L2, random weights; bench/vae_dtype.py) at half the memory traffic.
   c.vae_dtype = "bfloat16"
   c.latents = data.latents()
 
