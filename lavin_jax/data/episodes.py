@@ -12,9 +12,10 @@ evaluation) makes it with these pieces:
                      redrawn and counted ('skipped').
 
 Layout (numpy, unbatched; pixels float32 in [-1, 1], or stored ST-VAE moments):
-  'context_inputs', 'context_targets': (k_max, T, H, W, C); slots >= num_pairs are zero
+  'context_inputs', 'context_targets': (S, T, H, W, C), S >= K context slots (the
+      pipelines' batch context size, lavin_jax.data.buckets); slots >= num_pairs are zero
   'query', 'target': (T, H, W, C)
-  'num_pairs': int32 K in [1, k_max]
+  'num_pairs': int32 K in [1, S]
   'task_id': int32, the task's index in `tasks.TASK_NAMES`
   'skipped': int32, the non-finite examples redrawn (`finite_episode` only)
 """
