@@ -100,6 +100,7 @@ def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
     c.data.batch_size = 2
     c.data.resolution = 64
     c.data.k_max = 2
+    c.data.k_buckets = (2,)  # one compiled step: compile time dominates a smoke run
     c.data.worker_count = 0
     # scikit-image's photographs (no download) and the tasks that need only images.
     c.sources = ml_collections.ConfigDict({"photos": "photos"})
