@@ -7,9 +7,10 @@ tasks: the photometric image tasks (they need no annotations), equally weighted.
 Figures, one JSON line each:
   data_examples_per_second  in-context examples per second at 256 px with 4 pairs
   padding_fraction          padded context tokens over all J-DiT tokens of episodes of
-                            K uniform in 1..8, bucketed (the default: one K per batch)
-                            and every episode padded to 8: expected, and measured over
-                            --padding_batches batches of the pipeline (32 px)
+                            K uniform in 1..8: one K per batch (the default), buckets
+                            (2, 4, 6, 8), every episode padded to 8; expected, and
+                            measured over --padding_batches batches of the pipeline
+                            (32 px)
 """
 
 import os
@@ -52,8 +53,9 @@ def _config():
 
 
 def padding_figures(source):
-  """The padding of the default buckets and of padding to k_max, expected and measured."""
-  for name, k_buckets in (("bucketed", ()), ("padded_to_k_max", (8,))):
+  """The padding of three bucket settings, expected and measured."""
+  settings = (("one_k_per_batch", ()), ("buckets_2_4_6_8", (2, 4, 6)), ("padded_to_k_max", (8,)))
+  for name, k_buckets in settings:
     config = _config()
     config.resolution, config.k_min, config.k_max, config.k_buckets = 32, 1, 8, k_buckets
     iterator = iter(pipeline.make_pipeline(config, source, 0, 1))
