@@ -18,10 +18,10 @@ memory is XLA's compiled estimate (arguments + outputs + temporaries), plus the
 allocator's peak where the backend reports one.
 
 `loop_overhead` (first size and batch): steps/s of the training loop
-(lavin_jax.train.loop.run, log_every = --loop_overhead_steps, from its metrics.jsonl
-throughput of its whole intervals after the first sync point) over steps/s of the same
-compiled step called bare on the same batch for as many steps, best interval of each;
-the bare intervals run before and after the loop. One JSON line per figure.
+(lavin_jax.train.loop.run for --loop_overhead_steps steps, log_every the same: one
+interval, its throughput from metrics.jsonl) over steps/s of the same compiled step
+called bare on the same batch for as many steps (until the device is done), best of 5
+intervals each, the two alternating. One JSON line per figure.
 """
 
 import itertools
@@ -70,7 +70,7 @@ _PEAK_TFLOPS = flags.DEFINE_float(
 _LOOP_STEPS = flags.DEFINE_integer(
   "loop_overhead_steps", 10, "Steps per timed interval of loop_overhead (0: no figure)."
 )
-_LOOP_ROUNDS = 3  # bare intervals before and after the loop, which runs 2 x 3 + 1
+_LOOP_ROUNDS = 5  # intervals of each, bare and loop alternating
 
 
 def chip_peak() -> float | None:
@@ -123,44 +123,33 @@ def loop_overhead(size, batch, work):
   """The loop_overhead figure of a train-step workload (its state moves on)."""
   step_fn, state, global_batch = work.train_inputs()
   n = _LOOP_STEPS.value
-
-  def bare(state):
-    start = time.perf_counter()
-    for _ in range(n):
-      state, metrics = step_fn(state, global_batch)
-    jax.block_until_ready((state, metrics))
-    return state, time.perf_counter() - start
-
+  for _ in range(-int(state.step) % n):  # align: the loop syncs at multiples of n
+    state, _ = step_fn(state, global_batch)
   bare_seconds = []
-  for _ in range(_LOOP_ROUNDS):
-    state, seconds = bare(state)
-    bare_seconds.append(seconds)
   with tempfile.TemporaryDirectory() as workdir:
-    first = int(state.step)
     ckpt = checkpoint.CheckpointManager(os.path.join(workdir, "ckpt"), save_every=10**9, keep=1)
     with ckpt:
-      state = loop.run(
-        step_fn,
-        state,
-        itertools.repeat(global_batch),
-        ckpt=ckpt,
-        total_steps=first + (2 * _LOOP_ROUNDS + 1) * n,
-        log_every=n,
-        workdir=workdir,
-        config=ml_collections.ConfigDict(),
-        desc="loop overhead",
-      )
+      for _ in range(_LOOP_ROUNDS):
+        start = time.perf_counter()
+        for _ in range(n):
+          state, metrics = step_fn(state, global_batch)
+        jax.block_until_ready((state, metrics))
+        bare_seconds.append(time.perf_counter() - start)
+        # One interval of n steps; the save forced at its last step follows its metrics.
+        state = loop.run(
+          step_fn,
+          state,
+          itertools.repeat(global_batch),
+          ckpt=ckpt,
+          total_steps=int(state.step) + n,
+          log_every=n,
+          workdir=workdir,
+          config=ml_collections.ConfigDict(),
+          desc="loop overhead",
+        )
+        ckpt.wait_until_finished()
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-      records = [json.loads(line) for line in f]
-  # Whole intervals of n steps after the first sync point: seconds = examples / (examples/s).
-  loop_seconds = [
-    n * batch / r["examples_per_sec"]
-    for prev, r in zip(records, records[1:])
-    if r["step"] - prev["step"] == n
-  ]
-  for _ in range(_LOOP_ROUNDS):
-    state, seconds = bare(state)
-    bare_seconds.append(seconds)
+      loop_seconds = [n * batch / json.loads(line)["examples_per_sec"] for line in f]
   return {
     "figure": "loop_overhead",
     "size": size,
