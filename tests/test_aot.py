@@ -56,6 +56,17 @@ def test_abstract_compile_on_eight_devices():
   assert result["jdit_temp_bytes"] > 0
 
 
+def test_tpu_topology_compiles_without_a_tpu():
+  pytest.importorskip("libtpu", reason="the TPU target needs libtpu (the tpu extra)")
+  devices = aot.target_devices("tpu:v5e:2x2")
+  assert len(devices) == 4 and {d.platform for d in devices} == {"tpu"}
+  mesh = mesh_lib.create_mesh({"fsdp": 4}, devices)
+  compiled, args, w = _update_step(mesh)
+  figures = aot.memory_figures(compiled)
+  assert figures["argument_bytes"] == _shard_bytes(args)  # the TPU compiler's own figures
+  assert figures["output_bytes"] == _shard_bytes(w)
+
+
 # ---------------------------------------------------------------------------------------
 # Subprocess: 8 virtual CPU devices; compile only.
 
@@ -67,7 +78,7 @@ def _shard_bytes(tree, whole=False) -> int:
 
 
 def _update_step(mesh):
-  """A donated (4096, 256) weight row-sharded over 8 devices, updated by a batch."""
+  """A donated (4096, 256) weight row-sharded over fsdp, updated by a batch."""
   P = jax.sharding.PartitionSpec
   w = jax.ShapeDtypeStruct(
     (4096, 256), np.float32, sharding=jax.sharding.NamedSharding(mesh, P("fsdp"))
