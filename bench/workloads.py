@@ -35,6 +35,9 @@ class Workload(NamedTuple):
   flops: float  # model matmul FLOPs of one run (recompute not counted)
   tokens: int  # tokens of the sequences through J-DiT per run
   params: int  # J-DiT parameters
+  # Train steps only: () -> (step_fn(state, batch) -> (state, metrics), current state,
+  # batch); the state is donated to the next step, after which `run` no longer works.
+  train_inputs: Callable[[], tuple] | None = None
 
 
 def model_config(size: str, dtype: str, overrides=()) -> ml_collections.ConfigDict:
@@ -214,4 +217,5 @@ def train_step(
     flops=3 * forward_flops(config.model, batch, 2 * pairs + 1, 1, per_frame),
     tokens=batch * (2 * pairs + 2) * per_frame,
     params=_count(state.params),
+    train_inputs=lambda: (lambda s, b: compiled(s, None, b), holder["state"], global_batch),
   )

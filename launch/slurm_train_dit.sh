@@ -2,12 +2,15 @@
 # J-DiT training on SLURM GPU nodes with 8 A100/H100 each: one process per GPU.
 #
 #   sbatch --nodes=8 launch/slurm_train_dit.sh 3.4b /shared/runs/dit_3.4b \
-#       --config.vae_checkpoint=/shared/weights/stvae.pt --config.sources.synthetic=...
+#       --config.vae_checkpoint=/shared/weights/stvae.pt [--config.sources.synthetic=SPEC]
 #
 # jax.distributed.initialize detects SLURM by itself (--auto_distributed): the
 # coordinator is the first node, and every task sees all 8 GPUs of its node but uses
 # the one of its local rank. The workdir must be on a file system every node shares.
-# Mesh: FSDP over the 8 GPUs of a node, data parallel across nodes (data=-1); for
+# Data: the built-in synthetic 'medium' set (256 px stills, built on first use) unless
+# the arguments name other sources (lavin_jax.data.specs; they must be at least the
+# config's 256 px). Mesh: FSDP over the 8 GPUs of a node, data parallel across nodes
+# (data=-1); for
 # 3.4B at 512 px add --config.mesh.tensor=2 --config.mesh.fsdp=4 if memory is short.
 #SBATCH --job-name=lavin-dit
 #SBATCH --ntasks-per-node=8
@@ -22,7 +25,8 @@ size="${1:?usage: slurm_train_dit.sh <size> <workdir> [--config.x=y ...]}"
 workdir="${2:?usage: slurm_train_dit.sh <size> <workdir> [--config.x=y ...]}"
 shift 2
 
-# cuDNN flash attention needs the GPU build of jax: pip install -e '.[cuda12]'.
+# Attention is the config's 'auto': cuDNN flash attention for the bf16 compute (the GPU
+# build of jax: pip install -e '.[cuda12]').
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
 export XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true \
   --xla_gpu_enable_highest_priority_async_stream=true \
@@ -36,8 +40,8 @@ cd "$(dirname "$0")/.."
 # exits; resubmitting the same command resumes from it.
 srun --kill-on-bad-exit=1 python launch/train_dit.py \
   --config="lavin_jax/configs/train_dit.py:${size}" \
-  --config.model.attention_impl=cudnn \
   --config.mesh.data=-1 --config.mesh.fsdp=8 --config.mesh.tensor=1 \
+  --config.sources.synthetic=synthetic:medium \
   --workdir="${workdir}" \
   --auto_distributed \
   "$@"

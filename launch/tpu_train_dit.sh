@@ -9,7 +9,7 @@
 # `pip install -e '.[tpu]'` done (e.g. the same gcloud ssh --worker=all with a
 # git clone / pip command). The workdir must be a file system every worker mounts
 # (e.g. Filestore over NFS); the stvae.pt path must exist on every worker. Attention
-# runs through XLA.
+# is the config's 'auto' (models/attention.py).
 set -euo pipefail
 
 tpu="${1:?usage: tpu_train_dit.sh <tpu-name> <zone> <size> <workdir> [--config.x=y ...]}"
@@ -22,7 +22,6 @@ overrides="$*"
 gcloud compute tpus tpu-vm ssh "${tpu}" --zone="${zone}" --worker=all --command="
   cd ~/lavin_jax && python launch/train_dit.py \
     --config=lavin_jax/configs/train_dit.py:${size} \
-    --config.model.attention_impl=xla \
     --config.mesh.data=-1 --config.mesh.fsdp=4 --config.mesh.tensor=1 \
     --workdir=${workdir} \
     --auto_distributed ${overrides}"

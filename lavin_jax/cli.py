@@ -97,10 +97,19 @@ def distributed_flags() -> Callable[[], bool]:
     False,
     "Start jax.distributed from the cluster environment (SLURM, Open MPI, TPU pods).",
   )
+  timeout = flags.DEFINE_float(
+    "distributed_timeout",
+    mesh_lib.DEFAULT_START_TIMEOUT_S,
+    "Seconds every process may take to join the start (multi-host); then one error line.",
+  )
 
   def start() -> bool:
     return mesh_lib.initialize_distributed(
-      coordinator.value, num_processes.value, process_id.value, auto_detect=auto.value
+      coordinator.value,
+      num_processes.value,
+      process_id.value,
+      auto_detect=auto.value,
+      timeout_s=timeout.value,
     )
 
   return start

@@ -77,6 +77,9 @@ def test_sigterm_to_one_process_saves_the_same_step_and_resumes_exactly(tmp_path
 
   a, b = np.load(interrupted / "result.npz"), np.load(reference / "result.npz")
   np.testing.assert_array_equal(a["w"], b["w"])  # parameters bit for bit
+  _, saved = bundle.load_bundle(interrupted / "bundle")  # written by both processes
+  np.testing.assert_array_equal(saved["jdit"]["w"], a["w"])
+  np.testing.assert_array_equal(saved["stvae"]["w"], np.arange(4.0))
   # The data position was restored: every step after the resume saw the same batch.
   losses = lambda d: {r["step"]: r["loss"] for r in map(json.loads, open(d / "metrics.jsonl"))}
   after = {s: v for s, v in losses(interrupted).items() if s > stopped_at}
@@ -162,12 +165,34 @@ def test_a_full_disk_during_a_bundle_save_keeps_the_old_bundle(tmp_path, monkeyp
   def full_disk(self, *args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
-  monkeypatch.setattr(ocp.StandardCheckpointer, "save", full_disk)
+  monkeypatch.setattr(ocp.Checkpointer, "save", full_disk)
   with pytest.raises(OSError, match=r"Writing the bundle .* failed .*No space left.*intact"):
     bundle.save_bundle(tmp_path / "b", config, stvae_params={"w": np.zeros(3, np.float32)})
   assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no .partial left behind
   _, params = bundle.load_bundle(tmp_path / "b")
   np.testing.assert_array_equal(params["stvae"]["w"], np.ones(3, np.float32))
+
+
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_distributed_start_alone_ends_with_one_line_naming_the_absent(tmp_path, process_id):
+  """One process of two, the other never started: one error line, status 1, bounded."""
+  port = processes.free_port()
+  script = tmp_path / "start.py"
+  script.write_text(
+    "import sys\n"
+    "from lavin_jax.parallel import mesh\n"
+    f"mesh.initialize_distributed('127.0.0.1:{port}', 2, {process_id}, timeout_s=3)\n"
+  )
+  started = time.monotonic()
+  proc, log = processes.spawn(script, tmp_path / "log.txt")
+  processes.reap([(proc, log)], timeout=120)
+  lines = (tmp_path / "log.txt").read_text().splitlines()
+  assert proc.returncode == 1, lines[-20:]
+  assert time.monotonic() - started < 60
+  assert lines[-1].startswith("error: "), lines[-20:]
+  assert not any("Check failure" in line for line in lines)
+  absent = "process 1 did not connect" if process_id == 0 else "process 0, the coordinator"
+  assert absent in lines[-1], lines[-1]
 
 
 # ---------------------------------------------------------------------------------------
@@ -230,8 +255,16 @@ def _train(workdir, num_processes, process_id, port):
       config=config,
       data_iterator=data,
     )
-  if jax.process_index() == 0 and int(state.step) == STEPS:
-    np.savez(os.path.join(workdir, "result.npz"), w=np.asarray(state.w))
+  if int(state.step) == STEPS:
+    # Both processes write one bundle: the replicated parameters, and a host array.
+    bundle.save_bundle(
+      os.path.join(workdir, "bundle"),
+      ml_collections.ConfigDict({"jdit": {}, "stvae": {}}),
+      jdit_params={"w": state.w},
+      stvae_params={"w": np.arange(4.0, dtype=np.float32)},
+    )
+    if jax.process_index() == 0:
+      np.savez(os.path.join(workdir, "result.npz"), w=np.asarray(state.w))
 
 
 def _kill_during_save(directory):

@@ -185,7 +185,7 @@ def test_episodes_layout_padding_and_stored_pairs(sources, encoded):
     for name in names
   }
   frames = set()
-  batches = iter(_pipeline(encoded))
+  batches = iter(_pipeline(encoded, _config(k_buckets=(3,))))  # Padded to k_max.
   for _ in range(6):
     batch = next(batches)
     t = batch["query"].shape[1]
@@ -227,6 +227,15 @@ def test_process_shards_split_the_batch(encoded):
   assert all(h["query"].shape[0] == 2 for h in halves)
   assert halves[0]["query"].shape == halves[1]["query"].shape
   assert not np.array_equal(halves[0]["query"], halves[1]["query"])
+
+
+def test_each_step_has_one_context_size_on_every_process(encoded):
+  halves = [iter(_pipeline(encoded, _config(k_max=4), index=p, count=2)) for p in range(2)]
+  for _ in range(4):
+    a, b = next(halves[0]), next(halves[1])
+    size = a["context_inputs"].shape[1]
+    assert b["context_inputs"].shape[1] == size
+    assert np.all(a["num_pairs"] == size) and np.all(b["num_pairs"] == size)  # no padding
 
 
 def test_missing_latents_are_named(encoded, tmp_path):

@@ -1,5 +1,6 @@
 """Template folder + query in, the released [query | prediction] PNG out (launch/sample.py)."""
 
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -103,6 +104,12 @@ def test_bad_input_fails_before_loading(files, monkeypatch, overrides, error, ma
   with pytest.raises(error, match=match):
     _predict(files, output=tmp_path / "out.png", **overrides)
   assert not (tmp_path / "out.png").exists()
+
+
+def test_attention_of_another_platform_fails_before_loading():
+  name = "cudnn" if jax.default_backend() != "gpu" else "splash"
+  with pytest.raises(ValueError, match=f"--attention={name} needs a (GPU|TPU)"):
+    loading.ModelFiles(bundle="missing", attention=name).check()
 
 
 def test_template_folder_without_pairs(files, tmp_path, monkeypatch):

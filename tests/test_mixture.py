@@ -123,7 +123,8 @@ def test_batches_of_one_frame_count_each_interleaved(sources):
   assert set(frames) == {1, 5}
   video_ids = {tasks.task_id(n) for n in VIDEO_TASKS}
   for b, t in zip(batches, frames):
-    assert b["context_inputs"].shape == (4, 2, t, 32, 32, 3)
+    assert b["context_inputs"].shape == (4, b["num_pairs"][0], t, 32, 32, 3)
+    assert np.all(b["num_pairs"] == b["num_pairs"][0])
     assert all((int(i) in video_ids) == (t == 5) for i in b["task_id"])
   # Half the episodes are clips: 6 of every 12 batches.
   assert frames.count(5) == 6

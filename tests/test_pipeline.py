@@ -72,6 +72,7 @@ def test_batch_layout_and_padding():
     for _ in range(N)
   ]
   config = _config(("colorization", "inpainting", "depth_estimation"), k_min=2, k_max=4)
+  config.k_buckets = (4,)  # Every episode padded to k_max.
   batches = _take(iter(pipeline.make_pipeline(config, source, 0, 1)), 6)
   batch = batches[0]
   assert set(batch) == {
@@ -81,7 +82,9 @@ def test_batch_layout_and_padding():
     "target",
     "num_pairs",
     "task_id",
+    "skipped",
   }
+  assert not any(b["skipped"].any() for b in batches)
   assert batch["context_inputs"].shape == batch["context_targets"].shape == (4, 4, 1, 32, 32, 3)
   assert batch["query"].shape == batch["target"].shape == (4, 1, 32, 32, 3)
   assert batch["num_pairs"].dtype == batch["task_id"].dtype == np.int32
@@ -125,7 +128,9 @@ def test_video_pipeline():
   ]
   config = _config(("frame_prediction", "optical_flow"), k_max=2, batch_size=2, media="video")
   batch = next(iter(pipeline.make_pipeline(config, source, 0, 1)))
-  assert batch["context_inputs"].shape == (2, 2, 5, 32, 32, 3)
+  k = batch["num_pairs"][0]  # One K per batch: nothing padded.
+  assert np.all(batch["num_pairs"] == k)
+  assert batch["context_inputs"].shape == (2, k, 5, 32, 32, 3)
   assert batch["query"].shape == batch["target"].shape == (2, 5, 32, 32, 3)
 
 
@@ -287,7 +292,9 @@ def test_synthetic_source_end_to_end(synthetic_dir, media):
   frames = 1 if media == "image" else 5
   seen = set()
   for batch in _take(iter(pipeline.make_pipeline(config, source, 0, 1)), 8):
-    assert batch["context_inputs"].shape == (4, 2, frames, 32, 32, 3)
+    k = batch["num_pairs"][0]
+    assert np.all(batch["num_pairs"] == k)
+    assert batch["context_inputs"].shape == (4, k, frames, 32, 32, 3)
     assert batch["target"].shape == (4, frames, 32, 32, 3)
     for key in ("context_inputs", "context_targets", "query", "target"):
       assert batch[key].min() >= -1 and batch[key].max() <= 1
@@ -411,3 +418,44 @@ def test_small_images_and_tiny_sources():
     pipeline.make_pipeline(_config(), _photo_source(), 0)
   with pytest.raises(ValueError, match="shard_index must be in"):
     pipeline.make_pipeline(_config(), _photo_source(), 2, 2)
+
+
+# ---------------------------------------------------------------------------
+# Examples holding NaN or inf.
+# ---------------------------------------------------------------------------
+
+
+def _corrupt_source(bad=5):
+  source = _photo_source()
+  source[bad] = {"image": np.full((40, 48, 3), np.nan, np.float32)}
+  source[bad]["image"][0, 0] = np.inf
+  return source
+
+
+def test_a_nonfinite_example_stops_the_pipeline_naming_it():
+  config = _config(k_min=3, k_max=3)
+  iterator = iter(pipeline.make_pipeline(config, _corrupt_source(), 0, 1))
+  with pytest.raises(episodes.NonFiniteExampleError, match=r"^Source 'source' example 5 \(colori"):
+    _take(iterator, N)  # Every example is drawn within an epoch.
+
+
+def test_nonfinite_examples_are_skipped_and_counted_when_asked():
+  config = _config(k_min=3, k_max=3)
+  config.skip_nonfinite = True
+  batches = _take(iter(pipeline.make_pipeline(config, _corrupt_source(), 0, 1)), N)
+  skipped = sum(int(b["skipped"].sum()) for b in batches)
+  # Example 5 is a query once an epoch and often a context example: each time redrawn.
+  assert skipped >= 1
+  for b in batches:
+    for key in ("context_inputs", "context_targets", "query", "target"):
+      assert np.isfinite(b[key]).all()
+    seen = [_index_of(b["target"][i]) for i in range(4)]
+    seen += [_index_of(t) for i in range(4) for t in b["context_targets"][i]]
+    assert 5 not in seen
+  # The same batches as without skipping wherever example 5 was not drawn.
+  config.skip_nonfinite = False
+  clean = iter(pipeline.make_pipeline(config, _corrupt_source(), 0, 1))
+  for b in batches:
+    if b["skipped"].any():
+      break
+    _assert_same([b], [next(clean)])

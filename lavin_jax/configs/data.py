@@ -55,10 +55,18 @@ def pipeline(media: str = "image") -> ml_collections.ConfigDict:
   c.batch_size = 8  # Global; each process gets batch_size / process_count.
   c.k_min = 1  # Context pairs per episode, uniform in [k_min, k_max] (released: 1-8).
   c.k_max = 8
+  # Padded context sizes (lavin_jax.data.buckets): K in (previous bound, b] is padded to
+  # b, every batch from one bucket, K's distribution unchanged; k_max is always a bound.
+  # (): every K its own bucket (a batch has one K, no padding; a compiled step per K);
+  # (k_max,): every episode padded to k_max.
+  c.k_buckets = ()
   c.task_weights = tasks.weights(media)
   c.random_crop = True  # False: centred square crops.
   c.allow_upscale = False  # False: an example smaller than the resolution is an error.
   c.seed = 0
+  # An example with NaN or inf values stops the run naming it (False), or is replaced by
+  # another draw and counted (True).
+  c.skip_nonfinite = False
   c.worker_count = 0  # Worker processes (0: the main process does the work).
   c.worker_buffer_size = 2  # Batches each worker prepares ahead.
   c.read_threads = 2  # Threads per process preparing elements in parallel.

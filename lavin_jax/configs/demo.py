@@ -67,6 +67,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   c.dit.model.num_heads = 4
   c.dit.model.num_kv_heads = 2
   c.dit.model.dtype = "float32"
+  c.dit.vae_dtype = "float32"  # CPU: no bfloat16 units
   c.dit.model.scan_layers = False
   c.dit.model.remat_policy = "none"
   c.dit.input = "latents"

@@ -60,8 +60,8 @@ def jdit(size: str = "3.4b") -> ml_collections.ConfigDict:
   c.param_dtype = "float32"
   c.scan_layers = True
   c.remat_policy = _REMAT[size]  # see lavin_jax.models.jdit.REMAT_POLICIES
-  c.attention_impl = "auto"  # auto | xla | cudnn | chunked | blockwise (models.attention)
-  c.attention_block_size = 512  # query/key block of the blockwise path
+  c.attention_impl = "auto"  # auto | xla | cudnn | splash | chunked | blockwise (models.attention)
+  c.attention_block_size = 512  # query/key block of the blockwise and splash paths
   c.attention_chunk_bytes = 8 * 2**20  # float32 logits per query chunk of the chunked path
   # True: the condition ignores the target and the time, so sampling computes its keys
   # and values once (models.jdit); False is the released model.

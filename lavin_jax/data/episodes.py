@@ -7,17 +7,22 @@ evaluation) makes it with these pieces:
   `render_pair`      one example -> (input, target): a frame window (video tasks), a
                      square crop resized to the resolution (`fit_example`), the task;
   `render_episode`   the query and its context examples rendered and assembled;
-  `assemble`         the layout below.
+  `assemble`         the layout below;
+  `finite_episode`   an episode without NaN or inf: the example holding them named, or
+                     redrawn and counted ('skipped').
 
 Layout (numpy, unbatched; pixels float32 in [-1, 1], or stored ST-VAE moments):
-  'context_inputs', 'context_targets': (k_max, T, H, W, C); slots >= num_pairs are zero
+  'context_inputs', 'context_targets': (S, T, H, W, C), S >= K context slots (the
+      pipelines' batch context size, lavin_jax.data.buckets); slots >= num_pairs are zero
   'query', 'target': (T, H, W, C)
-  'num_pairs': int32 K in [1, k_max]
+  'num_pairs': int32 K in [1, S]
   'task_id': int32, the task's index in `tasks.TASK_NAMES`
+  'skipped': int32, the non-finite examples redrawn (`finite_episode` only)
 """
 
-from typing import Sequence
+from typing import Callable, Sequence
 
+from absl import logging
 import cv2
 import numpy as np
 
@@ -259,3 +264,73 @@ def render_episode(
   if keep_query:
     episode["query_example"] = query_example
   return episode
+
+
+# ---------------------------------------------------------------------------
+# Non-finite examples.
+# ---------------------------------------------------------------------------
+
+MAX_REDRAWS = 16  # Non-finite examples redrawn for one episode before giving up.
+
+
+class NonFiniteExampleError(ValueError):
+  """An example whose rendered (or stored) pair holds NaN or inf."""
+
+
+def _nonfinite(episode: dict) -> list[int]:
+  """Positions of the examples holding NaN or inf: 0 the query, 1 + j context pair j."""
+  query_finite = np.isfinite(episode["query"]).all() and np.isfinite(episode["target"]).all()
+  bad = [] if query_finite else [0]
+  k = int(episode["num_pairs"])
+  for key in ("context_inputs", "context_targets"):
+    finite = np.isfinite(episode[key][:k].reshape(k, -1)).all(axis=1)
+    bad += [1 + int(j) for j in np.flatnonzero(~finite)]
+  return sorted(set(bad))
+
+
+def finite_episode(
+  render: Callable[[int, np.ndarray], dict],
+  query: int,
+  context: np.ndarray,
+  rng: np.random.Generator,
+  pool_size: int,
+  skip: bool,
+  name: Callable[[int], str],
+) -> dict:
+  """render(query, context) checked for NaN and inf, with the count 'skipped' added.
+
+  Args:
+    render: (query index, context indices) -> an episode (the layout above).
+    query, context: the examples' indices into a pool of `pool_size`.
+    rng: draws the examples replacing non-finite ones.
+    skip: redraw a non-finite example (at most MAX_REDRAWS per episode, each logged);
+      False: raise.
+    name: example index -> how a message names it, e.g. "Source 'photos' example 7".
+  Raises:
+    NonFiniteExampleError naming the first non-finite example.
+  """
+  context = np.array(context)
+  skipped = 0
+  while True:
+    episode = render(query, context)
+    bad = _nonfinite(episode)
+    if not bad:
+      episode["skipped"] = np.int32(skipped)
+      return episode
+    index = query if bad[0] == 0 else int(context[bad[0] - 1])
+    if not skip or skipped + len(bad) > MAX_REDRAWS:
+      fix = (
+        "repair or remove it, or set config.data.skip_nonfinite = True to skip such examples"
+        if not skip
+        else f"more than {MAX_REDRAWS} non-finite examples were redrawn for one episode"
+      )
+      raise NonFiniteExampleError(f"{name(index)} holds NaN or inf values; {fix}.")
+    for position in bad:
+      old = query if position == 0 else int(context[position - 1])
+      logging.warning("Skipped %s: it holds NaN or inf values.", name(old))
+      new = int(context_indices(rng, 1, pool_size, query)[0])
+      if position == 0:
+        query = new
+      else:
+        context[position - 1] = new
+    skipped += len(bad)

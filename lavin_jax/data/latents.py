@@ -16,10 +16,12 @@ are all the augmentation this path has: it sees no other crop, window or degrada
 
 `make_latent_pipeline` draws the pixel pipeline's episodes from the shards through
 Grain, from disk: the same mixture, task and K draws and layout (lavin_jax.data.episodes),
-a stored view picked uniformly for each example. Batches have the pipeline's layout with
+a stored view picked uniformly for each example, the context padded to the
+batch's context size (lavin_jax.data.buckets). Batches have the pipeline's layout with
 posterior moments (T', h, w, 2C), mean | log-variance in bfloat16, in place of pixels;
 the J-DiT step draws the posterior sample and normalises it on the device
-(lavin_jax.train.dit), as it does after encoding pixels.
+(lavin_jax.train.dit), as it does after encoding pixels. A stored pair holding NaN or
+inf is named or skipped as in the pixel pipeline (`episodes.finite_episode`).
 """
 
 import functools
@@ -265,31 +267,41 @@ def mean_statistics(directory) -> tuple[float, float]:
 # ---------------------------------------------------------------------------
 
 
-class LatentEpisodeMaker(grain.transforms.RandomMap):
-  """Query index -> one episode of stored posterior moments (unbatched, bfloat16)."""
+class LatentEpisodeMaker:
+  """(query index, K, slots, rng) -> one episode of stored moments (unbatched, bfloat16)."""
 
   def __init__(
     self,
     records: Mapping[str, grain.sources.ArrayRecordDataSource],
     plan: mixture.SourcePlan,
     views: int,
-    k_min: int,
-    k_max: int,
+    skip_nonfinite: bool,
   ):
     self._records, self._plan = records, plan
-    self._views, self._k_min, self._k_max = views, k_min, k_max
+    self._views, self._skip = views, skip_nonfinite
 
-  def random_map(self, index: int, rng: np.random.Generator) -> dict:
+  def __call__(self, index: int, num_pairs: int, slots: int, rng: np.random.Generator) -> dict:
     p = self._plan
     task = p.tasks[rng.choice(len(p.tasks), p=p.probs)]
-    num_pairs = int(rng.integers(self._k_min, self._k_max + 1))
-    context = episodes.context_indices(rng, num_pairs, p.size, int(index), repeat=True)
-    examples = np.concatenate([[int(index)], context])
-    views = rng.integers(0, self._views, len(examples))
-    records = self._records[task.name].__getitems__((examples * self._views + views).tolist())
-    pairs = np.stack([shards.decode_record(r) for r in records])  # (K + 1, 2, T', h, w, 2C)
-    return episodes.assemble(
-      (pairs[0, 0], pairs[0, 1]), (pairs[1:, 0], pairs[1:, 1]), task.id, self._k_max
+
+    def render(query, context):
+      examples = np.concatenate([[query], context])
+      views = rng.integers(0, self._views, len(examples))
+      records = self._records[task.name].__getitems__((examples * self._views + views).tolist())
+      pairs = np.stack([shards.decode_record(r) for r in records])  # (K + 1, 2, T', h, w, 2C)
+      return episodes.assemble(
+        (pairs[0, 0], pairs[0, 1]), (pairs[1:, 0], pairs[1:, 1]), task.id, slots
+      )
+
+    context = episodes.context_indices(rng, num_pairs, p.size, index, repeat=True)
+    return episodes.finite_episode(
+      render,
+      index,
+      context,
+      rng,
+      p.size,
+      self._skip,
+      lambda i: f"Stored latents of source {p.name!r} example {i} ({task.name})",
     )
 
 
@@ -308,8 +320,8 @@ def make_latent_pipeline(
     directory: a shard set `encode_latents` wrote.
     names: the mixture's source names.
     data_config, latents_config, vae: as given to `encode_latents` (checked against the
-      set's settings.json); the data config's weights, batch size, k_min, k_max, seed
-      and readers may differ.
+      set's settings.json); the data config's weights, batch size, k_min, k_max,
+      k_buckets, skip_nonfinite, seed and readers may differ.
     process_index, process_count: this process's shard; default the JAX processes.
 
   Raises:
@@ -347,7 +359,7 @@ def make_latent_pipeline(
 
   def make_episodes(p):
     mine = {task.name: records[p.name, task.name] for task in p.tasks}
-    return LatentEpisodeMaker(mine, p, latents_config.views, data_config.k_min, data_config.k_max)
+    return LatentEpisodeMaker(mine, p, latents_config.views, data_config.skip_nonfinite)
 
   return mixture.iter_dataset(
     mixture.batches(plans, data_config, shard, make_episodes), data_config

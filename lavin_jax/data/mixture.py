@@ -8,12 +8,14 @@ P(t) = w_t / sum(w), and P(s | t) = n_s / (the examples of t's sources).
 Each source is one stream of query examples (shuffled, repeated, with its own seed); an
 episode of it picks one of the tasks the source feeds by P(t | s). The sources of one
 frame count (stills: 1; clips: the video tasks' num_frames) are mixed example by example
-into one stream, which the processes split (process p of n takes positions p, p + n, ...)
-and batch; the frame counts' batch streams are mixed batch by batch, so every batch has
-one frame count, the same on every process at every step. Both mixings keep the
-proportions exactly, in an order drawn from the seed (`SeededMix`). Everything is a Grain
-MapDataset until the end: a batch depends on the seed, the step and the process split
-only, and an iterator's state is its position.
+into one stream. Its episode at position q draws from (seed, q) and from the context
+size of global batch q // batch_size (lavin_jax.data.buckets). The processes split the
+stream (process p of n takes positions p, p + n, ...) and batch it; the frame counts'
+batch streams are mixed batch by batch, so every batch has one frame count and one
+context size, the same on every process at every step. Both mixings keep the
+proportions exactly, in an order drawn from the seed (`SeededMix`). Everything is a
+Grain MapDataset until the end: a batch depends on the seed, the step and the process
+split only, and an iterator's state is its position.
 """
 
 import dataclasses
@@ -28,6 +30,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from lavin_jax.data import buckets
 from lavin_jax.data import episodes
 from lavin_jax.data import tasks
 
@@ -37,7 +40,7 @@ from lavin_jax.data import tasks
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises a ValueError on a bad resolution, pair count or worker setting.
+  """Raises a ValueError on a bad resolution, pair counts or worker setting.
 
   Worker processes need absl flags parsed (see lavin_jax.data.pipeline).
   """
@@ -48,6 +51,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     )
   if not 1 <= config.k_min <= config.k_max:
     raise ValueError(f"Need 1 <= k_min <= k_max, got k_min={config.k_min}, k_max={config.k_max}.")
+  buckets.bounds(config)  # Raises on a bad k_buckets.
   if config.worker_count < 0 or config.read_threads < 0:
     raise ValueError("worker_count and read_threads must be >= 0.")
   if config.worker_count and not flags.FLAGS.is_parsed():
@@ -256,19 +260,44 @@ def mix(datasets: Sequence[grain.MapDataset], weights: Sequence[float], seed: in
 # ---------------------------------------------------------------------------
 
 
+class _Tag(grain.transforms.Map):
+  """Query index -> (source number, query index)."""
+
+  def __init__(self, number: int):
+    self._number = number
+
+  def map(self, index) -> tuple[int, int]:
+    return self._number, int(index)
+
+
+class _Episodes(grain.transforms.MapWithIndex):
+  """(position, (source number, query index)) -> the episode, K and slots by `buckets`."""
+
+  def __init__(self, makers: Sequence[Callable], sampler: buckets.Sampler, seed: int):
+    self._makers, self._sampler, self._seed = makers, sampler, seed
+
+  def map_with_index(self, position: int, element: tuple[int, int]) -> dict:
+    number, index = element
+    rng = np.random.default_rng((self._seed, position))
+    num_pairs, slots = self._sampler(position, rng)
+    return self._makers[number](index, num_pairs, slots, rng)
+
+
 def batches(
   plans: Sequence[SourcePlan],
   config: ml_collections.ConfigDict,
   shard: grain.sharding.ShardOptions,
-  make_episodes: Callable[[SourcePlan], grain.transforms.RandomMap],
+  make_episodes: Callable[[SourcePlan], Callable],
 ) -> grain.MapDataset:
   """This process's batches of the mixture (an endless MapDataset; see the module doc).
 
   Args:
     plans: the mixture (`plan`).
-    config: a `lavin_jax.configs.data.pipeline()`: seed and batch_size.
+    config: a `lavin_jax.configs.data.pipeline()`: seed, batch_size, k_min, k_max and
+      k_buckets.
     shard: this process's shard (`shard_options`).
-    make_episodes: a source's plan -> a RandomMap from query index to episode.
+    make_episodes: a source's plan -> episode(query index, K, slots, rng), the episode
+      of K context pairs padded to `slots` (lavin_jax.data.episodes' layout).
   """
   groups = {}
   for p in plans:
@@ -281,11 +310,18 @@ def batches(
       .seed(derived_seed(config.seed, f"source {p.name}"))
       .shuffle()
       .repeat()
-      .random_map(make_episodes(p))
-      for p in members
+      .map(_Tag(number))
+      for number, p in enumerate(members)
     ]
     stream = mix(
       queries, [p.weight for p in members], derived_seed(config.seed, f"frames {frames}")
+    )
+    sampler = buckets.Sampler(
+      config, config.batch_size, derived_seed(config.seed, f"buckets {frames}")
+    )
+    makers = [make_episodes(p) for p in members]
+    stream = stream.map_with_index(
+      _Episodes(makers, sampler, derived_seed(config.seed, f"episodes {frames}"))
     )
     stream = stream[shard.shard_index :: shard.shard_count]
     streams.append(stream.batch(config.batch_size // shard.shard_count, drop_remainder=True))

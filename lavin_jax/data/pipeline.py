@@ -3,24 +3,30 @@
 `make_mixture` mixes the weighted tasks over named sources (lavin_jax.data.mixture: which
 source feeds which task, how often, batches of one frame count each); `make_pipeline` is
 the mixture of one source. For each query example of a source's stream:
-  1. pick a task among those the source feeds, and K uniformly in [k_min, k_max];
+  1. pick a task among those the source feeds, and K in [k_min, k_max] (uniform) with
+     its padded size S, one per batch (lavin_jax.data.buckets);
   2. pick K context examples from the whole source, never the query itself (distinct
      while the source allows);
   3. for each example: a random window of frames (video tasks), a square crop (random
      or centred) resized to `resolution`, then the task -> (input, target);
-  4. stack the context into k_max slots, zeros past K.
-Steps 2-4 are `lavin_jax.data.episodes`, shared with the latent pipeline and evaluation.
+  4. stack the context into S slots, zeros past K;
+  5. check for NaN and inf: an example holding them raises
+     `episodes.NonFiniteExampleError` naming the source and the example's index, or with
+     `skip_nonfinite` is redrawn and counted.
+Steps 2-5 are `lavin_jax.data.episodes`, shared with the latent pipeline and evaluation.
 
 Batches are dicts of numpy arrays, pixels float32 in [-1, 1]:
-  'context_inputs', 'context_targets': (B, k_max, T, H, W, 3)
+  'context_inputs', 'context_targets': (B, S, T, H, W, 3)
   'query', 'target': (B, T, H, W, 3)
-  'num_pairs': (B,) int32 in [1, k_max]; context slots >= num_pairs are zero padding
+  'num_pairs': (B,) int32 in [1, S]; context slots >= num_pairs are zero padding
   'task_id': (B,) int32, the task's index in `tasks.TASK_NAMES`
-with B = batch_size / process_count per process. T is one frame count per batch (1 for
-image tasks, task.num_frames for video tasks); a mixture of stills and clips
-interleaves batches of both.
+  'skipped': (B,) int32, non-finite examples redrawn for each episode
+with B = batch_size / process_count per process. T is one frame count and S one
+context size per batch (1 for image tasks, task.num_frames for video tasks); a mixture
+of stills and clips interleaves batches of both. With the default buckets S is the
+batch's K: nothing is padded.
 
-Determinism: every draw comes from generators Grain derives from `config.seed` and the
+Determinism: every draw comes from generators derived from `config.seed` and the
 element's position in the global, unsharded stream. Process p of n takes positions
 p, p + n, ... (in each epoch of a single source the processes see disjoint sets of query
 examples that together cover it), and a batch depends on the seed, the step and the
@@ -41,43 +47,44 @@ import numpy as np
 
 from lavin_jax.data import episodes
 from lavin_jax.data import mixture
-from lavin_jax.data import tasks
 
 # ---------------------------------------------------------------------------
 # Episodes.
 # ---------------------------------------------------------------------------
 
 
-class EpisodeMaker(grain.transforms.RandomMap):
-  """Query index -> one in-context episode (unbatched arrays, see the module doc)."""
+class EpisodeMaker:
+  """(query index, K, slots, rng) -> one episode of a source (unbatched, see the module doc)."""
 
-  def __init__(
-    self,
-    source,
-    task_list: list[tasks.Task],
-    weights: np.ndarray,
-    config: ml_collections.ConfigDict,
-  ):
-    self._source = source
-    self._tasks = task_list
-    self._weights = weights
-    self._config = config
+  def __init__(self, plan: mixture.SourcePlan, source, config: ml_collections.ConfigDict):
+    self._plan, self._source, self._config = plan, source, config
 
-  def random_map(self, index: int, rng: np.random.Generator) -> dict:
-    c = self._config
-    task = self._tasks[rng.choice(len(self._tasks), p=self._weights)]
-    num_pairs = int(rng.integers(c.k_min, c.k_max + 1))
-    context = episodes.context_indices(rng, num_pairs, len(self._source), int(index), repeat=True)
-    return episodes.render_episode(
-      task,
-      self._source,
-      int(index),
+  def __call__(self, index: int, num_pairs: int, slots: int, rng: np.random.Generator) -> dict:
+    c, p = self._config, self._plan
+    task = p.tasks[rng.choice(len(p.tasks), p=p.probs)]
+
+    def render(query, context):
+      return episodes.render_episode(
+        task,
+        self._source,
+        query,
+        context,
+        [rng] * (num_pairs + 1),
+        c.resolution,
+        slots,
+        random_crop=c.random_crop,
+        allow_upscale=c.allow_upscale,
+      )
+
+    context = episodes.context_indices(rng, num_pairs, p.size, index, repeat=True)
+    return episodes.finite_episode(
+      render,
+      index,
       context,
-      [rng] * (num_pairs + 1),
-      c.resolution,
-      c.k_max,
-      random_crop=c.random_crop,
-      allow_upscale=c.allow_upscale,
+      rng,
+      p.size,
+      c.skip_nonfinite,
+      lambda i: f"Source {p.name!r} example {i} ({task.name})",
     )
 
 
@@ -105,9 +112,7 @@ def make_mixture(
   shard = mixture.shard_options(config, process_index, process_count)
   plans = mixture.plan(config, mixture.describe(sources))
   mixture.check_examples(plans, sources, config)
-  ds = mixture.batches(
-    plans, config, shard, lambda p: EpisodeMaker(sources[p.name], list(p.tasks), p.probs, config)
-  )
+  ds = mixture.batches(plans, config, shard, lambda p: EpisodeMaker(p, sources[p.name], config))
   return mixture.iter_dataset(ds, config)
 
 

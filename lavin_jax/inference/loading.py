@@ -18,6 +18,7 @@ from lavin_jax.io import bundle as bundle_lib
 from lavin_jax.models import attention as attention_lib
 
 ATTENTION = ("auto",) + tuple(attention_lib.IMPLEMENTATIONS)
+_PLATFORM_ONLY = {"cudnn": "gpu", "splash": "tpu"}  # implementations one platform runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,10 +35,11 @@ class ModelFiles:
     """Raises unless exactly one model is named, its files exist and it can run here."""
     if self.attention is not None and self.attention not in ATTENTION:
       raise ValueError(f"--attention={self.attention!r} is unknown; choose one of {ATTENTION}.")
-    if self.attention == "cudnn" and jax.default_backend() != "gpu":
+    platform = _PLATFORM_ONLY.get(self.attention)
+    if platform and jax.default_backend() != platform:
       raise ValueError(
-        f"--attention=cudnn needs a GPU, but the backend is {jax.default_backend()!r}; "
-        "choose another implementation."
+        f"--attention={self.attention} needs a {platform.upper()}, but the backend is "
+        f"{jax.default_backend()!r}; choose another implementation."
       )
     released = (self.vae_path, self.dit_path)
     if self.bundle and any(released):

@@ -1,10 +1,21 @@
 """The one attention function of lavin_jax: softmax(q k^T / sqrt(hd)) v, grouped-query.
 
 Implementations (`implementation=`, the registry IMPLEMENTATIONS):
-- 'auto': the fastest exact path of the backend (`resolve`): 'cudnn' on GPU for 16-bit
-  inputs ('xla' for float32, which cuDNN does not take), 'xla' on TPU, 'chunked' on CPU.
+- 'auto': the fastest exact path of the platform (`resolve`, `platform`): 'cudnn' on GPU for 16-bit
+  inputs and a head_dim cuDNN takes ('xla' otherwise: float32 keeps float32), 'splash'
+  on TPU, 'chunked' on CPU.
 - 'xla': `jax.nn.dot_product_attention` on XLA; materialises the (B, N, T, S) scores.
-- 'cudnn': the same call with cuDNN flash attention; GPU only (ValueError elsewhere).
+- 'cudnn': cuDNN flash attention through the same call; GPU only (ValueError elsewhere).
+  Key padding reaches the kernel as key/value sequence lengths, never as a bias: each
+  example's keys and values are gathered so its valid keys come first (a stable sort;
+  attention does not depend on the order of the keys), and `key_value_seq_lengths`
+  counts them. Queries keep their order: padded queries attend to the valid keys, as on
+  the masked paths. float32 inputs are cast to bfloat16 for the kernel and the output
+  back to float32 (cuDNN takes only 16-bit inputs).
+- 'splash': the TPU Pallas flash kernel (`jax.experimental.pallas.ops.tpu.
+  splash_attention`); TPU only. Key padding as segment ids; any head_dim (72 compiles
+  as is); run in `jax.shard_map` over the current mesh's batch and head axes
+  (`splash_attention`).
 - 'chunked': pure JAX in the form XLA CPU runs near its matmul rate: heads first, the
   rows of one key/value head (its G query heads) in chunks whose float32 logits take
   about `chunk_bytes` (cache-sized), softmax normalised after the value matmul, and a
@@ -22,6 +33,7 @@ The output, and the chunked path's log-sum-exp, carry the checkpoint name 'atten
 """
 
 import functools
+import math
 
 import jax
 from jax.ad_checkpoint import checkpoint_name
@@ -30,14 +42,17 @@ import numpy as np
 
 # A large finite negative logit for masked keys (finite, so masked rows never give NaN).
 _MASKED = -0.7 * float(np.finfo(np.float32).max)
-# 'auto' by jax.default_backend(); GPU takes cuDNN only for these input dtypes.
-_AUTO = {"cpu": "chunked", "gpu": "cudnn", "tpu": "xla"}
+# 'auto' by platform(); GPU takes cuDNN only for these input dtypes and head
+# dims (a multiple of 8, at most 128 on every GPU cuDNN flash attention runs on).
+_AUTO = {"cpu": "chunked", "gpu": "cudnn", "tpu": "splash"}
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+_CUDNN_HEAD_DIM = 8, 128  # multiple of, at most
 _ROW_MULTIPLE = 8  # chunk rows are a multiple of this
+_SPLASH_LANES = 128  # splash kernel blocks are multiples of this
 
 
-def resolve(implementation: str, dtype=jnp.float32) -> str:
-  """The registry name `implementation` stands for ('auto' by backend and dtype)."""
+def resolve(implementation: str, dtype=jnp.float32, head_dim: int = 64) -> str:
+  """The registry name `implementation` stands for ('auto' by platform, dtype, head_dim)."""
   if implementation not in IMPLEMENTATIONS and implementation != "auto":
     raise ValueError(
       f"Unknown attention implementation {implementation!r}; use one of "
@@ -45,10 +60,21 @@ def resolve(implementation: str, dtype=jnp.float32) -> str:
     )
   if implementation != "auto":
     return implementation
-  name = _AUTO.get(jax.default_backend(), "xla")
-  if name == "cudnn" and jnp.dtype(dtype) not in _CUDNN_DTYPES:
+  name = _AUTO.get(platform(), "xla")
+  multiple, most = _CUDNN_HEAD_DIM
+  if name == "cudnn" and (
+    jnp.dtype(dtype) not in _CUDNN_DTYPES or head_dim % multiple or head_dim > most
+  ):
     return "xla"
   return name
+
+
+def platform() -> str:
+  """The platform being compiled for: the current mesh's devices' ('tpu' for an
+  ahead-of-time compile on a TPU topology's devices), else the default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else mesh.abstract_device
+  return jax.default_backend() if device is None else device.platform
 
 
 def dot_product_attention(
@@ -77,7 +103,7 @@ def dot_product_attention(
     (B, T, N, hd) in q's dtype.
   """
   _check_shapes(q, k, v, key_mask)
-  fn = IMPLEMENTATIONS[resolve(implementation, q.dtype)]
+  fn = IMPLEMENTATIONS[resolve(implementation, q.dtype, q.shape[-1])]
   out = fn(q, k, v, key_mask, block_size=block_size, chunk_bytes=chunk_bytes)
   return checkpoint_name(out, "attention")
 
@@ -98,15 +124,51 @@ def _check_shapes(q, k, v, key_mask):
     raise ValueError(f"key_mask must be (B, S) = {(b, s)}, got {key_mask.shape}.")
 
 
-def _jax_nn(q, k, v, key_mask, *, implementation):
-  """jax.nn.dot_product_attention (XLA or cuDNN)."""
-  if implementation == "cudnn" and jax.default_backend() != "gpu":
+def _xla(q, k, v, key_mask):
+  """jax.nn.dot_product_attention on XLA, the key mask as a (B, 1, 1, S) mask."""
+  mask = None if key_mask is None else key_mask[:, None, None, :]
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+
+
+def _cudnn(q, k, v, key_mask):
+  """cuDNN flash attention: 16-bit inputs, key padding as sequence lengths."""
+  if platform() != "gpu":
     raise ValueError(
-      f"attention implementation 'cudnn' needs a GPU, but the backend is "
-      f"{jax.default_backend()!r}; use 'auto', 'xla', 'chunked' or 'blockwise'."
+      f"attention implementation 'cudnn' needs a GPU, but the platform is "
+      f"{platform()!r}; use 'auto', 'xla', 'chunked' or 'blockwise'."
     )
-  mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S)
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+  low = q.dtype if q.dtype in _CUDNN_DTYPES else jnp.bfloat16
+  q_low, k_low, v_low = (x.astype(low) for x in (q, k, v))
+  return seq_lengths_attention(q_low, k_low, v_low, key_mask, "cudnn").astype(q.dtype)
+
+
+def _splash(q, k, v, key_mask, *, block_size):
+  """Splash attention; TPU only (the module docstring)."""
+  if platform() != "tpu":
+    raise ValueError(
+      f"attention implementation 'splash' needs a TPU, but the platform is "
+      f"{platform()!r}; use 'auto', 'xla', 'chunked' or 'blockwise'."
+    )
+  return splash_attention(q, k, v, key_mask, block_size=block_size)
+
+
+def seq_lengths_attention(q, k, v, key_mask, implementation):
+  """jax.nn.dot_product_attention (`implementation` 'xla' or 'cudnn') with the key padding
+  given as key/value sequence lengths: valid keys first in each example (`valid_first`)."""
+  lengths = None
+  if key_mask is not None:
+    k, v, lengths = valid_first(k, v, key_mask)
+  return jax.nn.dot_product_attention(
+    q, k, v, key_value_seq_lengths=lengths, implementation=implementation
+  )
+
+
+def valid_first(k, v, key_mask):
+  """k, v (B, S, K, hd) with each example's valid keys first, in their order; and the
+  number of valid keys (B,) int32."""
+  order = jnp.argsort((~key_mask).astype(jnp.int32), axis=1, stable=True)  # (B, S)
+  k, v = (jnp.take_along_axis(x, order[:, :, None, None], axis=1) for x in (k, v))
+  return k, v, key_mask.sum(-1, dtype=jnp.int32)
 
 
 # ---------------------------------------------------------------------------------------
@@ -264,6 +326,94 @@ def _query_block(q, k, v, key_mask):
   return (acc / row_sum[..., None]).astype(q.dtype)
 
 
+# ---------------------------------------------------------------------------------------
+# Splash: the TPU Pallas flash kernel, one call per shard of the mesh.
+
+
+def splash_attention(q, k, v, key_mask=None, *, block_size=512, interpret=False):
+  """Splash attention (TPU): key padding as segment ids, run per shard of the mesh.
+
+  Queries have segment id 1 and keys 1 if valid, else 0, so no query sees a padded key.
+  Lengths are padded to a multiple of the kernel block (`block_size` or the length, the
+  smaller, rounded up to a multiple of 128), the added keys padding too. Under a mesh
+  (`jax.set_mesh`) the kernel runs in `jax.shard_map` over the axes the logical rules
+  give 'batch' and 'heads' (heads only where both N and K divide), since the compiler
+  cannot partition a Mosaic kernel. `interpret` runs the kernel in Pallas' interpreter
+  (CPU tests).
+  """
+  b, t, n, hd = q.shape
+  s = k.shape[1]
+  block = _round_up(block_size, _SPLASH_LANES)
+  block_q, block_kv = (min(block, _round_up(x, _SPLASH_LANES)) for x in (t, s))
+  pad_t, pad_s = _round_up(t, block_q) - t, _round_up(s, block_kv) - s
+  if key_mask is None:
+    key_mask = jnp.ones((b, s), bool)
+  # Heads first: q (B, N, T', hd); k, v (B, K, S', hd); segment ids (B, T'), (B, S').
+  q = jnp.pad(q * jnp.asarray(hd**-0.5, q.dtype), ((0, 0), (0, pad_t), (0, 0), (0, 0)))
+  q = q.transpose(0, 2, 1, 3)
+  k, v = (jnp.pad(x, ((0, 0), (0, pad_s), (0, 0), (0, 0))).transpose(0, 2, 1, 3) for x in (k, v))
+  q_ids = jnp.ones((b, t + pad_t), jnp.int32)
+  kv_ids = jnp.pad(key_mask, ((0, 0), (0, pad_s))).astype(jnp.int32)
+  attend = functools.partial(_splash_shard, block_q=block_q, block_kv=block_kv, interpret=interpret)
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty:
+    batch, heads = _splash_specs(mesh, b, n, k.shape[1])
+    head_spec = jax.sharding.PartitionSpec(batch, heads)
+    id_spec = jax.sharding.PartitionSpec(batch)
+    attend = jax.shard_map(
+      attend,
+      mesh=mesh,
+      in_specs=(head_spec, head_spec, head_spec, id_spec, id_spec),
+      out_specs=head_spec,
+      check_vma=False,
+    )
+  out = attend(q, k, v, q_ids, kv_ids)  # (B, N, T', hd)
+  return out[:, :, :t].transpose(0, 2, 1, 3)
+
+
+def _round_up(x, multiple):
+  return -(-x // multiple) * multiple
+
+
+def _splash_specs(mesh, b, n, kv):
+  """Mesh axes of the batch and of the heads, each dropped where it does not divide."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  batch, heads = nn.logical_to_mesh_axes(("batch", "heads"))
+  size = lambda axes: math.prod(
+    mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ())
+  )
+  batch = batch if b % size(batch) == 0 else None
+  heads = heads if n % size(heads) == 0 and kv % size(heads) == 0 else None
+  return batch, heads
+
+
+def _splash_shard(q, k, v, q_ids, kv_ids, *, block_q, block_kv, interpret):
+  """The splash kernel on one shard: q (B, N, T, hd), k, v (B, K, S, hd) -> (B, N, T, hd)."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash  # pylint: disable=g-import-not-at-top
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask  # pylint: disable=g-import-not-at-top
+
+  n, t, s = q.shape[1], q.shape[2], k.shape[2]
+  blocks = dict(block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv)
+  kernel = splash.make_splash_mha(
+    splash_mask.MultiHeadMask([splash_mask.FullMask((t, s))] * n),
+    block_sizes=splash.BlockSizes(
+      **blocks,
+      block_q_dkv=block_q,
+      block_kv_dkv=block_kv,
+      block_kv_dkv_compute=block_kv,
+      block_q_dq=block_q,
+      block_kv_dq=block_kv,
+    ),
+    head_shards=1,
+    q_seq_shards=1,
+    residual_checkpoint_name="attention",
+    interpret=interpret,
+  )
+  ids = splash.SegmentIds(q_ids, kv_ids)
+  return jax.vmap(kernel)(q, k, v, segment_ids=ids)
+
+
 def _with_options(fn, *options):
   """fn(q, k, v, key_mask, **options it takes), ignoring the other paths' options."""
 
@@ -274,8 +424,9 @@ def _with_options(fn, *options):
 
 
 IMPLEMENTATIONS = {
-  "xla": _with_options(functools.partial(_jax_nn, implementation="xla")),
-  "cudnn": _with_options(functools.partial(_jax_nn, implementation="cudnn")),
+  "xla": _with_options(_xla),
+  "cudnn": _with_options(_cudnn),
   "chunked": _with_options(chunked_attention, "chunk_bytes"),
   "blockwise": _with_options(blockwise_attention, "block_size"),
+  "splash": _with_options(_splash, "block_size"),
 }

@@ -20,8 +20,12 @@ array, so 'embed' stays unsharded once 'batch' took 'fsdp'.
 """
 
 from collections.abc import Mapping
+import contextlib
 import math
 import os
+import socket
+import sys
+import threading
 
 from absl import logging
 import flax.linen as nn
@@ -46,6 +50,11 @@ AXIS_RULES = (
   ("disc_in", None),
   ("disc_out", None),
 )
+
+DEFAULT_START_TIMEOUT_S = 300  # jax.distributed's own default initialization timeout
+# XLA aborts the process (no Python exception) when its own start timeout expires; ours
+# fires this much earlier, so the user reads a one-line error instead of a native abort.
+_XLA_START_GRACE_S = 30
 
 
 def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
@@ -175,15 +184,21 @@ def initialize_distributed(
   process_id: int | None = None,
   *,
   auto_detect: bool = False,
+  timeout_s: float = DEFAULT_START_TIMEOUT_S,
 ) -> bool:
   """Starts `jax.distributed` for a multi-process run; returns whether it did.
 
   Values come from the arguments (flags), else from the environment variables
   JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. With
   `auto_detect`, whatever is still missing comes from jax's own cluster
-  detection (SLURM, Open MPI, Cloud TPU pod slices, Kubernetes). With nothing
-  given and no auto detection this is a single-process run and a no-op.
-  Must run before any other jax call.
+  detection (SLURM, Open MPI, Cloud TPU pods, Kubernetes). With nothing given and
+  no auto detection this is a single-process run and a no-op. Must run before any
+  other jax call.
+
+  The start waits at most `timeout_s` for every process to connect. Past that the
+  process prints one line, `error: ...`, naming who did not arrive (the coordinator,
+  process 0, when it cannot be reached; else the processes that did not register
+  with it) and exits with status 1: XLA would otherwise abort it with a native stack.
   """
   coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
   num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
@@ -199,9 +214,15 @@ def initialize_distributed(
         f"missing {missing}. Pass them (flags or JAX_* environment variables) or "
         "enable cluster auto-detection."
       )
-  jax.distributed.initialize(
-    coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
-  )
+  if not timeout_s > 0:
+    raise ValueError(f"The distributed start timeout must be > 0 seconds, got {timeout_s}.")
+  with _start_deadline(timeout_s, coordinator, num_processes, process_id):
+    jax.distributed.initialize(
+      coordinator_address=coordinator,
+      num_processes=num_processes,
+      process_id=process_id,
+      initialization_timeout=int(timeout_s) + _XLA_START_GRACE_S,
+    )
   logging.info(
     "jax.distributed: process %d of %d, %d local / %d global devices.",
     jax.process_index(),
@@ -210,3 +231,58 @@ def initialize_distributed(
     jax.device_count(),
   )
   return True
+
+
+def _reachable(address: str | None) -> bool:
+  """Whether something accepts TCP connections at host:port."""
+  if not address or ":" not in address:
+    return False
+  host, port = address.rsplit(":", 1)
+  try:
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+      return True
+  except (OSError, ValueError):
+    return False
+
+
+def _start_failure(timeout_s, coordinator, num_processes, process_id) -> str:
+  """The one-line reason a distributed start did not finish within timeout_s."""
+  waited = f"waited {timeout_s:.0f} s for jax.distributed to start"
+  if process_id == 0:
+    others = {None: "the other processes did not all", 2: "process 1 did not"}.get(
+      num_processes, f"processes 1..{num_processes - 1} did not all"
+    )
+    return (
+      f"process 0 (the coordinator, {coordinator}) {waited}; {others} "
+      "connect: check that each was started, with the same --coordinator_address and "
+      "--num_processes, and can reach this host."
+    )
+  who = "this process" if process_id is None else f"process {process_id}"
+  if not _reachable(coordinator):
+    return (
+      f"{who} {waited}: process 0, the coordinator at {coordinator}, did not arrive "
+      "(nothing accepts connections there); start process 0 or fix --coordinator_address."
+    )
+  return (
+    f"{who} {waited}: the coordinator at {coordinator} answers but not every one of the "
+    f"{num_processes} processes connected; see the other processes' logs."
+  )
+
+
+@contextlib.contextmanager
+def _start_deadline(timeout_s, coordinator, num_processes, process_id):
+  """Exits the process with a one-line error if the block runs past timeout_s."""
+
+  def expire():
+    message = _start_failure(timeout_s, coordinator, num_processes, process_id)
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+  timer = threading.Timer(timeout_s, expire)
+  timer.daemon = True
+  timer.start()
+  try:
+    yield
+  finally:
+    timer.cancel()

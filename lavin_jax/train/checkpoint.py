@@ -328,7 +328,7 @@ def export_bundle(
   bundle.save_bundle(
     path,
     bundle_config,
-    jdit_params=jax.device_get(ema_params),
+    jdit_params=ema_params,
     stvae_params=vae_params,
     dtype=dtype,
   )

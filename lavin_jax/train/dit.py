@@ -17,6 +17,7 @@ from step to step (a mixture of stills and clips): each shape compiles once.
 """
 
 import functools
+import itertools
 import os
 
 from absl import logging
@@ -31,6 +32,7 @@ import optax
 from lavin_jax import convert
 from lavin_jax import flow
 from lavin_jax.configs import models as model_configs
+from lavin_jax.data import episodes
 from lavin_jax.data import latents
 from lavin_jax.data import pipeline
 from lavin_jax.io import bundle
@@ -441,8 +443,8 @@ def tokens_per_example(batch, config) -> int:
 # Model pieces from files.
 
 
-def load_vae(config):
-  """The frozen ST-VAE as (module, host params) from config.vae_checkpoint."""
+def _vae_files(config):
+  """The ST-VAE of config.vae_checkpoint as (module, host params)."""
   path = config.vae_checkpoint
   if path and os.path.isdir(path):
     bundle_config, params = bundle.load_bundle(path)
@@ -459,6 +461,18 @@ def load_vae(config):
   return module, jax.device_get(params)
 
 
+def load_vae(config):
+  """The frozen ST-VAE as (module, host params) from config.vae_checkpoint.
+
+  The module computes in config.vae_dtype (float32 where a config saved before that
+  field does not name it); the params are as stored.
+  """
+  module, params = _vae_files(config)
+  vae_config = module.config.copy_and_resolve_references()
+  vae_config.dtype = config.get("vae_dtype", "float32")
+  return stvae.STVAE(vae_config), params
+
+
 def load_released_params(config):
   """J-DiT params of config.init_from (released key layout) for this model config."""
   _, params = convert.load_released_jdit(config.init_from, config.model)
@@ -472,6 +486,7 @@ def load_released_params(config):
 def vae_identity(config) -> dict:
   """What stored latents depend on of the ST-VAE: its weights and architecture."""
   model = {k: v for k, v in config.vae.to_dict().items() if k not in VAE_FIELDS_BESIDE_LATENTS}
+  model["dtype"] = config.vae_dtype  # the encode's compute dtype
   weights = config.vae_checkpoint or f"random init, seed {config.seed + 1}"
   return {"weights": weights, "model": model}
 
@@ -563,10 +578,26 @@ def evaluates(config, first_step: int) -> bool:
   return every > 0 and config.total_steps // every > first_step // every
 
 
-def global_batches(local_batches, config, mesh):
-  """Checked process-local batches -> global batches on `mesh`, one per step."""
-  for local in local_batches:
+def global_batches(local_batches, config, mesh, first_step=1):
+  """Checked process-local batches -> global batches on `mesh`, one per step from first_step.
+
+  A batch holding an example with NaN or inf (`episodes.NonFiniteExampleError`, found on the
+  host by the pipeline) stops the run with the step and the example named; with
+  config.data.skip_nonfinite the pipeline redraws such examples, and their running
+  count is logged.
+  """
+  local_batches, skipped = iter(local_batches), 0
+  for step in itertools.count(first_step):
+    try:
+      local = next(local_batches)
+    except StopIteration:
+      return
+    except episodes.NonFiniteExampleError as e:
+      raise episodes.NonFiniteExampleError(f"Step {step}: {e}") from None
     check_batch(local, config)
+    if np.any(local.get("skipped", 0)):
+      skipped += int(np.sum(local["skipped"]))
+      logging.warning("Step %d: %d examples with NaN or inf skipped so far.", step, skipped)
     yield mesh_lib.global_batch({k: local[k] for k in CLIP_KEYS + ("num_pairs",)}, mesh)
 
 
@@ -654,7 +685,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None, eval_ba
       return loop.run(
         lambda state, batch: step_fn(state, vae_params, batch),
         state,
-        global_batches(it, config, mesh),
+        global_batches(it, config, mesh, first_step=int(state.step) + 1),
         ckpt=ckpt,
         total_steps=config.total_steps,
         log_every=config.log_every,
