@@ -7,7 +7,7 @@
 # jax.distributed.initialize detects SLURM by itself (--auto_distributed): the
 # coordinator is the first node, and every task sees all 8 GPUs of its node but uses
 # the one of its local rank. The workdir must be on a file system every node shares.
-# Data: the built-in synthetic 'medium' set (256 px stills, built on first use) unless
+# Data: the config's built-in synthetic 'medium' set (256 px stills, built on first use) unless
 # the arguments name other sources (lavin_jax.data.specs; they must be at least the
 # config's 256 px). Mesh: FSDP over the 8 GPUs of a node, data parallel across nodes
 # (data=-1); for
@@ -41,7 +41,6 @@ cd "$(dirname "$0")/.."
 srun --kill-on-bad-exit=1 python launch/train_dit.py \
   --config="lavin_jax/configs/train_dit.py:${size}" \
   --config.mesh.data=-1 --config.mesh.fsdp=8 --config.mesh.tensor=1 \
-  --config.sources.synthetic=synthetic:medium \
   --workdir="${workdir}" \
   --auto_distributed \
   "$@"

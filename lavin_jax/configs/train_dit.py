@@ -60,7 +60,7 @@ def get_config(arg: str = "0.1b") -> ml_collections.ConfigDict:
   # e.g. 'synthetic' (built-in rendered scenes with every annotation), 'tfds:NAME'}.
   # Each weighted task draws from the sources carrying what it reads
   # (lavin_jax.data.mixture); a source with an empty spec is left out.
-  c.sources = ml_collections.ConfigDict({"synthetic": "synthetic"})
+  c.sources = ml_collections.ConfigDict({"synthetic": "synthetic:medium"})  # 256 px stills
   c.data = data.pipeline("image")
   c.data.batch_size = 640  # global, over all processes
   c.data.resolution = 256
