@@ -87,8 +87,8 @@ def _dot_sum(a: jax.Array, b: jax.Array, keep: tuple[int, ...]) -> jax.Array:
   """sum(a * b) over every axis not in `keep`, as one float32 dot_general batched over `keep`.
 
   The gradients of per-channel and per-token scales are such sums; XLA CPU runs a
-  multiply followed by a reduction over tokens 10-25x slower than the same sum as a
-  dot (measured on (2304, 512) float32: 8.7 ms against 0.4 ms).
+  multiply followed by a reduction an order of magnitude slower than the same sum as a
+  dot (`bench/profile.py --what=train` lists such reductions by source).
   """
   summed = tuple(i for i in range(a.ndim) if i not in keep)
   dims = ((summed, summed), (keep, keep))
