@@ -22,13 +22,6 @@ JDIT_SIZES = tuple(_JDIT)
 # at 512 px; 3.4b 14 KB -> 22 x 18,432 x 10 = 57 GB, plus 8.5 GB of FSDP-sharded state.
 _REMAT = {"tiny": "none", "0.1b": "none", "1b": "save_attention", "3.4b": "save_attention"}
 
-# Whether the layers are one nn.scan (params with a leading layer axis) by size. A scan
-# stacks every layer's residuals into (depth, ...) buffers, zero-filled, written in the
-# forward pass and sliced back in the backward: the 0.1b train step on 2 CPU cores ran
-# 1.4x faster unrolled (bench/compare.py --what=train --variants=scan_layers=false). The
-# large sizes scan, so that compile time does not grow with depth.
-_SCAN = {"tiny": True, "0.1b": False, "1b": True, "3.4b": True}
-
 # name: (block_out_channels, layers_per_block); `released` has 215.6M parameters.
 _STVAE = {
   "released": ((128, 256, 256, 512), 3),
@@ -65,7 +58,7 @@ def jdit(size: str = "3.4b") -> ml_collections.ConfigDict:
   c.embed_norm_eps = 1e-5
   c.dtype = "bfloat16"  # compute dtype
   c.param_dtype = "float32"
-  c.scan_layers = _SCAN[size]  # False: 'blocks_<i>' (jdit.scan_params converts)
+  c.scan_layers = True
   c.remat_policy = _REMAT[size]  # see lavin_jax.models.jdit.REMAT_POLICIES
   c.attention_impl = "auto"  # auto | xla | cudnn | chunked | blockwise (models.attention)
   c.attention_block_size = 512  # query/key block of the blockwise path
