@@ -99,6 +99,29 @@ def test_dense_matches_flax_dense(dtype, tol):
   )
 
 
+def test_norm_and_channel_scales_match_plain_autodiff():
+  """RMSNorm, modulate and scale_channels (own VJPs): values and gradients of the formulas."""
+  rng = np.random.default_rng(0)
+  x, g = (jnp.asarray(rng.standard_normal((2, 7, 12)), jnp.float32) for _ in range(2))
+  per_example = jnp.asarray(rng.standard_normal((2, 12)), jnp.float32)
+  shared = jnp.asarray(1 + 0.1 * rng.standard_normal(12), jnp.float32)
+  norm = layers.RMSNorm(eps=1e-6, use_scale=True)
+
+  def ours(x, s, w):
+    y = norm.apply({"params": {"scale": w}}, x)
+    return layers.scale_channels(layers.modulate(y, s), s)
+
+  def plain(x, s, w):
+    y = x / jnp.sqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6) * w
+    return y * (1 + s[:, None]) * s[:, None]
+
+  out, vjp = jax.vjp(jax.jit(ours), x, per_example, shared)
+  out_plain, vjp_plain = jax.vjp(plain, x, per_example, shared)
+  np.testing.assert_allclose(out, out_plain, rtol=1e-5, atol=1e-6)
+  for a, b in zip(vjp(g), vjp_plain(g)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_rope_split_rule():
   assert layers.rope_split(72) == (24, 24, 24)  # released
   assert layers.rope_split(24) == (8, 8, 8)

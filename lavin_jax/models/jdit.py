@@ -219,7 +219,7 @@ class JointBlock(nn.Module):
     """s + drop_path(gate * post_norm(h)); the post norm only with sandwich_norm."""
     if self.config.sandwich_norm:
       h = layers.rms_norm(self.config)(h)
-    h = gate[:, None, :] * h.astype(jnp.float32)
+    h = layers.scale_channels(h.astype(jnp.float32), gate)
     if not deterministic and self.config.drop_path > 0:
       h = layers.drop_path(h, rate, self.make_rng("dropout"))
     return s + h

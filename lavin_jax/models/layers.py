@@ -5,6 +5,8 @@ of DESIGN.md; the mapping to mesh axes lives in lavin_jax/parallel/mesh.py. Matm
 the config's compute dtype; norms, RoPE and everything statistical run in float32.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -81,23 +83,96 @@ def dense(
   )
 
 
+def _dot_sum(a: jax.Array, b: jax.Array, keep: tuple[int, ...]) -> jax.Array:
+  """sum(a * b) over every axis not in `keep`, as one float32 dot_general batched over `keep`.
+
+  The gradients of per-channel and per-token scales are such sums; XLA CPU runs a
+  multiply followed by a reduction an order of magnitude slower than the same sum as a
+  dot (`bench/profile.py --what=train` lists such reductions by source).
+  """
+  summed = tuple(i for i in range(a.ndim) if i not in keep)
+  dims = ((summed, summed), (keep, keep))
+  return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def scale_channels(x: jax.Array, scale: jax.Array) -> jax.Array:
+  """x (B, L, D) * scale, scale (B, D) per example or (D,) shared, broadcast over tokens."""
+  return x * _over_tokens(scale)
+
+
+def _over_tokens(scale):
+  return scale[:, None, :] if scale.ndim == 2 else scale
+
+
+def _scale_channels_fwd(x, scale):
+  return scale_channels(x, scale), (x, scale)
+
+
+def _scale_channels_bwd(residuals, g):
+  x, scale = residuals
+  keep = (0, 2) if scale.ndim == 2 else (2,)
+  return (g * _over_tokens(scale)).astype(x.dtype), _dot_sum(g, x, keep).astype(scale.dtype)
+
+
+scale_channels.defvjp(_scale_channels_fwd, _scale_channels_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def rms_normalize(x: jax.Array, eps: float) -> jax.Array:
+  """x / sqrt(mean(x^2) + eps) over the last axis, x float32 (..., D)."""
+  return _rms_normalize_fwd(x, eps)[0]
+
+
+def _rms_normalize_fwd(x, eps):
+  inv = jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)  # (..., 1)
+  y = x * inv
+  return y, (y, inv)
+
+
+def _rms_normalize_bwd(eps, residuals, g):
+  """dx = inv * (g - y * mean(g * y)), the per-token mean as a dot."""
+  del eps
+  y, inv = residuals
+  mean_gy = _dot_sum(g, y, tuple(range(y.ndim - 1)))[..., None] / y.shape[-1]
+  return (inv * (g - y * mean_gy),)
+
+
+rms_normalize.defvjp(_rms_normalize_fwd, _rms_normalize_bwd)
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm over the last axis in float32, optional learned scale (D,) named 'scale'."""
+
+  eps: float
+  use_scale: bool = False
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = rms_normalize(x.astype(jnp.float32), self.eps)
+    if not self.use_scale:
+      return y
+    init = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
+    scale = self.param("scale", init, (x.shape[-1],), self.param_dtype)
+    return scale_channels(y, scale.astype(jnp.float32))
+
+
 def rms_norm(
   config: ml_collections.ConfigDict, *, use_scale: bool = False, name: str | None = None
-) -> nn.RMSNorm:
+) -> RMSNorm:
   """RMSNorm over the last axis in float32 (eps `config.norm_eps`), optional learned scale."""
-  return nn.RMSNorm(
-    epsilon=config.norm_eps,
-    dtype=jnp.float32,
-    param_dtype=jnp.dtype(config.param_dtype),
+  return RMSNorm(
+    eps=config.norm_eps,
     use_scale=use_scale,
-    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+    param_dtype=jnp.dtype(config.param_dtype),
     name=name,
   )
 
 
 def modulate(x: jax.Array, scale: jax.Array) -> jax.Array:
   """(1 + scale) * x with a per-example scale (B, D) broadcast over tokens (B, L, D)."""
-  return x * (1 + scale[:, None, :])
+  return scale_channels(x, 1 + scale)
 
 
 def drop_path(x: jax.Array, rate: jax.Array | float, key: jax.Array) -> jax.Array:
