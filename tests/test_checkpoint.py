@@ -268,16 +268,21 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 
 
 def test_sigint_sets_the_flag_then_a_second_one_interrupts():
-  previous = signal.getsignal(signal.SIGINT)
-  with checkpoint.StopGuard() as stop:
-    assert not stop.stop_requested
-    os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(0.1)
-    assert stop.stop_requested and stop.received == signal.SIGINT
-    with pytest.raises(KeyboardInterrupt):
+  # Python's own handler, as in a foreground run: a background job inherits SIGINT
+  # ignored, and the guard then hands a second SIGINT back to that (ignored).
+  outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with checkpoint.StopGuard() as stop:
+      assert not stop.stop_requested
       os.kill(os.getpid(), signal.SIGINT)
-      time.sleep(1.0)
-  assert signal.getsignal(signal.SIGINT) is previous
+      time.sleep(0.1)
+      assert stop.stop_requested and stop.received == signal.SIGINT
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1.0)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  finally:
+    signal.signal(signal.SIGINT, outer)
 
 
 def test_restore_onto_other_meshes(tmp_path):
