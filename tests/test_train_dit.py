@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import types
 
 import flax.linen as nn
 import jax
@@ -439,12 +440,16 @@ def test_bad_config_and_batches_raise_before_compile(tmp_path):
 def test_bad_accumulation_evaluation_and_profile_settings_raise_before_compile():
   config = tiny_config()  # runlocal: a global batch of 2, one device here
   config.grad_accum_steps = 4
+  with pytest.raises(ValueError, match=r"global batch 2 does not split into grad_accum_steps = 4"):
+    dit.check_config(config)
+  config.data.batch_size = 4  # splits into 4, but not over 2 data-parallel devices
   with pytest.raises(
     ValueError,
-    match=r"global batch 2 does not split into grad_accum_steps = 4 microbatches over "
-    r"data x fsdp = 1 devices \(needs a multiple of 4\)",
+    match=r"global batch 4 does not split into grad_accum_steps = 4 microbatches over "
+    r"data x fsdp = 2 devices \(needs a multiple of 8\)",
   ):
-    dit.check_config(config)
+    dit.check_batch_split(config, types.SimpleNamespace(shape={"data": 2, "fsdp": 1}))
+  config.data.batch_size = 2
   with pytest.raises(ValueError, match=r"global batch 12 .* grad_accum_steps = 4 .* = 2 dev"):
     dit.check_accumulation(12, 4, 2)
   dit.check_accumulation(16, 4, 2)

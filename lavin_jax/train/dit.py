@@ -361,8 +361,7 @@ def check_config(config, batches_given=False):
   loop.check_profile_steps(config.profile_steps, config.total_steps)
   check_eval_config(config, batches_given)
   if not batches_given:
-    data, fsdp, _ = mesh_lib.mesh_shape(config.mesh, jax.device_count())
-    check_accumulation(config.data.batch_size, config.grad_accum_steps, data * fsdp)
+    check_accumulation(config.data.batch_size, config.grad_accum_steps)
   if not 0.0 <= config.flow.uncond_ratio < 1.0:
     raise ValueError(f"config.flow.uncond_ratio must be in [0, 1), got {config.flow.uncond_ratio}.")
   multiple = model_configs.pixel_multiple(config.vae, config.model)
@@ -372,6 +371,13 @@ def check_config(config, batches_given=False):
       f"ST-VAE's downsampling times J-DiT's patch size), got "
       f"{config.data.resolution}."
     )
+
+
+def check_batch_split(config, mesh) -> None:
+  """Raises ValueError unless the global batch splits into config.grad_accum_steps
+  microbatches over the mesh's data x fsdp devices."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  check_accumulation(config.data.batch_size, config.grad_accum_steps, shards)
 
 
 def check_eval_config(config, batches_given=False):
@@ -636,6 +642,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, batches=None, eval_ba
   # ## Mesh.
   mesh = mesh_lib.create_mesh(config.mesh)
   logging.info("Mesh %s.", dict(mesh.shape))
+  if batches is None:
+    check_batch_split(config, mesh)
 
   # ## Input.
   it = make_input(config, workdir) if batches is None else iter(batches)
