@@ -778,10 +778,12 @@ def test_init_from_released_weights():
 
 
 def _dot_dtypes(jaxpr):
-  """Operand dtypes of every dot_general in a jaxpr and its sub-jaxprs."""
+  """Operand dtypes of every matmul (dot_general) in a jaxpr and its sub-jaxprs; the
+  float32 sums of norm and scale gradients (layers._dot_sum) are reductions, not
+  matmuls, and are left out."""
   found = []
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
+    if eqn.primitive.name == "dot_general" and "dot_sum" not in str(eqn.source_info.name_stack):
       found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
     for param in eqn.params.values():
       for sub in param if isinstance(param, (tuple, list)) else (param,):

@@ -92,7 +92,8 @@ def _dot_sum(a: jax.Array, b: jax.Array, keep: tuple[int, ...]) -> jax.Array:
   """
   summed = tuple(i for i in range(a.ndim) if i not in keep)
   dims = ((summed, summed), (keep, keep))
-  return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+  with jax.named_scope("dot_sum"):  # names these sums in profiles and jaxprs
+    return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
 
 
 @jax.custom_vjp
