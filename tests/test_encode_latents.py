@@ -10,12 +10,12 @@ import os
 import pathlib
 import re
 import signal
-import socket
 import subprocess
 import sys
 
 import jax
 import numpy as np
+import processes
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -38,12 +38,6 @@ def _config(latents_dir):
   return config
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _env():
   return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
 
@@ -62,18 +56,6 @@ def _launch(latents_dir, log_path, *flags):
   return subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT), log
 
 
-def _wait(procs):
-  try:
-    for proc, _ in procs:
-      proc.wait(timeout=TIMEOUT)
-  finally:
-    for proc, log in procs:
-      if proc.poll() is None:
-        proc.kill()
-      proc.wait()
-      log.close()
-
-
 def _shards(directory):
   return sorted(
     p.relative_to(directory) for p in pathlib.Path(directory).glob("*/*/*.array_record")
@@ -83,7 +65,7 @@ def _shards(directory):
 def test_two_processes_write_disjoint_shards_a_training_run_reads(tmp_path):
   from lavin_jax.train import dit  # pylint: disable=g-import-not-at-top
 
-  port = _free_port()
+  port = processes.free_port()
   procs = [
     _launch(
       tmp_path / "latents",
@@ -94,7 +76,7 @@ def test_two_processes_write_disjoint_shards_a_training_run_reads(tmp_path):
     )
     for p in range(2)
   ]
-  _wait(procs)
+  processes.reap(procs, TIMEOUT)
   logs = [(tmp_path / f"process{p}.log").read_text() for p in range(2)]
   for (proc, _), log in zip(procs, logs):
     assert proc.returncode == 0, log[-4000:]
@@ -136,7 +118,7 @@ def test_two_processes_write_disjoint_shards_a_training_run_reads(tmp_path):
   done = _shards(tmp_path / "again")
   assert len(done) == 2 * 6  # shards 0 and 1
   rerun = _launch(tmp_path / "again", tmp_path / "rerun.log")
-  _wait([rerun])
+  processes.reap([rerun], TIMEOUT)
   assert rerun[0].returncode == 0, (tmp_path / "rerun.log").read_text()[-4000:]
   assert not list((tmp_path / "again").glob("*/*/.*.partial"))
   assert _shards(tmp_path / "again") == every
