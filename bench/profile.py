@@ -5,7 +5,8 @@
       [--repeats=2] [--top=15] [--trace_dir=/tmp/lavin_profile]
 
 --what is forward (one velocity evaluation), train (one AdamW step) or sample (the
-20-point guided Euler loop); see bench/workloads.py. The computation is compiled and run
+20-point guided Euler loop; on its exact condition cache with
+--override=independent_condition=true); see bench/workloads.py. The computation is compiled and run
 once, timed over `repeats` runs (best), then traced over `repeats` more runs. The trace's
 XSpace (`<trace_dir>/**/*.xplane.pb`, readable with xprof/TensorBoard) is parsed with
 jax.profiler.ProfileData: every event that names an HLO op is summed per op. Prints one
@@ -28,6 +29,9 @@ from jax import profiler
 import workloads
 
 from lavin_jax import configs
+from lavin_jax import flow
+from lavin_jax.inference import cached_sampling
+from lavin_jax.models import jdit
 
 _WHAT = flags.DEFINE_enum(
   "what", "forward", ["forward", "train", "sample"], "The computation to profile."
@@ -123,7 +127,9 @@ def build() -> workloads.Workload:
   if _WHAT.value == "forward":
     return workloads.forward(config, _BATCH.value, _PAIRS.value, _RESOLUTION.value)
   if _WHAT.value == "sample":
-    return workloads.sampling(config, _PAIRS.value, _RESOLUTION.value, _NUM_STEPS.value)
+    exact = jdit.independent_condition(config)
+    make = cached_sampling.make_exact_sampler if exact else flow.make_guided_sampler
+    return workloads.sampling(config, _PAIRS.value, _RESOLUTION.value, _NUM_STEPS.value, make)
   return workloads.train_step(_SIZE.value, config, _BATCH.value, _PAIRS.value, _RESOLUTION.value)
 
 

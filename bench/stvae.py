@@ -28,10 +28,10 @@ import sys
 from absl import app
 from absl import flags
 import common
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import workloads
 
 from lavin_jax import configs
 from lavin_jax.models import stvae
@@ -58,20 +58,7 @@ def _params(module, config):
     from lavin_jax.convert import load_released_stvae  # pylint: disable=g-import-not-at-top
 
     return load_released_stvae(_WEIGHTS.value, config)[1]
-  video = jax.ShapeDtypeStruct((1, 1, 8, 8, 3), jnp.float32)
-  shapes = jax.eval_shape(module.init, jax.random.key(0), video)["params"]
-  rng = np.random.default_rng(0)
-
-  def draw(path, leaf):
-    name = path[-1].key
-    if name == "scale":
-      return jnp.ones(leaf.shape)
-    if name == "bias":
-      return jnp.zeros(leaf.shape)
-    fan_in = np.prod(leaf.shape[:-1])
-    return jnp.asarray(rng.standard_normal(leaf.shape, np.float32) / np.sqrt(fan_in))
-
-  return jax.tree_util.tree_map_with_path(draw, nn.unbox(shapes))
+  return workloads.random_stvae_params(module, np.random.default_rng(0))
 
 
 def _peak_rss_gib():

@@ -89,12 +89,30 @@ def _latents(rng, batch, frames, resolution, channels):
   return rng.standard_normal((batch, frames, side, side, channels)).astype(np.float32)
 
 
-def _random_params(model, x, cond, rng):
-  """N(0, 0.02^2) weights of the shapes `model.init` gives (nothing compiled)."""
+def random_params(model, x, cond, rng):
+  """N(0, 0.02^2) J-DiT weights of the shapes `model.init` gives (nothing compiled)."""
   shapes = jax.eval_shape(model.init, jax.random.key(0), x, jnp.zeros(x.shape[:1]), cond)
   return jax.tree.map(
     lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape), s.dtype), nn.unbox(shapes["params"])
   )
+
+
+def random_stvae_params(module, rng):
+  """ST-VAE weights: fan-in scaled Gaussian kernels, unit scales, zero biases (activations
+  keep their size through the network: no denormals, which are slow on CPU)."""
+  video = jax.ShapeDtypeStruct((1, 1, 8, 8, 3), jnp.float32)
+  shapes = jax.eval_shape(module.init, jax.random.key(0), video)["params"]
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name == "scale":
+      return jnp.ones(leaf.shape)
+    if name == "bias":
+      return jnp.zeros(leaf.shape)
+    fan_in = np.prod(leaf.shape[:-1])
+    return jnp.asarray(rng.standard_normal(leaf.shape, np.float32) / np.sqrt(fan_in))
+
+  return jax.tree_util.tree_map_with_path(draw, nn.unbox(shapes))
 
 
 def _compile(fn, *args):
@@ -124,7 +142,7 @@ def forward(config, batch: int, pairs: int, resolution: int) -> Workload:
   rng = np.random.default_rng(0)
   x = jnp.asarray(_latents(rng, batch, 1, resolution, config.in_channels))
   cond = jnp.asarray(_latents(rng, batch, 2 * pairs + 1, resolution, config.in_channels))
-  params = _random_params(model, x, cond, rng)
+  params = random_params(model, x, cond, rng)
   t = jnp.full((batch,), 0.5)
   fn = jax.jit(model.apply)
   compiled, compile_s = _compile(fn, {"params": params}, x, t, cond)
@@ -151,15 +169,16 @@ def sampling(
   """The whole guided Euler loop (released settings) on one example, in one jit.
 
   make_sampler(model) gives the sampler (default the released one; FLOPs count that
-  one); params default to random weights.
+  one); params default to random weights. The layers run unrolled, as in the pipeline.
   """
+  config, params = jdit.unrolled(config, params)
   released = sampling_configs.released()
   model = jdit.JDiT(config)
   rng = np.random.default_rng(0)
   noise = jnp.asarray(_latents(rng, 1, 1, resolution, config.in_channels))
   cond = jnp.asarray(_latents(rng, 1, 2 * pairs + 1, resolution, config.in_channels))
   cond_null = jdit.null_condition(cond[:, -1:])
-  params = _random_params(model, noise, cond, rng) if params is None else params
+  params = random_params(model, noise, cond, rng) if params is None else params
   grid = jnp.asarray(flow.time_grid(num_steps))
   args = (params, noise, cond, cond_null, grid, released.cfg_scale)
   compiled, compile_s = _compile(make_sampler(model), *args)

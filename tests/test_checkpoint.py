@@ -340,6 +340,7 @@ def test_export_bundle_loads_in_one_call(tmp_path):
   import tiny_model  # pylint: disable=g-import-not-at-top
 
   from lavin_jax.inference import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  from lavin_jax.models import jdit  # pylint: disable=g-import-not-at-top
 
   model_config = tiny_model.tiny_model_config()
   jdit_params, vae_params = tiny_model.tiny_model_params(model_config)
@@ -349,7 +350,8 @@ def test_export_bundle_loads_in_one_call(tmp_path):
   )
   pipe = pipeline_lib.Pipeline.from_bundle(tmp_path / "bundle")
   assert pipe.config.jdit.hidden_size == model_config.jdit.hidden_size
-  for got, want in zip(jax.tree.leaves(pipe.jdit_params), jax.tree.leaves(jdit_params)):
+  _, unrolled = jdit.unrolled(model_config.jdit, jdit_params)  # the pipeline's layout
+  for got, want in zip(jax.tree.leaves(pipe.jdit_params), jax.tree.leaves(unrolled)):
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=1e-2, atol=1e-6)
   for got, want in zip(jax.tree.leaves(pipe.stvae_params), jax.tree.leaves(vae_params)):

@@ -64,7 +64,7 @@ def _main():
   auto, got = run()
   result["auto_too_big"] = list(auto.mesh.devices.shape)
   result["auto_too_big_max_diff"] = float(np.abs(got - want).max())
-  kernel = auto.jdit_params["blocks"]["x_mlp"]["gate_proj"]["kernel"]
+  kernel = auto.jdit_params["blocks_0"]["x_mlp"]["gate_proj"]["kernel"]
   result["kernel_shard_fraction"] = kernel.addressable_shards[0].data.size / kernel.size
   assert jax.device_count() == 8
   print(json.dumps(result))

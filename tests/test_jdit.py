@@ -175,9 +175,11 @@ def test_scanned_and_unscanned_agree(tiny):
   """Same weights, both layouts (and remat on/off): same outputs and same gradients."""
   _, params = tiny
   module = jdit.JDiT(_config(remat_policy="save_attention"))
-  flat = jdit.JDiT(_config(scan_layers=False, remat_policy="none"))
-  flat_params = jdit.unscan_params(params)
+  flat_config, flat_params = jdit.unrolled(_config(remat_policy="none"), params)
+  flat = jdit.JDiT(flat_config)
+  assert not flat_config.scan_layers and jdit.JDiT(_config()).config.scan_layers
   assert set(flat_params) - set(params) == {"blocks_0", "blocks_1"}
+  assert jdit.unrolled(flat_config, flat_params)[1] is flat_params  # already unrolled
   jax.tree.map(np.testing.assert_array_equal, jdit.scan_params(flat_params, 2), params)
   x, t, cond = _inputs()
 

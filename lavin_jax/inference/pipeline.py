@@ -149,7 +149,8 @@ class Pipeline:
     pred = pipe(context_inputs, context_targets, query, seed=0)  # (B, T, H, W, 3)
 
   mesh_axes (e.g. {'data': 2, 'tensor': 4}) places the model on that mesh of the local
-  devices; None lets `placement.choose_mesh` decide by the parameters' size.
+  devices; None lets `placement.choose_mesh` decide by the parameters' size. The J-DiT
+  runs with its layers unrolled (`jdit.unrolled`), whichever layout its params come in.
   """
 
   def __init__(
@@ -159,6 +160,8 @@ class Pipeline:
     stvae_params,
     mesh_axes: Optional[Mapping[str, int]] = None,
   ):
+    config = config.copy_and_resolve_references()
+    config.jdit, jdit_params = jdit_lib.unrolled(config.jdit, jdit_params)
     self.config = config
     self.jdit = jdit_lib.JDiT(config.jdit)
     self.vae = stvae_lib.STVAE(config.stvae)

@@ -451,3 +451,16 @@ def unscan_params(params):
   for i in range(depth):
     params[f"blocks_{i}"] = jax.tree.map(lambda x, i=i: x[i], blocks)
   return params
+
+
+def unrolled(config: ml_collections.ConfigDict, params=None):
+  """(config, params) with the layers unrolled (scan_layers False, 'blocks_<i>').
+
+  What sampling runs: every Euler step of a scanned stack slices (copies) each layer's
+  weights out of the stack, which costs as much as the step itself when few tokens pass.
+  """
+  config = config.copy_and_resolve_references()
+  config.scan_layers = False
+  if params is not None and "blocks" in params:
+    params = unscan_params(params)
+  return config, params
