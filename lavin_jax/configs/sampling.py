@@ -5,7 +5,7 @@ import ml_collections
 SAMPLERS = ("euler", "heun")
 POSTERIORS = ("sample", "mean")
 # How a template folder's pairs are chosen for a query (lavin_jax.inference.selection).
-SELECTIONS = ("random", "nearest")
+SELECTIONS = ("random", "nearest", "fixed")
 VIDEO_FORMATS = ("gif", "mp4")
 
 # Parameters taking more than this share of one device's memory are sharded over all

@@ -6,7 +6,10 @@ Both take the arguments of `flow.make_guided_sampler`'s sampler,
 exact: for a J-DiT with `independent_condition`, whose condition ignores the target and
   the time. The context's cache, then the query's on top of it, are computed once per
   sample for the condition and for the null condition; every step then runs only the
-  target tokens against them. Equal to the uncached sampler up to float rounding.
+  target tokens against them. Equal to the uncached sampler up to float rounding. The
+  context's cache does not depend on the query either: `sample_on_contexts` takes
+  contexts computed once (a template's pairs, `inference.pipeline.SharedContext`) and
+  computes only the queries' caches on top of them.
 approximate: for the released weights, whose condition does change with the target and
   the time. Every `refresh_every`-th Euler step runs the whole joint sequence and keeps
   the condition's keys and values; the steps between run the target tokens against
@@ -20,12 +23,45 @@ import jax
 import jax.numpy as jnp
 
 from lavin_jax import flow
+from lavin_jax.models import jdit
 
 
-def condition_cache(model: nn.Module, params, cond, query_frames: int):
-  """The ConditionCache of cond = [context; query]: the context first, then the query."""
-  apply = functools.partial(model.apply, {"params": params}, None, None)
-  return apply(cond[:, -query_frames:], prefix=apply(cond[:, :-query_frames]))
+def split_condition(model: nn.Module, params, cond, query_frames: int):
+  """cond = [context; query] -> (the context's ConditionCache, the query's latents).
+
+  The context (B, Tc - query_frames, h, w, C) is computed alone; an independent-condition
+  J-DiT only.
+  """
+  context = model.apply({"params": params}, None, None, cond[:, :-query_frames])
+  return context, cond[:, -query_frames:]
+
+
+def broadcast_cache(cache: jdit.ConditionCache, batch: int) -> jdit.ConditionCache:
+  """The cache of its first example, repeated for `batch` examples."""
+  kv = tuple(jnp.broadcast_to(x[:, :1], (x.shape[0], batch) + x.shape[2:]) for x in cache.kv)
+  mask = cache.key_mask
+  if mask is not None:
+    mask = jnp.broadcast_to(mask[:1], (batch,) + mask.shape[1:])
+  return jdit.ConditionCache(kv, mask, jnp.broadcast_to(cache.frames[:1], (batch,)))
+
+
+def sample_on_contexts(model: nn.Module, solver: str, params, noise, conditions, grid, cfg_scale):
+  """Guided sampling of an independent-condition J-DiT on cached contexts.
+
+  Args:
+    conditions: the condition's and the null condition's (context ConditionCache with B
+      examples, query latents (B, Tq, h, w, C)). Each query's cache is computed on top of
+      its context's once; every step then runs the target alone against them.
+    noise: (B, Tx, h, w, C), the sample at t = 0.
+  """
+  apply = functools.partial(model.apply, {"params": params})
+  caches = [apply(None, None, query, prefix=context) for context, query in conditions]
+
+  def velocity_fn(x, t):
+    v_cond, v_null = (apply(x, t, None, prefix=cache) for cache in caches)
+    return v_null + cfg_scale * (v_cond - v_null)
+
+  return flow.sample(velocity_fn, noise, grid, solver)
 
 
 def make_exact_sampler(model: nn.Module, solver: str = "euler"):
@@ -33,15 +69,8 @@ def make_exact_sampler(model: nn.Module, solver: str = "euler"):
 
   @jax.jit
   def sample_fn(params, noise, cond, cond_null, grid, cfg_scale):
-    caches = [condition_cache(model, params, c, noise.shape[1]) for c in (cond, cond_null)]
-
-    def velocity_fn(x, t):
-      v_cond, v_null = (
-        model.apply({"params": params}, x, t, None, prefix=cache) for cache in caches
-      )
-      return v_null + cfg_scale * (v_cond - v_null)
-
-    return flow.sample(velocity_fn, noise, grid, solver)
+    conditions = [split_condition(model, params, c, noise.shape[1]) for c in (cond, cond_null)]
+    return sample_on_contexts(model, solver, params, noise, conditions, grid, cfg_scale)
 
   return sample_fn
 

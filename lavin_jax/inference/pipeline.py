@@ -12,6 +12,11 @@ posterior's moments, so pairs used by many queries (a template folder) are encod
 once: `sample` draws each example's posterior sample from the moments. Example b's
 randomness (its posterior sample and its noise) comes from its own seed alone, so a
 query gives the same answer alone or in any batch.
+
+A J-DiT with independent_condition reads its context pairs the same way for any query:
+`context_cache` computes one template's pairs (one posterior sample, drawn from a seed)
+as a `SharedContext`, and `sample_on_context` samples any batch of queries on it,
+computing only the queries' keys and values (`cached_sampling.sample_on_contexts`).
 """
 
 from typing import Mapping, NamedTuple, Optional, Sequence, Union
@@ -46,6 +51,18 @@ class Moments(NamedTuple):
 
   mean: jax.Array
   logvar: jax.Array
+
+
+class SharedContext(NamedTuple):
+  """A template's K pairs as the J-DiT's context caches, for any query (`context_cache`).
+
+  caches: the condition's and the null condition's context `jdit.ConditionCache`, each
+    with equal rows (as many as the mesh splits a batch into).
+  clip_shape: (T', h, w) of the pairs' latents; the queries' must be the same.
+  """
+
+  caches: tuple
+  clip_shape: tuple
 
 
 def _check_clips(name: str, x: np.ndarray, ndim: int) -> None:
@@ -173,10 +190,12 @@ class Pipeline:
       jdit_params, placement.logical(self.jdit, self.mesh, latent, jnp.zeros(1), latent)
     )
     self.stvae_params = placement.put(stvae_params, placement.replicated(self.mesh, stvae_params))
-    exact = jdit_lib.independent_condition(config.jdit)
+    exact = self.independent_condition
     make = cached_sampling.make_exact_sampler if exact else flow.make_guided_sampler
     self._samplers = {name: make(self.jdit, name) for name in SAMPLERS}
     self._sample = jax.jit(self._sample_fn, static_argnames=("sampler", "posterior", "kv_refresh"))
+    self._context = jax.jit(self._context_fn, static_argnames=("posterior",))
+    self._sample_shared = jax.jit(self._shared_fn, static_argnames=("sampler", "posterior"))
 
   @classmethod
   def from_bundle(cls, path: str, attention: Optional[str] = None, mesh_axes=None) -> "Pipeline":
@@ -227,6 +246,18 @@ class Pipeline:
 
   # ---------------------------------------------------------------- sampling
 
+  def _draw(self, clips: Moments, seed, posterior):
+    """One example's clips (N, T', h, w, 16) -> (their normalised latents, its noise).
+
+    The posterior sample (or its mean) comes from the seed's first key, the noise
+    (T', h, w, 16) from its second.
+    """
+    key_encode, key_noise = jax.random.split(jax.random.key(seed))
+    z = clips.mean
+    if posterior == "sample":
+      z = stvae_lib.sample_posterior(clips.mean, clips.logvar, key_encode)
+    return self.normalize(z), jax.random.normal(key_noise, clips.mean.shape[1:], jnp.float32)
+
   def _sample_fn(
     self,
     jdit_params,
@@ -245,15 +276,10 @@ class Pipeline:
     num_pairs = ctx_in.mean.shape[1]
 
     def draw(ctx_in, ctx_tgt, query, seed):  # one example
-      key_encode, key_noise = jax.random.split(jax.random.key(seed))
       packed = jax.tree.map(
         lambda i, t, q: jnp.concatenate([i, t, q[None]]), ctx_in, ctx_tgt, query
       )  # [in_1 .. in_K, tgt_1 .. tgt_K, query], as one call of the released code
-      z = packed.mean
-      if posterior == "sample":
-        z = stvae_lib.sample_posterior(packed.mean, packed.logvar, key_encode)
-      z = self.normalize(z)
-      noise = jax.random.normal(key_noise, query.mean.shape, jnp.float32)
+      z, noise = self._draw(packed, seed, posterior)
       return z[:num_pairs], z[num_pairs:-1], z[-1], noise
 
     ins, tgts, query_z, noise = jax.vmap(draw)(ctx_in, ctx_tgt, query, seeds)
@@ -262,6 +288,70 @@ class Pipeline:
     if kv_refresh > 1:
       sample_fn = cached_sampling.make_approximate_sampler(self.jdit, kv_refresh)
     return sample_fn(jdit_params, noise, cond, jdit_lib.null_condition(query_z), grid, cfg_scale)
+
+  def _context_fn(self, jdit_params, ctx_in, ctx_tgt, seed, *, posterior):
+    """Jitted: the SharedContext caches of K pairs (K, T', h, w, 16), one draw from seed."""
+    num_pairs, frames = ctx_in.mean.shape[:2]
+    packed = jax.tree.map(lambda i, t: jnp.concatenate([i, t]), ctx_in, ctx_tgt)
+    z, _ = self._draw(packed, seed, posterior)  # (2K, T', h, w, 16)
+    rows = placement.batch_multiple(self.mesh)
+    ins, tgts = (jnp.broadcast_to(p, (rows,) + p.shape) for p in (z[:num_pairs], z[num_pairs:]))
+    query = jnp.zeros_like(ins[:, 0])  # a stand-in: split_condition cuts the query off
+    return tuple(
+      cached_sampling.split_condition(self.jdit, jdit_params, cond, frames)[0]
+      for cond in (incontext.full_condition(ins, tgts, query), jdit_lib.null_condition(query))
+    )
+
+  def _shared_fn(self, jdit_params, caches, query, seeds, grid, cfg_scale, *, sampler, posterior):
+    """Jitted: each query's posterior sample and noise from its seed, sampled on `caches`."""
+
+    def draw(query, seed):  # one example
+      z, noise = self._draw(jax.tree.map(lambda q: q[None], query), seed, posterior)
+      return z[0], noise
+
+    query_z, noise = jax.vmap(draw)(query, seeds)
+    conditions = [(cached_sampling.broadcast_cache(c, len(seeds)), query_z) for c in caches]
+    return cached_sampling.sample_on_contexts(
+      self.jdit, sampler, jdit_params, noise, conditions, grid, cfg_scale
+    )
+
+  @property
+  def independent_condition(self) -> bool:
+    """Whether the J-DiT's condition ignores the target and the time (exact caches)."""
+    return jdit_lib.independent_condition(self.config.jdit)
+
+  def validate_sampling(
+    self,
+    num_steps: int = _RELEASED.num_steps,
+    cfg_scale: float = _RELEASED.cfg_scale,
+    sampler: str = _RELEASED.sampler,
+    posterior: str = _RELEASED.posterior,
+    kv_refresh: int = _RELEASED.kv_refresh,
+  ) -> None:
+    """Raises ValueError on sampler settings this model cannot run (`check_sampling`)."""
+    check_sampling(num_steps, cfg_scale, sampler, posterior, kv_refresh)
+    if kv_refresh > 1 and self.independent_condition:
+      raise ValueError(
+        "kv_refresh > 1 approximates the released model's condition; this J-DiT has "
+        "independent_condition and samples on its exact cache: leave kv_refresh at 1."
+      )
+
+  def _run(self, fn, fixed, rows, seed, num_steps, cfg_scale, **static):
+    """fn(params, *fixed, *rows, seeds, grid, cfg_scale) on rows padded for the mesh."""
+    batch = rows[-1].mean.shape[0]
+    seeds = example_seeds(seed, batch)
+    multiple = placement.batch_multiple(self.mesh)
+    args = _pad_rows((*rows, jnp.asarray(seeds)), -(-batch // multiple) * multiple)
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(mesh_lib.AXIS_RULES):
+      latents = fn(
+        self.jdit_params,
+        *fixed,
+        *args,
+        jnp.asarray(flow.time_grid(num_steps), jnp.float32),
+        jnp.float32(cfg_scale),
+        **static,
+      )
+    return latents[:batch]
 
   def sample(
     self,
@@ -286,27 +376,92 @@ class Pipeline:
         (`cached_sampling`, approximate; released-layout models). A J-DiT with
         independent_condition always samples on its exact condition cache.
     """
-    check_sampling(num_steps, cfg_scale, sampler, posterior, kv_refresh)
-    if kv_refresh > 1 and jdit_lib.independent_condition(self.config.jdit):
+    self.validate_sampling(num_steps, cfg_scale, sampler, posterior, kv_refresh)
+    return self._run(
+      self._sample,
+      (),
+      (context_inputs, context_targets, query),
+      seed,
+      num_steps,
+      cfg_scale,
+      sampler=sampler,
+      posterior=posterior,
+      kv_refresh=kv_refresh,
+    )
+
+  def _check_shared(self) -> None:
+    if not self.independent_condition:
       raise ValueError(
-        "kv_refresh > 1 approximates the released model's condition; this J-DiT has "
-        "independent_condition and samples on its exact cache: leave kv_refresh at 1."
+        "a shared context needs a J-DiT with independent_condition (the released layout's "
+        "condition changes with the target and the time): sample with `sample` instead."
       )
-    batch = query.mean.shape[0]
-    seeds = example_seeds(seed, batch)
-    padded = -(-batch // placement.batch_multiple(self.mesh)) * placement.batch_multiple(self.mesh)
-    args = _pad_rows((context_inputs, context_targets, query, jnp.asarray(seeds)), padded)
+
+  def context_cache(
+    self,
+    context_inputs: Moments,
+    context_targets: Moments,
+    *,
+    seed: int = 0,
+    posterior: str = _RELEASED.posterior,
+  ) -> SharedContext:
+    """One template's pairs as a SharedContext, computed once for `sample_on_context`.
+
+    Args:
+      context_inputs, context_targets: Moments (K, T', h, w, 16) of the pairs.
+      seed: the pairs' posterior sample is drawn from it once, as `sample` draws an
+        example's from its seed.
+    """
+    self._check_shared()
+    if posterior not in POSTERIORS:
+      raise ValueError(f"unknown posterior {posterior!r}; choose one of {POSTERIORS}.")
+    example_seeds(seed, 1)
+    shapes = [np.shape(m) for c in (context_inputs, context_targets) for m in c]
+    if len(set(shapes)) != 1 or len(shapes[0]) != 5 or shapes[0][0] < 1:
+      raise ValueError(
+        "a shared context takes one template's K >= 1 pairs: input and target Moments of "
+        f"one shape (K, T', h, w, 16); got {shapes}."
+      )
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(mesh_lib.AXIS_RULES):
-      latents = self._sample(
-        self.jdit_params,
-        *args,
-        jnp.asarray(flow.time_grid(num_steps), jnp.float32),
-        jnp.float32(cfg_scale),
-        sampler=sampler,
-        posterior=posterior,
-        kv_refresh=kv_refresh,
+      caches = self._context(
+        self.jdit_params, context_inputs, context_targets, jnp.int32(seed), posterior=posterior
       )
-    return latents[:batch]
+    return SharedContext(caches, shapes[0][1:4])
+
+  def sample_on_context(
+    self,
+    context: SharedContext,
+    query: Moments,
+    *,
+    seed: Union[int, Sequence[int]] = 0,
+    num_steps: int = _RELEASED.num_steps,
+    cfg_scale: float = _RELEASED.cfg_scale,
+    sampler: str = _RELEASED.sampler,
+    posterior: str = _RELEASED.posterior,
+    kv_refresh: int = _RELEASED.kv_refresh,
+  ) -> jax.Array:
+    """Samples each query's answer latents (B, T', h, w, 16) on a template's SharedContext.
+
+    As `sample` with the context's pairs for every query, except that their posterior
+    sample is the context's one draw; only the queries' keys and values are computed.
+    Args as `sample`; query: Moments (B, T', h, w, 16) of the context's clip shape.
+    """
+    self._check_shared()
+    self.validate_sampling(num_steps, cfg_scale, sampler, posterior, kv_refresh)
+    if tuple(query.mean.shape[1:4]) != tuple(context.clip_shape):
+      raise ValueError(
+        f"the queries' latents {query.mean.shape} do not fit the shared context's pairs "
+        f"(T', h, w) = {tuple(context.clip_shape)}: give queries of the pairs' frames and size."
+      )
+    return self._run(
+      self._sample_shared,
+      (context.caches,),
+      (query,),
+      seed,
+      num_steps,
+      cfg_scale,
+      sampler=sampler,
+      posterior=posterior,
+    )
 
   def __call__(
     self,
@@ -347,7 +502,7 @@ class Pipeline:
       query,
       self.pixel_multiple,
     )
-    check_sampling(num_steps, cfg_scale, sampler, posterior, kv_refresh)
+    self.validate_sampling(num_steps, cfg_scale, sampler, posterior, kv_refresh)
     seeds = example_seeds(seed, query.shape[0])
 
     batch, num_pairs = context_inputs.shape[:2]

@@ -1,7 +1,11 @@
-"""Which of a template's pairs condition a query: the released random draw, or the nearest.
+"""Which of a template's pairs condition a query: the released random draw, the nearest,
+or the same pairs for every query.
 
 random: `num_prompt` pair indices drawn with replacement by numpy, query after query,
   from one generator seeded by the run's seed (the released CLI's draw).
+fixed: the random draw's first query's pairs, for every query. With an
+  independent-condition J-DiT their keys and values are then computed once
+  (`inference.pipeline.SharedContext`).
 nearest: the K distinct pairs whose input is most like the query: cosine similarity of
   `features` (posterior means averaged over a grid of cells) after subtracting the
   template's mean feature; the pairs are ordered by rising similarity, so the nearest
@@ -18,6 +22,11 @@ SELECTIONS = sampling_configs.SELECTIONS
 def random_picks(rng: np.random.Generator, num_pairs: int, k: int, count: int) -> np.ndarray:
   """(count, k) indices into `num_pairs` pairs, k per query with replacement, as released."""
   return np.stack([rng.integers(0, num_pairs, size=k) for _ in range(count)])
+
+
+def fixed_picks(rng: np.random.Generator, num_pairs: int, k: int, count: int) -> np.ndarray:
+  """(count, k) indices: one query's `random_picks`, the same for every query."""
+  return np.repeat(random_picks(rng, num_pairs, k, 1), count, axis=0)
 
 
 def _cells(n: int, grid: int) -> list[tuple[int, int]]:

@@ -15,8 +15,11 @@ once, when a query first uses it (`EncodedTemplates`); each query's posterior sa
 its pairs is drawn from those moments with its own seed, as re-encoding them would draw
 it. Query i of the sorted queries gets seed + i for that sample and its noise, and its
 pairs are drawn as released (`random`: with replacement, query after query, by numpy
-seeded with `seed`) or chosen by similarity (`nearest`, `lavin_jax.inference.selection`):
-the output does not depend on the batch size.
+seeded with `seed`), chosen by similarity (`nearest`), or are the same for every query
+(`fixed`, `lavin_jax.inference.selection`): the output does not depend on the batch
+size. `fixed` with an independent-condition J-DiT computes the pairs' keys and values
+once for the whole folder (`Pipeline.context_cache`, their posterior sample drawn with
+`seed`); every batch then computes only its queries'.
 """
 
 import functools
@@ -229,9 +232,9 @@ def _pad_to(rows: list, size: int) -> np.ndarray:
 
 def _context_chooser(select_context, encoded, num_pairs, num_prompt, seed, num_queries):
   """choose(query indices, their posterior means) -> (B, num_prompt) pair indices."""
-  if select_context == "random":
-    rng = np.random.default_rng(seed)
-    picks = selection.random_picks(rng, num_pairs, num_prompt, num_queries)
+  if select_context in ("random", "fixed"):
+    draw = selection.random_picks if select_context == "random" else selection.fixed_picks
+    picks = draw(np.random.default_rng(seed), num_pairs, num_prompt, num_queries)
     return lambda batch, means: picks[batch]
   pool = selection.features(encoded.input_means())
   return lambda batch, means: selection.nearest(selection.features(means), pool, num_prompt)
@@ -298,18 +301,27 @@ def predict_templates(
       sources.read_image(path)
 
   pipe = model.load()
+  pipe.validate_sampling(**sampling.to_dict())
   to_clip = functools.partial(clip_pixels, height=height, width=width)
   encoded = EncodedTemplates(pipe, templates, to_clip, chunk=num_prompt)
   choose = _context_chooser(select_context, encoded, len(templates), num_prompt, seed, len(queries))
+  shared = None
+  if select_context == "fixed" and pipe.independent_condition:
+    pairs = encoded.pairs(choose([0], None))  # (1, K, T', h, w, 16) Moments
+    pairs = [pipeline_lib.Moments(*(m[0] for m in side)) for side in pairs]
+    shared = pipe.context_cache(*pairs, seed=seed, posterior=sampling.posterior)
   progress = tqdm.tqdm(total=len(queries), desc="queries", unit="query", disable=len(queries) == 1)
   for start in range(0, len(queries), batch_size):
     batch = list(range(start, min(start + batch_size, len(queries))))
     clips = _pad_to([to_clip(read(queries[i])) for i in batch], batch_size)
     query_moments = pipe.encode(clips)
-    batch_picks = choose(batch, query_moments.mean[: len(batch)])
-    context = encoded.pairs(_pad_to(list(batch_picks), batch_size))
     seeds = _pad_to([seed + i for i in batch], batch_size)
-    latents = pipe.sample(*context, query_moments, seed=seeds, **sampling.to_dict())
+    if shared is None:
+      batch_picks = choose(batch, query_moments.mean[: len(batch)])
+      context = encoded.pairs(_pad_to(list(batch_picks), batch_size))
+      latents = pipe.sample(*context, query_moments, seed=seeds, **sampling.to_dict())
+    else:
+      latents = pipe.sample_on_context(shared, query_moments, seed=seeds, **sampling.to_dict())
     predictions = np.asarray(pipe.decode(latents))
     for row, i in enumerate(batch):
       cells = [pixels.to_uint8(c) for c in (clips[row], predictions[row])]
