@@ -1,7 +1,8 @@
 r"""End to end over a template folder: PNG queries in, [query | prediction] PNGs out.
 
   python bench/folder.py [--size=0.1b] [--stvae=released] [--pairs=4] [--resolution=128]
-      [--queries=20] [--batch_size=4] [--variants=standard,exact_cache] [--dtype=float32]
+      [--queries=20] [--batch_size=4] [--variants=standard,exact_cache,exact_cache_fixed]
+      [--dtype=float32]
 
 What `launch/sample.py --task_dir=... --query=folder/` runs (`templates.predict_templates`):
 the template's pairs are encoded once, then each batch of queries is encoded, sampled
@@ -9,8 +10,10 @@ the template's pairs are encoded once, then each batch of queries is encoded, sa
 as a PNG. Random weights; a template folder of `pairs` random pairs and `queries` random
 query images are written to a temporary folder first. One warm-up pass over
 `batch_size` queries compiles every shape; the timed pass then predicts the whole
-folder. Variants: `standard` (the released layout) and `exact_cache` (J-DiT with
-independent_condition, sampling on its condition cache). One JSON line per variant with
+folder. Variants: `standard` (the released layout), `exact_cache` (J-DiT with
+independent_condition, sampling on its condition cache; pairs drawn per query) and
+`exact_cache_fixed` (the same model, `--select_context=fixed`: one set of pairs whose
+keys and values are computed once for the folder). One JSON line per variant with
 `seconds_per_query`.
 
 The released pipeline re-encodes every context image for every query: its per-query time
@@ -38,7 +41,7 @@ from lavin_jax.inference import templates
 from lavin_jax.models import jdit
 from lavin_jax.models import stvae
 
-VARIANTS = ("standard", "exact_cache")
+VARIANTS = ("standard", "exact_cache", "exact_cache_fixed")
 
 _SIZE = flags.DEFINE_enum("size", "0.1b", configs.JDIT_SIZES, "J-DiT size.")
 _STVAE = flags.DEFINE_enum("stvae", "released", configs.STVAE_SIZES, "ST-VAE size.")
@@ -86,8 +89,11 @@ def _pipeline(independent: bool, rng) -> pipeline_lib.Pipeline:
 
 
 def bench(variant: str, root: pathlib.Path, rng) -> dict:
-  pipe = _Loaded(_pipeline(variant == "exact_cache", rng))
+  independent = variant != "standard"
+  select_context = "fixed" if variant == "exact_cache_fixed" else "random"
+  pipe = _Loaded(_pipeline(independent, rng))
   settings = dict(
+    select_context=select_context,
     height=_RESOLUTION.value,
     width=_RESOLUTION.value,
     num_prompt=_PAIRS.value,
@@ -104,7 +110,8 @@ def bench(variant: str, root: pathlib.Path, rng) -> dict:
   return {
     "figure": "template_folder_end_to_end",
     "variant": variant,
-    "independent_condition": variant == "exact_cache",
+    "independent_condition": independent,
+    "select_context": select_context,
     "size": _SIZE.value,
     "stvae": _STVAE.value,
     "dtype": _DTYPE.value,

@@ -12,10 +12,11 @@ r"""In-context prediction from the command line, with the released flags and def
 
 `--task_dir` holds the task's pairs as <name>_input.png / <name>_target.png, or as
 clips for a video task; `--num_prompt` of them condition each query (drawn with
-replacement as released, or the nearest to the query). The output is the released
-[query | prediction] PNG (GIF or MP4 for clips); in folder mode one file per query
-under --output. Every input is checked before the model is loaded
-(lavin_jax.inference.templates).
+replacement as released, the nearest to the query, or `fixed`: one draw for every
+query, whose keys and values a J-DiT trained with independent_condition computes once
+for the whole folder). The output is the released [query | prediction] PNG (GIF or MP4
+for clips); in folder mode one file per query under --output. Every input is checked
+before the model is loaded (lavin_jax.inference.templates).
 """
 
 from absl import app
@@ -41,7 +42,13 @@ _TIMESTEPS = flags.DEFINE_integer("timesteps", _RELEASED.num_steps, "Sampler tim
 _HEIGHT = flags.DEFINE_integer("height", 512, "Height in pixels.")
 _WIDTH = flags.DEFINE_integer("width", 512, "Width in pixels.")
 _NUM_PROMPT = flags.DEFINE_integer("num_prompt", 4, "Context pairs per query.")
-_SELECT = flags.DEFINE_enum("select_context", "random", sampling.SELECTIONS, "Pair choice.")
+_SELECT = flags.DEFINE_enum(
+  "select_context",
+  "random",
+  sampling.SELECTIONS,
+  "Pairs per query: random (drawn per query, as released), nearest, or fixed (one draw for "
+  "all; an independent_condition J-DiT then computes their keys/values once per folder).",
+)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Queries per sampling call.")
 _CFG_SCALE = flags.DEFINE_float("cfg_scale", _RELEASED.cfg_scale, "Guidance scale.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the pair draws, the posterior and the noise.")
