@@ -4,9 +4,10 @@ Runs this file as a script in a subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=8 (the device count is fixed when the
 backend starts), as tests/test_sharding.py does. Float32 compute; sharded matmuls sum in
 another order, so predictions agree to 1e-5. Meshes: data x fsdp (batch padded to 8
-rows) and fsdp x tensor (what a model too big for one device gets). On this jax (0.10.2,
-XLA CPU) a data=2, fsdp=2, tensor=2 mesh gives J-DiT velocities off by O(1) from one
-device, under both partitioners; it is not used here.
+rows), fsdp x tensor (what a model too big for one device gets) and data x fsdp x tensor
+(2 each, where XLA mis-partitions a matmul unless the kernel is gathered over fsdp:
+`lavin_jax.models.layers`). The tiny model's weights are random, modulations included, so
+a prediction that mixed examples would show.
 """
 
 import json
@@ -32,7 +33,8 @@ def test_sharded_pipeline_matches_one_device():
   # FSDP over the other 4 devices.
   assert result["auto_too_big"] == [1, 4, 2]
   assert result["kernel_shard_fraction"] == 1 / 8  # (embed, mlp) over fsdp x tensor
-  for name in ("given", "auto_too_big"):
+  assert result["three_axes"] == [2, 2, 2]
+  for name in ("given", "auto_too_big", "three_axes"):
     assert result[f"{name}_max_diff"] < 1e-5, result
 
 
@@ -60,6 +62,9 @@ def _main():
   given, got = run({"data": 2, "fsdp": 4})
   result["given"] = list(given.mesh.devices.shape)
   result["given_max_diff"] = float(np.abs(got - want).max())
+  three, got = run({"data": 2, "fsdp": 2, "tensor": 2})
+  result["three_axes"] = list(three.mesh.devices.shape)
+  result["three_axes_max_diff"] = float(np.abs(got - want).max())
   placement.device_limit = lambda device: 1000  # every model is too big for one device
   auto, got = run()
   result["auto_too_big"] = list(auto.mesh.devices.shape)

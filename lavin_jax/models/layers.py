@@ -25,39 +25,55 @@ def _dot(a, b, contracting):
   return out.astype(a.dtype)
 
 
-@jax.custom_vjp
-def _matmul(x, w):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul(x, w, axes):
   """x (M, K) @ w (K, N) in the form XLA CPU runs fastest, forward and backward.
 
   Summed in float32 and returned in x's dtype: the numbers of a plain dot_general, but
   XLA CPU runs a bfloat16 dot natively only when asked for a float32 result (otherwise
   it converts the operands and runs it in float32). The VJP keeps the same form, so the
-  gradient matmuls stay bfloat16 x bfloat16 too.
+  gradient matmuls stay bfloat16 x bfloat16 too. `axes`: w's logical axes; each matmul
+  reads w gathered (`_gathered`).
   """
-  return _dot(x, w, ((1,), (0,)))
+  return _dot(x, _gathered(w, axes), ((1,), (0,)))
 
 
-def _matmul_fwd(x, w):
-  return _matmul(x, w), (x, w)
+def _matmul_fwd(x, w, axes):
+  # The residual keeps w's stored sharding: left free, XLA keeps every layer's gathered
+  # kernel for the backward pass.
+  return _matmul(x, w, axes), (x, nn.with_logical_constraint(w, axes))
 
 
-def _matmul_bwd(residuals, g):
+def _matmul_bwd(axes, residuals, g):
   x, w = residuals
-  return _dot(g, w, ((1,), (1,))), _dot(x, g, ((0,), (0,))).astype(w.dtype)
+  return _dot(g, _gathered(w, axes), ((1,), (1,))), _dot(x, g, ((0,), (0,))).astype(w.dtype)
 
 
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def _dense_dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-  """Dense's contraction, lhs (..., K) x rhs (K, N), as one 2D `_matmul`.
+def _gathered(w: jax.Array, axes: Axes) -> jax.Array:
+  """Kernel w with its 'embed' axis whole (FSDP's gather before use), its other axes kept.
+
+  Stated, not left to the partitioner, to work around an XLA bug (jax 0.10.2, Shardy and
+  GSPMD alike): x P(('data', 'fsdp'), 'tensor') @ w P('tensor', 'fsdp') with the output
+  wanted P(('data', 'fsdp'), 'tensor') moves batch rows between devices in one operand
+  only, so a data = fsdp = tensor = 2 mesh mixed examples (J-DiT's row-parallel
+  projections into modulated streams, and their transposes in the backward pass).
+  """
+  return nn.with_logical_constraint(w, tuple(None if a == "embed" else a for a in axes))
+
+
+def _dense_dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, *, axes):
+  """Dense's contraction, lhs (..., K) x rhs (K, N), as one 2D `_matmul`; `axes` are
+  the kernel's logical axes.
 
   2D because XLA CPU transposes activations for the weight gradient of a dot with more
   than one free lhs dim.
   """
   # Dense contracts lhs's last dim with rhs's first; J-DiT sets no precision.
   del dimension_numbers, precision, preferred_element_type
-  out = _matmul(lhs.reshape(-1, lhs.shape[-1]), rhs)
+  out = _matmul(lhs.reshape(-1, lhs.shape[-1]), rhs, axes)
   return out.reshape(*lhs.shape[:-1], rhs.shape[-1])
 
 
@@ -78,7 +94,7 @@ def dense(
     param_dtype=jnp.dtype(config.param_dtype),
     kernel_init=nn.with_logical_partitioning(kernel_init, axes),
     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
-    dot_general=_dense_dot,
+    dot_general=functools.partial(_dense_dot, axes=tuple(axes)),
     name=name,
   )
 
