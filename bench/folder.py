@@ -2,7 +2,7 @@ r"""End to end over a template folder: PNG queries in, [query | prediction] PNGs
 
   python bench/folder.py [--size=0.1b] [--stvae=released] [--pairs=4] [--resolution=128]
       [--queries=20] [--batch_size=4] [--variants=standard,exact_cache,exact_cache_fixed]
-      [--dtype=float32]
+      [--dtype=float32] [--stvae_dtype=float32]
 
 What `launch/sample.py --task_dir=... --query=folder/` runs (`templates.predict_templates`):
 the template's pairs are encoded once, then each batch of queries is encoded, sampled
@@ -50,7 +50,8 @@ _RESOLUTION = flags.DEFINE_integer("resolution", 128, "Image side in pixels.")
 _QUERIES = flags.DEFINE_integer("queries", 20, "Query images in the folder.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Queries per sampling call.")
 _VARIANTS = common.define_choices("variants", list(VARIANTS), VARIANTS, "Variants")
-_DTYPE = flags.DEFINE_string("dtype", "float32", "J-DiT and ST-VAE compute dtype.")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "J-DiT compute dtype.")
+_STVAE_DTYPE = flags.DEFINE_string("stvae_dtype", configs.stvae().dtype, "ST-VAE compute dtype.")
 
 
 class _Loaded:
@@ -79,7 +80,7 @@ def _pipeline(independent: bool, rng) -> pipeline_lib.Pipeline:
     _SIZE.value, _DTYPE.value, [f"independent_condition={independent}"]
   )
   stvae_config = configs.stvae(_STVAE.value)
-  stvae_config.dtype = _DTYPE.value
+  stvae_config.dtype = _STVAE_DTYPE.value
   side = _RESOLUTION.value // workloads.VAE_FACTOR
   latents = jnp.zeros((1, 1, side, side, jdit_config.in_channels))
   jdit_params = workloads.random_params(jdit.JDiT(jdit_config), latents, latents, rng)
@@ -115,6 +116,7 @@ def bench(variant: str, root: pathlib.Path, rng) -> dict:
     "size": _SIZE.value,
     "stvae": _STVAE.value,
     "dtype": _DTYPE.value,
+    "stvae_dtype": _STVAE_DTYPE.value,
     "pairs": _PAIRS.value,
     "resolution": _RESOLUTION.value,
     "queries": _QUERIES.value,
