@@ -65,6 +65,7 @@ def _torch_bilinear(images: np.ndarray, size: int) -> np.ndarray:
     _bilinear_matrix(images.shape[1], size),
     images.astype(np.float64),
     _bilinear_matrix(images.shape[2], size),
+    optimize=True,  # one axis at a time, not all four indices at once
   )
 
 
