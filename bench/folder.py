@@ -36,6 +36,7 @@ import workloads
 
 from lavin_jax import configs
 from lavin_jax.configs import sampling as sampling_configs
+from lavin_jax.inference import loading
 from lavin_jax.inference import pipeline as pipeline_lib
 from lavin_jax.inference import templates
 from lavin_jax.models import jdit
@@ -52,19 +53,6 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Queries per sampling call."
 _VARIANTS = common.define_choices("variants", list(VARIANTS), VARIANTS, "Variants")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "J-DiT compute dtype.")
 _STVAE_DTYPE = flags.DEFINE_string("stvae_dtype", configs.stvae().dtype, "ST-VAE compute dtype.")
-
-
-class _Loaded:
-  """What predict_templates asks of its model files, for a pipeline already built."""
-
-  def __init__(self, pipe: pipeline_lib.Pipeline):
-    self._pipe = pipe
-
-  def pixel_multiple(self) -> int:
-    return self._pipe.pixel_multiple
-
-  def load(self) -> pipeline_lib.Pipeline:
-    return self._pipe
 
 
 def _write_images(folder: pathlib.Path, names, rng) -> None:
@@ -92,7 +80,7 @@ def _pipeline(independent: bool, rng) -> pipeline_lib.Pipeline:
 def bench(variant: str, root: pathlib.Path, rng) -> dict:
   independent = variant != "standard"
   select_context = "fixed" if variant == "exact_cache_fixed" else "random"
-  pipe = _Loaded(_pipeline(independent, rng))
+  pipe = loading.LoadedModel(_pipeline(independent, rng))
   settings = dict(
     select_context=select_context,
     height=_RESOLUTION.value,

@@ -8,6 +8,7 @@ import pytest
 import tiny_model
 
 from lavin_jax.configs import sampling
+from lavin_jax.inference import loading
 from lavin_jax.inference import pipeline as pipeline_lib
 from lavin_jax.inference import selection
 from lavin_jax.inference import templates
@@ -82,19 +83,6 @@ def test_fixed_picks_are_the_first_random_draw():
   np.testing.assert_array_equal(picks, np.repeat(first, 4, axis=0))
 
 
-class _Loaded:
-  """What predict_templates asks of its model files, for a pipeline already built."""
-
-  def __init__(self, pipe):
-    self.pipe = pipe
-
-  def pixel_multiple(self):
-    return self.pipe.pixel_multiple
-
-  def load(self):
-    return self.pipe
-
-
 def _png(path, seed):
   pixels = np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
   Image.fromarray(pixels).save(path)
@@ -142,11 +130,11 @@ def test_a_folder_computes_its_context_once(pipe, folders, tmp_path, monkeypatch
   context = _count_calls(monkeypatch, pipe, "_context")
   shared = _count_calls(monkeypatch, pipe, "_sample_shared")
   per_query = _count_calls(monkeypatch, pipe, "_sample")
-  fixed = _predict(_Loaded(pipe), folders, tmp_path / "fixed", "fixed")
+  fixed = _predict(loading.LoadedModel(pipe), folders, tmp_path / "fixed", "fixed")
   assert (len(context), len(shared), len(per_query)) == (1, 3, 0)  # 5 queries, 3 batches
   # The same pairs drawn per query on the per-query path: the same pictures (posterior
   # means, so the pairs' latents agree too).
-  drawn = _predict(_Loaded(pipe), folders, tmp_path / "random", "random")
+  drawn = _predict(loading.LoadedModel(pipe), folders, tmp_path / "random", "random")
   assert len(context) == 1 and len(per_query) == 3
   assert [p.name for p in fixed] == [p.name for p in drawn] == [f"q{i}.png" for i in range(5)]
   for a, b in zip(fixed, drawn):
@@ -164,7 +152,7 @@ def test_fixed_pairs_of_a_released_layout_model(folders, tmp_path, monkeypatch):
 
   monkeypatch.setattr(released, "sample", sample)
   monkeypatch.setattr(released, "_context", lambda *a, **k: pytest.fail("context cached"))
-  written = _predict(_Loaded(released), folders, tmp_path, "fixed")
+  written = _predict(loading.LoadedModel(released), folders, tmp_path, "fixed")
   assert len(written) == 5 and len(seen) == 3
   for batch in seen:  # every query's pairs are the first query's
     np.testing.assert_array_equal(batch, np.broadcast_to(seen[0][:1], batch.shape))
@@ -196,4 +184,4 @@ def test_bad_shared_contexts_fail_before_compiling(pipe, folders, tmp_path, monk
       pipe.sample_on_context(shared, _moments(2, 2, shape=shape))
   monkeypatch.setattr(pipe, "encode", lambda clips: pytest.fail("encoded"))
   with pytest.raises(ValueError, match="leave kv_refresh at 1"):
-    _predict(_Loaded(pipe), folders, tmp_path, "fixed", kv_refresh=2)
+    _predict(loading.LoadedModel(pipe), folders, tmp_path, "fixed", kv_refresh=2)

@@ -95,3 +95,20 @@ class ModelFiles:
     if not self.bundle:
       files = {"vae_path": self.vae_path, "dit_path": self.dit_path, "size": self.size}
     return files if self.attention is None else {**files, "attention": self.attention}
+
+
+class LoadedModel:
+  """A pipeline already built, where a `ModelFiles` is asked for (`predict_templates`):
+  a long-running process or a benchmark reuses it, its compiles included."""
+
+  def __init__(self, pipe: pipeline_lib.Pipeline):
+    self._pipe = pipe
+
+  def configs(self) -> ml_collections.ConfigDict:
+    return self._pipe.config
+
+  def pixel_multiple(self) -> int:
+    return self._pipe.pixel_multiple
+
+  def load(self) -> pipeline_lib.Pipeline:
+    return self._pipe

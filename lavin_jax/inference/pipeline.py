@@ -113,12 +113,19 @@ def check_sampling(
   posterior: str,
   kv_refresh: int = 1,
   flag_prefix: str = "",
+  independent_condition: bool = False,
 ) -> None:
-  """Raises ValueError on sampler settings that cannot run (`flag_prefix` names them)."""
+  """Raises ValueError on sampler settings that cannot run (`flag_prefix` names them);
+  `independent_condition`: the J-DiT's, which samples on its exact cache."""
   if kv_refresh < 1 or (kv_refresh > 1 and sampler != "euler"):
     raise ValueError(
       f"{flag_prefix}kv_refresh must be >= 1, and 1 unless the sampler is euler; got "
       f"{kv_refresh} with {sampler}."
+    )
+  if kv_refresh > 1 and independent_condition:
+    raise ValueError(
+      f"{flag_prefix}kv_refresh > 1 approximates the released model's condition; this "
+      "J-DiT has independent_condition and samples on its exact cache: leave kv_refresh at 1."
     )
   if sampler not in SAMPLERS:
     raise ValueError(f"unknown {flag_prefix}sampler {sampler!r}; choose one of {SAMPLERS}.")
@@ -329,12 +336,14 @@ class Pipeline:
     kv_refresh: int = _RELEASED.kv_refresh,
   ) -> None:
     """Raises ValueError on sampler settings this model cannot run (`check_sampling`)."""
-    check_sampling(num_steps, cfg_scale, sampler, posterior, kv_refresh)
-    if kv_refresh > 1 and self.independent_condition:
-      raise ValueError(
-        "kv_refresh > 1 approximates the released model's condition; this J-DiT has "
-        "independent_condition and samples on its exact cache: leave kv_refresh at 1."
-      )
+    check_sampling(
+      num_steps,
+      cfg_scale,
+      sampler,
+      posterior,
+      kv_refresh,
+      independent_condition=self.independent_condition,
+    )
 
   def _run(self, fn, fixed, rows, seed, num_steps, cfg_scale, **static):
     """fn(params, *fixed, *rows, seeds, grid, cfg_scale) on rows padded for the mesh."""

@@ -42,6 +42,7 @@ from lavin_jax.inference import pipeline as pipeline_lib
 from lavin_jax.inference import selection
 from lavin_jax.io import files
 from lavin_jax.io import pixels
+from lavin_jax.models import jdit as jdit_lib
 
 GRID_PADDING = 4  # pixels of black around and between the cells, as released
 PAIR_SUFFIXES = ("_input", "_target")
@@ -159,8 +160,10 @@ def check_settings(
   select_context: str = "random",
   num_frames: int = 1,
   fps: int = sampling_configs.VIDEO_FPS,
+  independent_condition: bool = False,
 ) -> None:
-  """Raises ValueError on a size, count or sampler setting that cannot run."""
+  """Raises ValueError on a size, count or sampler setting that cannot run
+  (`independent_condition`: the J-DiT's)."""
   if height <= 0 or width <= 0 or height % multiple or width % multiple:
     raise ValueError(
       f"--height and --width must be positive multiples of {multiple} (the "
@@ -181,7 +184,9 @@ def check_settings(
     )
   if not math.isfinite(sampling.cfg_scale):
     raise ValueError(f"--cfg_scale must be a finite number; got {sampling.cfg_scale}.")
-  pipeline_lib.check_sampling(**sampling.to_dict(), flag_prefix="--")
+  pipeline_lib.check_sampling(
+    **sampling.to_dict(), flag_prefix="--", independent_condition=independent_condition
+  )
 
 
 class EncodedTemplates:
@@ -277,6 +282,7 @@ def predict_templates(
     select_context,
     frames,
     fps,
+    jdit_lib.independent_condition(model.configs().jdit),
   )
   queries, folder_mode = query_items(query, video)
   suffix = f".{video_format}" if video else ".png"
@@ -301,7 +307,6 @@ def predict_templates(
       sources.read_image(path)
 
   pipe = model.load()
-  pipe.validate_sampling(**sampling.to_dict())
   to_clip = functools.partial(clip_pixels, height=height, width=width)
   encoded = EncodedTemplates(pipe, templates, to_clip, chunk=num_prompt)
   choose = _context_chooser(select_context, encoded, len(templates), num_prompt, seed, len(queries))
