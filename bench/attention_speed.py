@@ -26,13 +26,14 @@ from lavin_jax.models import attention
 
 # name: (query heads, key/value heads, head_dim)
 _SHAPES = {"tiny192": (4, 2, 48), "0.1b": (8, 8, 64)}
+_PADDED = 256  # keys padded by --masked: one 256 px frame of tokens
 _SHAPE_NAMES = common.define_choices("shapes", list(_SHAPES), list(_SHAPES), "Head layouts")
 _TOKENS = flags.DEFINE_integer("tokens", 2560, "Sequence length (queries = keys).")
 _IMPLEMENTATIONS = common.define_choices(
   "implementations", ["chunked", "blockwise", "xla"], list(attention.IMPLEMENTATIONS), "Paths"
 )
-_MASKED = flags.DEFINE_bool("masked", True, "Pad the first 256 keys (a key mask).")
-_DTYPE = flags.DEFINE_string("dtype", "float32", "Input dtype.")
+_MASKED = flags.DEFINE_bool("masked", True, f"Pad the first {_PADDED} keys (a key mask).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Input dtype.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Interleaved rounds.")
 
 
@@ -49,6 +50,11 @@ def _compiled(implementation, q, k, v, key_mask, backward):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _MASKED.value and _TOKENS.value <= _PADDED:
+    raise app.UsageError(
+      f"--masked pads the first {_PADDED} keys: --tokens must exceed {_PADDED} "
+      "(or pass --nomasked)."
+    )
   dtype, t = jnp.dtype(_DTYPE.value), _TOKENS.value
   peak = workloads.matmul_peak(jnp.float32, 2048)
   rng = np.random.default_rng(0)
@@ -57,7 +63,7 @@ def main(argv):
     q, k, v = (
       jnp.asarray(rng.standard_normal((1, t, n, hd)), dtype) for n in (heads, kv_heads, kv_heads)
     )
-    key_mask = jnp.arange(t)[None] >= 256 if _MASKED.value else None
+    key_mask = jnp.arange(t)[None] >= _PADDED if _MASKED.value else None
     cases = [(impl, b) for impl in _IMPLEMENTATIONS.value for b in (False, True)]
     runs = [functools.partial(_compiled(impl, q, k, v, key_mask, b), q, k, v) for impl, b in cases]
     for run in runs:

@@ -240,7 +240,7 @@ def _chunked_bwd(residuals, d_out):
 
   A chunk's probabilities are recomputed transposed, (S, rows): then dV, dP and dK are
   matmuls in the layouts XLA CPU runs at its matmul rate, and only dQ contracts the
-  leading axes of both operands (about 2.5x slower there); untransposed, dV and dK would.
+  leading axes of both operands (slower there); untransposed, dV and dK would.
   """
   q, k, v, bias, out, lse = residuals
   f32 = jnp.float32
